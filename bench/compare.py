@@ -196,13 +196,27 @@ def scrape(port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], name: str) -> float | None:
+    """Growth of a counter (summed over its labels) between two scrapes; None when the tracker lacks it."""
+    if name not in after:
+        return None
+    return (metric_sum(after, name) or 0.0) - (metric_sum(before, name) or 0.0)
+
+
+def moto_requests(logs: Path) -> int:
+    """SQS API calls moto has logged so far (one access-log line per POST), a source independent of the tracker."""
+    with contextlib.suppress(OSError):
+        return sum(1 for line in (logs / "moto.log").read_text(errors="replace").splitlines() if '"POST ' in line)
+    return 0
+
+
 def metric_sum(metrics: dict[str, dict[str, float]], name: str) -> float | None:
     series = metrics.get(name)
     return sum(series.values()) if series else None
 
 
 def latency_histogram_name(metrics: dict[str, dict[str, float]]) -> str | None:
-    names = [n for n in metrics if n.endswith("_bucket") and re.search(r"latency|duration", n)]
+    names = [n for n in metrics if n.endswith("_bucket") and re.search(r"latency|duration|seconds", n)]
     names.sort(key=lambda n: (("request" not in n and "click" not in n), n))
     return names[0] if names else None
 
@@ -497,6 +511,7 @@ class Result:
     half_p99_ms: float | None = None
     half_metrics_p99_ms: float | None = None
     sqs_requests_per_1000: float | None = None
+    sqs_source: str | None = None
     rss_mb: float | None = None
     million_rss_mb: float | None = None
     million_clicks: int | None = None
@@ -614,6 +629,9 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
                 else ""
             )
         )
+        if target == "tracker":
+            # A short drain keeps the stop quick; the tracker still flushes every buffered event before exiting.
+            env = {**env, "ADCLICK_DRAIN_SECONDS": "0.5"}
         proc = PROCS.start(target, pinned(args.server_cpu, cmd), logs / f"{target}.log", env=env)
         try:
             try:
@@ -635,6 +653,7 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
             run_wrk(args, port, args.warmup)
             time.sleep(0.5)  # let the warm-up's events ship before the first scrape
             before = scrape(port) if is_tracker else {}
+            moto_before = moto_requests(logs)
 
             peak = run_wrk(args, port, args.duration)
             res.rps, res.p50_ms, res.p99_ms, res.errors = peak.rps, peak.p50_ms, peak.p99_ms, peak.errors
@@ -645,18 +664,19 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
             if is_tracker:
                 time.sleep(args.flush_wait)
                 after = scrape(port)
-                sqs = (metric_sum(after, "adclick_sqs_requests_total") or 0) - (
-                    metric_sum(before, "adclick_sqs_requests_total") or 0
+                sqs_seen = moto_requests(logs) - moto_before
+                counted = delta(before, after, "adclick_click_requests_total")
+                sqs = delta(before, after, "adclick_sqs_requests_total")
+                source = "/metrics adclick_sqs_requests_total"
+                if sqs is None:
+                    sqs, source = float(sqs_seen), "moto's request log"
+                res.sqs_requests_per_1000 = 1000 * sqs / peak.requests if peak.requests else None
+                res.sqs_source = source
+                print(
+                    f"  SQS: {sqs:.0f} requests ({source}; moto logged {sqs_seen}) for {peak.requests:,} clicks"
+                    f" = {res.sqs_requests_per_1000:.2f} per 1,000; tracker counted "
+                    f"{'-' if counted is None else f'{counted:,.0f}'} click requests"
                 )
-                if "adclick_sqs_requests_total" in after and peak.requests:
-                    res.sqs_requests_per_1000 = 1000 * sqs / peak.requests
-                    print(
-                        f"  SQS: {sqs:.0f} requests for {peak.requests:,} clicks"
-                        f" = {res.sqs_requests_per_1000:.2f} per 1,000"
-                    )
-                else:
-                    print("  SQS: adclick_sqs_requests_total not in /metrics")
-
             if oha is None:
                 print("  half-rate p99: skipped (oha not found; cargo install oha --locked)")
             elif not args.skip_half:
@@ -671,7 +691,9 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
                 if is_tracker:
                     q = histogram_quantile(before, scrape(port), 0.99)
                     res.half_metrics_p99_ms = None if q is None else q * 1e3
-                    line += f"; /metrics p99 {fmt_ms(res.half_metrics_p99_ms)}"
+                    line += (
+                        f"; in the Rust engine (/metrics adclick_click_seconds) p99 {fmt_ms(res.half_metrics_p99_ms)}"
+                    )
                 print(line)
 
             if args.million and is_tracker:
@@ -685,7 +707,7 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
             if proc.poll() is not None:
                 res.status, res.note = "failed", f"exited with {proc.returncode} during the run"
         finally:
-            PROCS.stop(proc)
+            PROCS.stop(proc, grace=15.0)
     return res
 
 
@@ -730,7 +752,7 @@ def table(results: list[Result]) -> str:
         if r.errors:
             notes.append(f"{r.errors} errors")
         if r.half_metrics_p99_ms is not None:
-            notes.append(f"/metrics p99 ½ peak {fmt_ms(r.half_metrics_p99_ms)}")
+            notes.append(f"engine p99 at ½ peak (/metrics) {fmt_ms(r.half_metrics_p99_ms)}")
         if r.sqs_requests_per_1000 is not None:
             notes.append(f"SQS req/1k clicks {r.sqs_requests_per_1000:.2f}")
         if r.rss_mb is not None and r.target == "tracker":

@@ -1,1 +1,537 @@
-//! (being written)
+//! Link configs as stored in Redis (docs/contracts.md), decoded once per cache fill into a form that
+//! serves a click without parsing or allocating.
+use serde::Deserialize;
+
+use crate::error::CoreError;
+use crate::template::UrlTemplate;
+
+/// The only config version this build understands.
+pub const LINK_VERSION: u64 = 1;
+/// Link ids are 40 bits wide inside a ClickID.
+pub const MAX_LINK_ID: u64 = (1 << 40) - 1;
+/// Upper bound on rules per link and on destinations per list, to keep the per-click scan short.
+pub const MAX_ENTRIES: usize = 64;
+
+/// Device categories a rule may name (see `ua::UaInfo::device`).
+const DEVICES: [&str; 8] = [
+    "desktop",
+    "smartphone",
+    "tablet",
+    "mobilephone",
+    "crawler",
+    "appliance",
+    "misc",
+    "unknown",
+];
+
+/// `[A-Za-z0-9_-]{1,64}`: the only slugs that reach Redis.
+pub fn valid_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A weighted rotation of destination templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destinations {
+    templates: Vec<UrlTemplate>,
+    /// Running totals of the weights: entry i is chosen for `ends[i-1] <= r < ends[i]`.
+    ends: Vec<u32>,
+}
+
+impl Destinations {
+    /// Builds a rotation from `(weight, template)` pairs; at least one weight must be positive.
+    pub fn new(entries: Vec<(u32, UrlTemplate)>) -> Result<Self, CoreError> {
+        if entries.len() > MAX_ENTRIES {
+            return Err(CoreError::InvalidLink(format!("more than {MAX_ENTRIES} destinations")));
+        }
+        let mut total: u32 = 0;
+        let mut ends = Vec::with_capacity(entries.len());
+        let mut templates = Vec::with_capacity(entries.len());
+        for (weight, template) in entries {
+            total = total
+                .checked_add(weight)
+                .ok_or_else(|| CoreError::InvalidLink("destination weights add up past 2^32".into()))?;
+            ends.push(total);
+            templates.push(template);
+        }
+        if total == 0 {
+            return Err(CoreError::InvalidLink("no destination has a positive weight".into()));
+        }
+        Ok(Destinations { templates, ends })
+    }
+
+    /// One destination that always wins.
+    pub fn single(template: UrlTemplate) -> Self {
+        Destinations {
+            templates: vec![template],
+            ends: vec![1],
+        }
+    }
+
+    /// Sum of the weights; `pick` expects `r` in `0..total()`.
+    pub fn total(&self) -> u32 {
+        // `new` refuses an empty or all-zero list, so the last running total exists and is positive.
+        self.ends[self.ends.len() - 1]
+    }
+
+    /// The destination whose weight band holds `r`; an `r` past the total wraps around.
+    pub fn pick(&self, r: u32) -> (usize, &UrlTemplate) {
+        let r = r % self.total();
+        let i = self.ends.partition_point(|&end| end <= r);
+        (i, &self.templates[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    /// The template at `index` as returned by `pick`.
+    pub fn get(&self, index: usize) -> Option<&UrlTemplate> {
+        self.templates.get(index)
+    }
+}
+
+/// A targeting rule; an empty list matches anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// ISO 3166-1 alpha-2 codes, upper-case.
+    pub countries: Vec<String>,
+    /// Device categories, lower-case; "mobile" in a config stands for smartphone and mobilephone.
+    pub devices: Vec<String>,
+    /// OS families as `ua::classify` names them, compared without regard to ASCII case.
+    pub os: Vec<String>,
+    pub dests: Destinations,
+}
+
+impl Rule {
+    /// Whether a click from `country` on `device`/`os` is for this rule.
+    pub fn matches(&self, country: Option<&str>, device: &str, os: &str) -> bool {
+        (self.countries.is_empty() || country.is_some_and(|c| self.countries.iter().any(|x| x.eq_ignore_ascii_case(c))))
+            && (self.devices.is_empty() || self.devices.iter().any(|d| d.eq_ignore_ascii_case(device)))
+            && (self.os.is_empty() || self.os.iter().any(|o| o.eq_ignore_ascii_case(os)))
+    }
+}
+
+/// A decoded, validated link config ready to serve clicks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledLink {
+    pub id: u64,
+    pub slug: String,
+    pub offer_id: Option<u64>,
+    pub affiliate_id: Option<u64>,
+    pub active: bool,
+    /// Unix seconds; the link stops routing at this instant.
+    pub expires_at: Option<u64>,
+    pub default: Option<Destinations>,
+    pub rules: Vec<Rule>,
+    pub fallback: Option<UrlTemplate>,
+    pub cookie: bool,
+}
+
+#[derive(Deserialize)]
+struct RawVersion {
+    v: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawStatus {
+    #[default]
+    Active,
+    Paused,
+}
+
+#[derive(Deserialize)]
+struct RawLink {
+    id: u64,
+    slug: String,
+    offer_id: Option<u64>,
+    affiliate_id: Option<u64>,
+    #[serde(default)]
+    status: RawStatus,
+    expires_at: Option<u64>,
+    url: Option<String>,
+    destinations: Option<Vec<RawDestination>>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    fallback_url: Option<String>,
+    #[serde(default)]
+    cookie: bool,
+}
+
+#[derive(Deserialize)]
+struct RawDestination {
+    url: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    #[serde(default)]
+    countries: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    os: Vec<String>,
+    url: Option<String>,
+    destinations: Option<Vec<RawDestination>>,
+}
+
+fn bad(msg: impl Into<String>) -> CoreError {
+    CoreError::InvalidLink(msg.into())
+}
+
+fn template(url: &str, what: &str) -> Result<UrlTemplate, CoreError> {
+    UrlTemplate::parse(url).map_err(|e| bad(format!("{what}: {e}")))
+}
+
+/// `destinations` replaces `url` when both are present, as the contract says.
+fn destinations(
+    url: Option<String>,
+    list: Option<Vec<RawDestination>>,
+    what: &str,
+) -> Result<Option<Destinations>, CoreError> {
+    match (url, list) {
+        (_, Some(list)) => {
+            if list.len() > MAX_ENTRIES {
+                return Err(bad(format!("{what}: more than {MAX_ENTRIES} destinations")));
+            }
+            let entries = list
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Ok((d.weight, template(&d.url, &format!("{what} destination {i}"))?)))
+                .collect::<Result<Vec<_>, CoreError>>()?;
+            Destinations::new(entries).map(Some).map_err(|e| match e {
+                CoreError::InvalidLink(m) => bad(format!("{what}: {m}")),
+                other => other,
+            })
+        }
+        (Some(url), None) => Ok(Some(Destinations::single(template(&url, what)?))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn compile_rule(index: usize, raw: RawRule) -> Result<Rule, CoreError> {
+    let what = format!("rule {index}");
+    let mut countries = Vec::with_capacity(raw.countries.len());
+    for c in raw.countries {
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(bad(format!("{what}: country {c:?} is not a two-letter code")));
+        }
+        countries.push(c.to_ascii_uppercase());
+    }
+    let mut devices = Vec::with_capacity(raw.devices.len());
+    for d in raw.devices {
+        let d = d.to_ascii_lowercase();
+        if d == "mobile" {
+            devices.extend(["smartphone".to_owned(), "mobilephone".to_owned()]);
+        } else if DEVICES.contains(&d.as_str()) {
+            devices.push(d);
+        } else {
+            return Err(bad(format!("{what}: unknown device {d:?}")));
+        }
+    }
+    let dests = destinations(raw.url, raw.destinations, &what)?.ok_or_else(|| bad(format!("{what}: no url")))?;
+    Ok(Rule {
+        countries,
+        devices,
+        os: raw.os,
+        dests,
+    })
+}
+
+impl CompiledLink {
+    /// Decodes and validates a link config; anything unsafe or unknown is refused, never half-served.
+    pub fn decode(bytes: &[u8]) -> Result<CompiledLink, CoreError> {
+        let version: RawVersion = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+        match version.v {
+            Some(LINK_VERSION) => {}
+            Some(v) => return Err(bad(format!("unsupported version {v}"))),
+            None => return Err(bad("missing version \"v\"")),
+        }
+        let raw: RawLink = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if raw.id > MAX_LINK_ID {
+            return Err(bad(format!("id {} does not fit in 40 bits", raw.id)));
+        }
+        if !valid_slug(&raw.slug) {
+            return Err(bad(format!("bad slug {:?}", raw.slug)));
+        }
+        if raw.rules.len() > MAX_ENTRIES {
+            return Err(bad(format!("more than {MAX_ENTRIES} rules")));
+        }
+        let default = destinations(raw.url, raw.destinations, "url")?;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(i, r))
+            .collect::<Result<_, _>>()?;
+        let fallback = raw
+            .fallback_url
+            .as_deref()
+            .map(|u| template(u, "fallback_url"))
+            .transpose()?;
+        Ok(CompiledLink {
+            id: raw.id,
+            slug: raw.slug,
+            offer_id: raw.offer_id,
+            affiliate_id: raw.affiliate_id,
+            active: raw.status == RawStatus::Active,
+            expires_at: raw.expires_at,
+            default,
+            rules,
+            fallback,
+            cookie: raw.cookie,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(v: serde_json::Value) -> Result<CompiledLink, CoreError> {
+        CompiledLink::decode(v.to_string().as_bytes())
+    }
+
+    fn err(v: serde_json::Value) -> String {
+        match decode(v.clone()) {
+            Err(CoreError::InvalidLink(m)) => m,
+            other => panic!("{v} should be refused, got {other:?}"),
+        }
+    }
+
+    fn minimal() -> serde_json::Value {
+        json!({"v": 1, "id": 42, "slug": "summer-sale", "url": "https://shop.example/lp?cid={click_id}"})
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut v = minimal();
+        v[key] = value;
+        v
+    }
+
+    fn t(url: &str) -> UrlTemplate {
+        UrlTemplate::parse(url).unwrap()
+    }
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let link = decode(json!({
+            "v": 1,
+            "id": 42, "slug": "summer-sale", "offer_id": 7, "affiliate_id": 3,
+            "status": "active",
+            "expires_at": null,
+            "url": "https://shop.example/lp?cid={click_id}&s1={sub1}",
+            "destinations": [
+                {"url": "https://a.example/?c={click_id}", "weight": 70},
+                {"url": "https://b.example/?c={click_id}", "weight": 30}
+            ],
+            "rules": [
+                {"countries": ["us", "CA"], "devices": ["mobile"], "os": ["iOS"],
+                 "url": "https://ios.example/?c={click_id}"}
+            ],
+            "fallback_url": "https://shop.example/",
+            "cookie": false
+        }))
+        .unwrap();
+        let default = Destinations::new(vec![
+            (70, t("https://a.example/?c={click_id}")),
+            (30, t("https://b.example/?c={click_id}")),
+        ])
+        .unwrap();
+        assert_eq!(
+            link,
+            CompiledLink {
+                id: 42,
+                slug: "summer-sale".into(),
+                offer_id: Some(7),
+                affiliate_id: Some(3),
+                active: true,
+                expires_at: None,
+                default: Some(default),
+                rules: vec![Rule {
+                    countries: vec!["US".into(), "CA".into()],
+                    devices: vec!["smartphone".into(), "mobilephone".into()],
+                    os: vec!["iOS".into()],
+                    dests: Destinations::single(t("https://ios.example/?c={click_id}")),
+                }],
+                fallback: Some(t("https://shop.example/")),
+                cookie: false,
+            }
+        );
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let link = decode(minimal()).unwrap();
+        assert!(link.active);
+        assert!(!link.cookie);
+        assert_eq!(link.expires_at, None);
+        assert_eq!(link.offer_id, None);
+        assert!(link.rules.is_empty());
+        assert_eq!(link.fallback, None);
+        assert_eq!(
+            link.default,
+            Some(Destinations::single(t("https://shop.example/lp?cid={click_id}")))
+        );
+    }
+
+    #[test]
+    fn status_expiry_cookie_and_unknown_fields() {
+        let mut v = with("status", json!("paused"));
+        v["expires_at"] = json!(1_764_284_000u64);
+        v["cookie"] = json!(true);
+        v["name"] = json!("written by a newer manager");
+        let link = decode(v).unwrap();
+        assert!(!link.active);
+        assert!(link.cookie);
+        assert_eq!(link.expires_at, Some(1_764_284_000));
+        assert!(err(with("status", json!("archived"))).contains("archived"));
+    }
+
+    #[test]
+    fn link_without_default_destination_is_allowed() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("url");
+        v["fallback_url"] = json!("https://shop.example/");
+        let link = decode(v).unwrap();
+        assert_eq!(link.default, None);
+        assert!(link.fallback.is_some());
+    }
+
+    #[test]
+    fn version_must_be_one() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("v");
+        assert!(err(v).contains("missing version"));
+        assert!(err(with("v", json!(2))).contains("unsupported version 2"));
+        assert!(err(with("v", json!("1"))).contains("not a JSON object"));
+        assert!(err(json!([1, 2])).contains("not a JSON object"));
+        assert!(CompiledLink::decode(b"{\"v\": 1,").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_ids_and_slugs() {
+        assert!(decode(with("id", json!(MAX_LINK_ID))).is_ok());
+        assert!(err(with("id", json!(MAX_LINK_ID + 1))).contains("40 bits"));
+        assert!(err(with("id", json!(-1))).contains("invalid value"));
+        assert!(err(with("slug", json!("a/b"))).contains("bad slug"));
+        assert!(err(with("slug", json!(""))).contains("bad slug"));
+        assert!(err(with("slug", json!("a".repeat(65)))).contains("bad slug"));
+    }
+
+    #[test]
+    fn valid_slug_follows_the_contract() {
+        for ok in ["a", "A-z_0", &"x".repeat(64)] {
+            assert!(valid_slug(ok), "{ok}");
+        }
+        for bad in ["", &"x".repeat(65), "a b", "a.b", "a/b", "é", "a%20", "a\n"] {
+            assert!(!valid_slug(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_templates_everywhere() {
+        assert!(err(with("url", json!("https://{sub1}.example/"))).contains("url: invalid url template"));
+        assert!(err(with("fallback_url", json!("javascript:alert(1)"))).contains("fallback_url"));
+        let dests = json!([{"url": "https://a.example/", "weight": 1}, {"url": "ftp://b.example/", "weight": 1}]);
+        assert!(err(with("destinations", dests)).contains("url destination 1"));
+        let rules = json!([{"url": "https://a.example/"}, {"url": "https://a.example/{nope}"}]);
+        assert!(err(with("rules", rules)).contains("rule 1"));
+    }
+
+    #[test]
+    fn refuses_bad_destination_lists() {
+        assert!(err(with("destinations", json!([]))).contains("positive weight"));
+        let zeros = json!([{"url": "https://a.example/", "weight": 0}]);
+        assert!(err(with("destinations", zeros)).contains("positive weight"));
+        let overflow =
+            json!([{"url": "https://a.example/", "weight": u32::MAX}, {"url": "https://b.example/", "weight": 1}]);
+        assert!(err(with("destinations", overflow)).contains("2^32"));
+        let too_many: Vec<_> = (0..=MAX_ENTRIES)
+            .map(|_| json!({"url": "https://a.example/"}))
+            .collect();
+        assert!(err(with("destinations", json!(too_many))).contains("more than 64"));
+        let just_enough: Vec<_> = (0..MAX_ENTRIES).map(|_| json!({"url": "https://a.example/"})).collect();
+        assert_eq!(
+            decode(with("destinations", json!(just_enough)))
+                .unwrap()
+                .default
+                .unwrap()
+                .total(),
+            64
+        );
+    }
+
+    #[test]
+    fn refuses_bad_rules() {
+        let too_many: Vec<_> = (0..=MAX_ENTRIES)
+            .map(|_| json!({"url": "https://a.example/"}))
+            .collect();
+        assert!(err(with("rules", json!(too_many))).contains("more than 64 rules"));
+        assert!(err(with("rules", json!([{"countries": ["US"]}]))).contains("rule 0: no url"));
+        let usa = json!([{"countries": ["USA"], "url": "https://a.example/"}]);
+        assert!(err(with("rules", usa)).contains("two-letter"));
+        let phone = json!([{"devices": ["phone"], "url": "https://a.example/"}]);
+        assert!(err(with("rules", phone)).contains("unknown device"));
+    }
+
+    #[test]
+    fn rule_destinations_replace_rule_url() {
+        let rules =
+            json!([{"url": "https://a.example/", "destinations": [{"url": "https://b.example/", "weight": 3}]}]);
+        let link = decode(with("rules", rules)).unwrap();
+        let dests = &link.rules[0].dests;
+        assert_eq!((dests.len(), dests.total()), (1, 3));
+        assert_eq!(dests.pick(2).1.as_str(), "https://b.example/");
+    }
+
+    #[test]
+    fn pick_follows_cumulative_weights() {
+        let d = Destinations::new(vec![
+            (70, t("https://a.example/")),
+            (0, t("https://never.example/")),
+            (25, t("https://b.example/")),
+            (5, t("https://c.example/")),
+        ])
+        .unwrap();
+        assert_eq!(d.total(), 100);
+        let mut counts = [0u32; 4];
+        for r in 0..d.total() {
+            counts[d.pick(r).0] += 1;
+        }
+        assert_eq!(counts, [70, 0, 25, 5]);
+        assert_eq!(d.pick(69).0, 0);
+        assert_eq!(d.pick(70), (2, d.get(2).unwrap()));
+        assert_eq!(d.pick(99).0, 3);
+        assert_eq!(d.pick(100).0, 0, "r past the total wraps around");
+        assert_eq!(d.pick(u32::MAX).0, d.pick(u32::MAX % 100).0);
+    }
+
+    #[test]
+    fn rule_matching_is_any_when_empty_and_ignores_case() {
+        let rule = |countries: &[&str], devices: &[&str], os: &[&str]| Rule {
+            countries: countries.iter().map(|s| s.to_string()).collect(),
+            devices: devices.iter().map(|s| s.to_string()).collect(),
+            os: os.iter().map(|s| s.to_string()).collect(),
+            dests: Destinations::single(t("https://a.example/")),
+        };
+        assert!(rule(&[], &[], &[]).matches(None, "unknown", "unknown"));
+        let r = rule(&["US", "CA"], &["smartphone"], &["iOS"]);
+        assert!(r.matches(Some("CA"), "smartphone", "ios"));
+        assert!(!r.matches(None, "smartphone", "iOS"));
+        assert!(!r.matches(Some("DE"), "smartphone", "iOS"));
+        assert!(!r.matches(Some("US"), "desktop", "iOS"));
+        assert!(!r.matches(Some("US"), "smartphone", "Android"));
+    }
+}

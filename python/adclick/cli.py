@@ -141,10 +141,10 @@ def links_main(argv: list[str]) -> int:
     import redis
 
     from adclick.core.links import LinkConfigError, delete_link, get_link, publish_link
-    from adclick.core.settings import Settings
+    from adclick.core.settings import get_settings
 
     args = _links_parser().parse_args(argv)
-    url = args.redis_url or Settings().redis_url
+    url = args.redis_url or get_settings().redis_url
     client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5)
     try:
         if args.action == "put":

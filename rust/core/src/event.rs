@@ -1,1 +1,543 @@
-//! (being written)
+//! Click events: buffered as JSON lines on the hot path, packed into compressed SQS message bodies.
+//!
+//! A body is `c1:` followed by standard base64 of the zlib-compressed, `\n`-separated JSON events
+//! (see docs/contracts.md).
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use flate2::Compression;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+
+/// Prefix of every message body in the current packing format.
+pub const BODY_PREFIX: &str = "c1:";
+/// Most bytes `unpack` inflates from one body; a real body of 256 KiB never comes near it.
+pub const MAX_UNPACKED_BYTES: u64 = 64 * 1024 * 1024;
+
+// First guess of raw bytes per body byte: zlib shrinks click JSON at least 4:1 and base64 adds a third
+// back. `pack` then learns the real ratio from each chunk it encodes.
+const RAW_CHUNK_FACTOR: usize = 3;
+
+/// One click, as the worker receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClickEvent {
+    pub v: u8,
+    pub click_id: String,
+    pub ts: u64,
+    pub link_id: u64,
+    pub offer_id: Option<u64>,
+    pub aff_id: Option<u64>,
+    pub slug: String,
+    pub method: String,
+    pub ip: Option<String>,
+    pub ua: Option<String>,
+    pub referer: Option<String>,
+    pub country: Option<String>,
+    pub device: String,
+    pub os: String,
+    pub bot: bool,
+    pub sub1: Option<String>,
+    pub sub2: Option<String>,
+    pub sub3: Option<String>,
+    pub sub4: Option<String>,
+    pub sub5: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub dest: u32,
+    pub fallback: bool,
+}
+
+/// Why `EventBuffer::push` did not take an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The buffer holds `max_events` events already.
+    Full,
+    /// The buffer was closed for shutdown.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    lines: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+/// A bounded, thread-safe queue of serialised click events waiting to be shipped.
+#[derive(Debug)]
+pub struct EventBuffer {
+    inner: Mutex<Inner>,
+    max_events: usize,
+}
+
+impl EventBuffer {
+    pub fn new(max_events: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_events,
+        }
+    }
+
+    /// Queues one event as a JSON line; the serialising happens before the lock is taken.
+    pub fn push(&self, ev: &ClickEvent) -> Result<(), PushError> {
+        let line = serde_json::to_vec(ev).expect("a ClickEvent always serialises: every map key is a string");
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(PushError::Closed);
+        }
+        if inner.lines.len() >= self.max_events {
+            return Err(PushError::Full);
+        }
+        inner.lines.push(line);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().lines.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max_events
+    }
+
+    /// Refuses further pushes; what was already accepted can still be taken, so a shutdown ships it all.
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
+
+    /// Removes and returns every buffered line, oldest first.
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.inner.lock().lines)
+    }
+}
+
+fn encode_body(lines: &[Vec<u8>]) -> String {
+    let mut z = ZlibEncoder::new(Vec::with_capacity(raw_len(lines) / 4 + 64), Compression::default());
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            z.write_all(b"\n").expect("writing to a Vec cannot fail");
+        }
+        z.write_all(line).expect("writing to a Vec cannot fail");
+    }
+    let compressed = z.finish().expect("writing to a Vec cannot fail");
+    let mut body = String::with_capacity(BODY_PREFIX.len() + compressed.len().div_ceil(3) * 4);
+    body.push_str(BODY_PREFIX);
+    STANDARD.encode_string(&compressed, &mut body);
+    body
+}
+
+fn raw_len(lines: &[Vec<u8>]) -> usize {
+    lines.iter().map(|l| l.len() + 1).sum()
+}
+
+// Lines from `start` whose raw size stays within `raw_limit`, never fewer than one.
+fn chunk_end(lines: &[Vec<u8>], start: usize, raw_limit: usize) -> usize {
+    let mut raw = 0;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        raw += line.len() + 1;
+        if i > start && raw > raw_limit {
+            return i;
+        }
+    }
+    lines.len()
+}
+
+fn pack_chunk(lines: &[Vec<u8>], max_body_bytes: usize, body: String, out: &mut Vec<String>) {
+    if body.len() <= max_body_bytes || lines.len() == 1 {
+        out.push(body);
+        return;
+    }
+    let (first, second) = lines.split_at(lines.len() / 2);
+    pack_chunk(first, max_body_bytes, encode_body(first), out);
+    pack_chunk(second, max_body_bytes, encode_body(second), out);
+}
+
+/// Packs JSON lines, in order, into few message bodies of at most `max_body_bytes` characters each.
+///
+/// Lines are grouped greedily by raw size, starting from chunks of 3 × `max_body_bytes`; each encoded
+/// chunk teaches the compression ratio, so a chunk that came out well under the limit is grown and
+/// retried, and later chunks aim at 90% of the limit. A chunk whose body is still too big is halved
+/// until it fits. A single line whose body alone exceeds the limit cannot be made smaller, so it is
+/// emitted as a body of its own, over the limit: callers bound by a hard limit (SQS) must check each
+/// body's length and divert such a body.
+pub fn pack(lines: &[Vec<u8>], max_body_bytes: usize) -> Vec<String> {
+    const GROW_TRIES: u32 = 3;
+    let target = max_body_bytes as f64 * 0.9;
+    let mut raw_limit = max_body_bytes.saturating_mul(RAW_CHUNK_FACTOR);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < lines.len() {
+        let mut tries = 0;
+        let mut fitted: Option<(usize, String)> = None;
+        let (end, body) = loop {
+            let end = chunk_end(lines, start, raw_limit);
+            let body = encode_body(&lines[start..end]);
+            let raw = raw_len(&lines[start..end]);
+            raw_limit = ((raw as f64 * target / body.len() as f64) as usize).max(1);
+            if body.len() > max_body_bytes {
+                // Grown too far: the last chunk that fitted beats two half-empty halves.
+                break fitted.unwrap_or((end, body));
+            }
+            let room_left = body.len() < max_body_bytes / 4 * 3 && end < lines.len();
+            if !room_left || tries == GROW_TRIES {
+                break (end, body);
+            }
+            fitted = Some((end, body));
+            tries += 1;
+        };
+        pack_chunk(&lines[start..end], max_body_bytes, body, &mut out);
+        start = end;
+    }
+    out
+}
+
+fn bad(reason: impl std::fmt::Display) -> CoreError {
+    CoreError::InvalidMessage(reason.to_string())
+}
+
+/// Unpacks a message body made by [`pack`] back into its events, in order.
+pub fn unpack(body: &str) -> Result<Vec<ClickEvent>, CoreError> {
+    let encoded = body
+        .strip_prefix(BODY_PREFIX)
+        .ok_or_else(|| bad("unknown format prefix"))?;
+    let compressed = STANDARD.decode(encoded).map_err(|e| bad(format!("base64: {e}")))?;
+    if compressed.is_empty() {
+        return Err(bad("empty body"));
+    }
+    let mut raw = Vec::new();
+    ZlibDecoder::new(compressed.as_slice())
+        .take(MAX_UNPACKED_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| bad(format!("zlib: {e}")))?;
+    if raw.len() as u64 > MAX_UNPACKED_BYTES {
+        return Err(bad(format!("inflates to more than {MAX_UNPACKED_BYTES} bytes")));
+    }
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    raw.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| serde_json::from_slice(line).map_err(|e| bad(format!("event {i}: {e}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    fn event(n: u64) -> ClickEvent {
+        ClickEvent {
+            v: 1,
+            click_id: format!("{n:040}"),
+            ts: 1_764_284_000_123 + n,
+            link_id: 42,
+            offer_id: Some(7),
+            aff_id: None,
+            slug: "summer-sale".into(),
+            method: "GET".into(),
+            ip: Some("203.0.113.9".into()),
+            ua: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)".into()),
+            referer: None,
+            country: Some("US".into()),
+            device: "smartphone".into(),
+            os: "iOS".into(),
+            bot: false,
+            sub1: Some(format!("s{n}")),
+            sub2: None,
+            sub3: None,
+            sub4: None,
+            sub5: None,
+            params: BTreeMap::from([("gclid".to_owned(), format!("g{n}"))]),
+            dest: (n % 3) as u32,
+            fallback: n % 5 == 0,
+        }
+    }
+
+    fn lines(events: &[ClickEvent]) -> Vec<Vec<u8>> {
+        let buf = EventBuffer::new(events.len());
+        for ev in events {
+            buf.push(ev).unwrap();
+        }
+        buf.take()
+    }
+
+    fn unpack_all(bodies: &[String]) -> Vec<ClickEvent> {
+        bodies.iter().flat_map(|b| unpack(b).unwrap()).collect()
+    }
+
+    fn zbody(raw: &[u8]) -> String {
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
+        z.write_all(raw).unwrap();
+        format!("c1:{}", STANDARD.encode(z.finish().unwrap()))
+    }
+
+    #[test]
+    fn json_has_the_contract_fields_in_order() {
+        let json = String::from_utf8(serde_json::to_vec(&event(0)).unwrap()).unwrap();
+        let keys = [
+            "v", "click_id", "ts", "link_id", "offer_id", "aff_id", "slug", "method", "ip", "ua", "referer", "country",
+            "device", "os", "bot", "sub1", "sub2", "sub3", "sub4", "sub5", "params", "dest", "fallback",
+        ];
+        let mut at = 0;
+        for key in keys {
+            let pos = json[at..]
+                .find(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("{key} missing in {json}"));
+            at += pos + 1;
+        }
+        assert!(
+            json.contains("\"aff_id\":null"),
+            "absent values are explicit nulls: {json}"
+        );
+    }
+
+    #[test]
+    fn pack_unpack_round_trip_keeps_order_and_count() {
+        let events: Vec<_> = (0..5000).map(event).collect();
+        let bodies = pack(&lines(&events), 16 * 1024);
+        assert!(bodies.len() > 1, "5000 events should not fit in 16 KiB");
+        for b in &bodies {
+            assert!(b.starts_with("c1:") && b.len() <= 16 * 1024, "{}", b.len());
+        }
+        assert_eq!(unpack_all(&bodies), events);
+    }
+
+    #[test]
+    fn compressible_events_share_bodies() {
+        let events: Vec<_> = (0..2000).map(event).collect();
+        let bodies = pack(&lines(&events), 262_144);
+        assert_eq!(bodies.len(), 1, "2000 similar clicks fit one 256 KiB body");
+        assert_eq!(unpack_all(&bodies), events);
+    }
+
+    #[test]
+    fn bodies_are_well_filled() {
+        let events: Vec<_> = (0..20_000).map(event).collect();
+        let ls = lines(&events);
+        let max = 64 * 1024;
+        let bodies = pack(&ls, max);
+        let ideal = encode_body(&ls).len().div_ceil(max);
+        assert!(
+            bodies.len() <= ideal + ideal / 2 + 1,
+            "{} bodies where {ideal} could do",
+            bodies.len()
+        );
+        assert!(bodies.iter().all(|b| b.len() <= max));
+        assert_eq!(unpack_all(&bodies), events);
+    }
+
+    #[test]
+    fn nothing_packs_to_nothing() {
+        assert!(pack(&[], 1024).is_empty());
+        assert_eq!(unpack(&zbody(b"")).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn an_oversized_line_is_emitted_alone() {
+        let mut big = event(1);
+        // Random-looking text that zlib cannot shrink below the limit.
+        big.ua = Some((0..4000).map(|_| fastrand::alphanumeric()).collect());
+        let events = vec![event(0), big, event(2)];
+        let bodies = pack(&lines(&events), 1024);
+        let counts: Vec<_> = bodies
+            .iter()
+            .map(|b| (unpack(b).unwrap().len(), b.len() <= 1024))
+            .collect();
+        assert_eq!(counts, vec![(1, true), (1, false), (1, true)]);
+        assert_eq!(unpack_all(&bodies), events);
+    }
+
+    #[test]
+    fn unicode_crlf_and_control_characters_survive() {
+        let mut ev = event(3);
+        ev.ua = Some("Mozilla\r\nX-Injected: 1\n\u{0}\t\"quoted\" \\ back".into());
+        ev.referer = Some("https://例え.jp/パス?q=ü&e=😀".into());
+        ev.sub2 = Some("line1\nline2\u{2028}\u{2029}".into());
+        ev.params.insert("ключ\n".into(), "значение\r\n🎯".into());
+        let events = vec![ev, event(4)];
+        let ls = lines(&events);
+        assert!(
+            ls.iter().all(|l| !l.contains(&b'\n')),
+            "a JSON line never holds a raw newline"
+        );
+        assert_eq!(unpack_all(&pack(&ls, 262_144)), events);
+    }
+
+    #[test]
+    fn unpack_rejects_malformed_bodies() {
+        let good = pack(&lines(&[event(0)]), 262_144).remove(0);
+        let reject = |body: &str| assert!(matches!(unpack(body), Err(CoreError::InvalidMessage(_))), "{body:.60}");
+        reject(&good.replacen("c1:", "c2:", 1));
+        reject(&good[3..]);
+        reject("c1:");
+        reject("c1:not base64!");
+        reject(&format!("c1:{}", STANDARD.encode(b"not zlib at all")));
+        reject(&zbody(b"{\"v\":1}"));
+        reject(&zbody(b"not json"));
+        let line = serde_json::to_string(&event(0)).unwrap();
+        reject(&zbody(format!("{line}\n").as_bytes()));
+        // Truncated zlib stream.
+        let compressed = STANDARD.decode(&good[3..]).unwrap();
+        reject(&format!("c1:{}", STANDARD.encode(&compressed[..compressed.len() - 6])));
+    }
+
+    #[test]
+    fn unpack_refuses_zlib_bombs() {
+        // 80 MiB of zeros compresses to about 80 KiB.
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..80 {
+            z.write_all(&zeros).unwrap();
+        }
+        let body = format!("c1:{}", STANDARD.encode(z.finish().unwrap()));
+        match unpack(&body) {
+            Err(CoreError::InvalidMessage(reason)) => assert!(reason.contains("more than"), "{reason}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|v| v.len())),
+        }
+    }
+
+    #[test]
+    fn full_at_capacity() {
+        let buf = EventBuffer::new(3);
+        for n in 0..3 {
+            buf.push(&event(n)).unwrap();
+        }
+        assert_eq!(buf.push(&event(3)), Err(PushError::Full));
+        assert_eq!(buf.len(), 3);
+        assert_eq!(buf.take().len(), 3);
+        assert_eq!(buf.push(&event(4)), Ok(()), "taking frees room");
+    }
+
+    #[test]
+    fn closed_refuses_pushes_but_drains() {
+        let buf = EventBuffer::new(10);
+        buf.push(&event(0)).unwrap();
+        buf.push(&event(1)).unwrap();
+        assert!(!buf.is_closed());
+        buf.close();
+        assert!(buf.is_closed());
+        assert_eq!(buf.push(&event(2)), Err(PushError::Closed));
+        assert_eq!(unpack_all(&pack(&buf.take(), 262_144)), vec![event(0), event(1)]);
+        assert!(buf.is_empty());
+        assert_eq!(
+            buf.push(&event(3)),
+            Err(PushError::Closed),
+            "still closed after draining"
+        );
+    }
+
+    #[test]
+    fn take_empties_the_buffer() {
+        let buf = EventBuffer::new(10);
+        assert!(buf.is_empty());
+        buf.push(&event(0)).unwrap();
+        assert!(!buf.is_empty());
+        assert_eq!(buf.take().len(), 1);
+        assert!(buf.is_empty());
+        assert_eq!(buf.len(), 0);
+        assert!(buf.take().is_empty());
+    }
+
+    #[test]
+    fn concurrent_pushes_arrive_exactly_once() {
+        const THREADS: u64 = 8;
+        const PER_THREAD: u64 = 2000;
+        let buf = Arc::new(EventBuffer::new(usize::MAX));
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let buf = Arc::clone(&buf);
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        buf.push(&event(t * PER_THREAD + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Drain while the pushers run, as the shipper does.
+        let mut got = Vec::new();
+        while !pushers.iter().all(|h| h.is_finished()) {
+            got.extend(buf.take());
+        }
+        for h in pushers {
+            h.join().unwrap();
+        }
+        got.extend(buf.take());
+        let events = unpack_all(&pack(&got, 262_144));
+        assert_eq!(events.len() as u64, THREADS * PER_THREAD);
+        let ids: HashSet<_> = events.iter().map(|e| e.ts).collect();
+        assert_eq!(ids.len() as u64, THREADS * PER_THREAD);
+        // Each thread's own events stay in the order it pushed them.
+        for t in 0..THREADS {
+            let mine: Vec<_> = events
+                .iter()
+                .map(|e| e.ts)
+                .filter(|ts| (ts - event(0).ts) / PER_THREAD == t)
+                .collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn buffer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<EventBuffer>();
+    }
+
+    fn arb_event() -> impl Strategy<Value = ClickEvent> {
+        (
+            any::<u64>(),
+            ".{0,120}",
+            proptest::option::of("[a-zA-Z0-9]{0,300}"),
+            any::<bool>(),
+        )
+            .prop_map(|(n, ua, sub1, bot)| {
+                let mut ev = event(n % 1_000_000);
+                ev.ua = Some(ua);
+                ev.sub1 = sub1;
+                ev.bot = bot;
+                ev
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn bodies_respect_the_limit(events in proptest::collection::vec(arb_event(), 0..300), max in 2048usize..40_000) {
+            let bodies = pack(&lines(&events), max);
+            for b in &bodies {
+                prop_assert!(b.len() <= max, "body of {} > {}", b.len(), max);
+            }
+            prop_assert_eq!(unpack_all(&bodies), events);
+        }
+
+        #[test]
+        fn unpack_never_panics_on_garbage(s in ".{0,200}") {
+            let _ = unpack(&s);
+            let _ = unpack(&format!("c1:{s}"));
+        }
+
+        #[test]
+        fn unpack_never_panics_on_garbage_zlib(raw in proptest::collection::vec(any::<u8>(), 0..400)) {
+            // Random bytes are neither a zlib stream nor JSON click events.
+            let body = format!("c1:{}", STANDARD.encode(&raw));
+            prop_assert!(unpack(&body).is_err());
+            prop_assert!(unpack(&zbody(&raw)).is_err() || raw.is_empty());
+        }
+    }
+}

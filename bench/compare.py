@@ -491,6 +491,23 @@ def write_links(args: argparse.Namespace, redis_url: str) -> None:
         pipe.set(f"adclick:link:bench-{i}", json.dumps(link_config(i)))
     pipe.execute()
     client.publish("adclick:invalidate", "*")
+    # One link also goes through `adclick links put --json`, which validates the config the way the tracker will.
+    exe = VENV_BIN / "adclick"
+    if exe.exists():
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(link_config(0), f)
+            f.flush()
+            env = {**os.environ, "ADCLICK_REDIS_URL": redis_url}
+            out = subprocess.run(
+                [str(exe), "links", "put", "bench-0", "--json", f.name],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+        if out.returncode != 0:
+            tail = (out.stderr or out.stdout).strip().splitlines()[-1:]
+            print(f"note: `adclick links put bench-0 --json` failed ({tail}); links stay as written to Redis")
 
 
 # ---------------------------------------------------------------- targets

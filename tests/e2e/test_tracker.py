@@ -107,7 +107,12 @@ def test_trusted_proxy_cookie_bot_and_head(
 ) -> None:
     tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, anonymize_ip="true")
     publish_link(redis_server.client(), link(cookie=True))
-    reply = request(tracker.port, "GET", click_path("summer"), headers={"X-Forwarded-For": "203.0.113.77, 10.0.0.1"})
+    reply = request(
+        tracker.port,
+        "GET",
+        click_path("summer"),
+        headers={"X-Forwarded-For": "203.0.113.77, 10.0.0.1", "User-Agent": UA_DESKTOP},
+    )
     assert reply.status == 302
     cid = urllib.parse.parse_qs(urllib.parse.urlsplit(reply.location or "").query)["cid"][0]
     cookie = reply.headers["set-cookie"]
@@ -376,7 +381,7 @@ def test_metrics_expose_outcomes_latency_cache_and_shipping(
 ) -> None:
     publish_link(redis_server.client(), link())
     for _ in range(10):
-        request(tracker.port, "GET", "/c/summer")
+        request(tracker.port, "GET", "/c/summer", headers={"User-Agent": UA_DESKTOP})
     request(tracker.port, "GET", "/c/nope")
     request(tracker.port, "GET", "/c/bad%25")
 

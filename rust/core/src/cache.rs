@@ -424,18 +424,35 @@ impl<V: Send + Sync + 'static> LinkCache<V> {
     /// The config for `slug`. A fresh entry costs a moka lookup and a clock read; Redis is asked only
     /// when the entry is missing or past its TTL, and not at all while the circuit breaker is open.
     pub fn get(&self, slug: &str) -> Lookup<V> {
+        match self.get_cached(slug) {
+            Some(answer) => answer,
+            None => self.fetch(slug),
+        }
+    }
+
+    /// The answer when it needs no Redis round trip (fresh entry, or Redis known to be down), else `None`.
+    ///
+    /// Split from [`LinkCache::fetch`] so a caller holding a lock of its own (the Python GIL) can release it
+    /// only around the part that may wait on Redis.
+    pub fn get_cached(&self, slug: &str) -> Option<Lookup<V>> {
         self.start_listener();
         let s = &*self.shared;
         let now = Instant::now();
         let cached = s.cache.get(slug);
         if let Some(e) = &cached {
             if s.is_fresh(e, now) {
-                return s.answer_fresh(e);
+                return Some(s.answer_fresh(e));
             }
         }
         if s.known_down(now) {
-            return s.answer_without_redis(cached.as_ref(), now);
+            return Some(s.answer_without_redis(cached.as_ref(), now));
         }
+        None
+    }
+
+    /// Reads `slug` from Redis (once per slug however many callers ask at the same time) and caches it.
+    pub fn fetch(&self, slug: &str) -> Lookup<V> {
+        let s = &*self.shared;
         // Per-slug lock: callers of the same slug wait for one fetch; other slugs are not held up.
         let mut answer = None;
         let epoch = s.epoch.load(Ordering::SeqCst);

@@ -1,1 +1,530 @@
-//! (being written)
+//! One click, start to end: validate, look up the link, classify, choose, render, record. No Python here.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use percent_encoding::percent_decode_str;
+
+use crate::cache::{CacheConfig, CacheStats, LinkCache, Lookup};
+use crate::clickid::ClickIdCodec;
+use crate::error::CoreError;
+use crate::event::{pack, ClickEvent, EventBuffer, PushError};
+use crate::link::{valid_slug, CompiledLink};
+use crate::targeting::{choose, client_ip, country_from, Choice};
+use crate::template::MacroValues;
+use crate::ua::classify;
+
+/// Longest query string we read; longer ones are refused rather than truncated.
+pub const MAX_QUERY_PARAMS: usize = 64;
+pub const MAX_QUERY_VALUE_BYTES: usize = 1024;
+pub const MAX_QUERY_KEY_BYTES: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 2048;
+
+/// Everything the tracker needs that does not change per request.
+pub struct TrackerConfig {
+    pub cache: CacheConfig,
+    pub key_id: u8,
+    pub secret: Vec<u8>,
+    pub previous: Option<(u8, Vec<u8>)>,
+    pub trusted_proxies: usize,
+    pub anonymize_ip: bool,
+    pub cookie_name: String,
+    pub cookie_max_age: Duration,
+    pub cookie_domain: Option<String>,
+    pub cookie_secure: bool,
+    pub buffer_max_events: usize,
+}
+
+/// The request fields a click uses; borrowed from the HTTP layer, nothing copied up front.
+pub struct ClickRequest<'a, Q> {
+    pub head: bool,
+    pub slug: &'a str,
+    /// Raw (still percent-encoded) query pairs, as the HTTP layer split them.
+    pub query: Q,
+    pub user_agent: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub forwarded_for: Option<&'a str>,
+    pub peer_ip: Option<&'a str>,
+    pub country: Option<&'a str>,
+}
+
+/// What the HTTP layer sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickResponse {
+    pub status: u16,
+    pub location: Option<String>,
+    pub set_cookie: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// Why a request ended as it did; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    Redirect = 0,
+    Fallback,
+    Bot,
+    Head,
+    NotFound,
+    NoRoute,
+    BadRequest,
+    Unavailable,
+    Closed,
+    Overloaded,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Redirect,
+        Outcome::Fallback,
+        Outcome::Bot,
+        Outcome::Head,
+        Outcome::NotFound,
+        Outcome::NoRoute,
+        Outcome::BadRequest,
+        Outcome::Unavailable,
+        Outcome::Closed,
+        Outcome::Overloaded,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Redirect => "redirect",
+            Outcome::Fallback => "fallback",
+            Outcome::Bot => "bot",
+            Outcome::Head => "head",
+            Outcome::NotFound => "not_found",
+            Outcome::NoRoute => "no_route",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Closed => "closed",
+            Outcome::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// Upper bounds, in microseconds, of the handler latency histogram.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 25000];
+
+/// Counters read by `/metrics`; plain atomics so the hot path never locks for them.
+#[derive(Default)]
+pub struct TrackerStats {
+    outcomes: [AtomicU64; 10],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    latency_sum_ns: AtomicU64,
+    events_buffered: AtomicU64,
+    events_dropped: AtomicU64,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Default)]
+pub struct StatsSnapshot {
+    pub outcomes: Vec<(&'static str, u64)>,
+    pub latency_buckets: Vec<(u64, u64)>,
+    pub latency_count: u64,
+    pub latency_sum_seconds: f64,
+    pub events_buffered_total: u64,
+    pub events_dropped_total: u64,
+    pub buffer_depth: u64,
+    pub cache: CacheStats,
+}
+
+/// Runs work that may wait (a Redis round trip) so the caller can let others run meanwhile
+/// (the Python binding releases the GIL here). The hot path, a cache hit, never calls it.
+pub trait Blocking {
+    fn run<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R;
+}
+
+/// Runs blocking work in place, for callers with nothing to release.
+pub struct InPlace;
+
+impl Blocking for InPlace {
+    fn run<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
+        f()
+    }
+}
+
+/// The click engine of one tracker process.
+pub struct Tracker {
+    codec: ClickIdCodec,
+    cache: LinkCache<CompiledLink>,
+    buffer: EventBuffer,
+    trusted_proxies: usize,
+    anonymize_ip: bool,
+    cookie_prefix: String,
+    cookie_suffix: String,
+    capacity: usize,
+    stats: Arc<TrackerStats>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn decode_link(bytes: &[u8]) -> Result<CompiledLink, CoreError> {
+    CompiledLink::decode(bytes)
+}
+
+/// Percent-decodes one query component (`+` is a space); `None` on bad escapes, bad UTF-8 or control characters.
+fn decode_component(raw: &str, max: usize) -> Option<String> {
+    if raw.len() > max * 3 {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if i + 2 >= bytes.len() {
+                return None;
+            }
+            if !(bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit()) {
+                return None;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let plus_free;
+    let src = if raw.contains('+') {
+        plus_free = raw.replace('+', " ");
+        plus_free.as_str()
+    } else {
+        raw
+    };
+    let text = percent_decode_str(src).decode_utf8().ok()?;
+    if text.len() > max || text.chars().any(char::is_control) {
+        return None;
+    }
+    Some(text.into_owned())
+}
+
+fn clean_header(value: Option<&str>) -> Result<Option<&str>, ()> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.len() > MAX_HEADER_BYTES || v.chars().any(char::is_control) => Err(()),
+        Some("") => Ok(None),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+struct Query {
+    subs: [Option<String>; 5],
+    params: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_query<'q, Q>(query: Q) -> Option<Query>
+where
+    Q: IntoIterator<Item = (&'q str, &'q str)>,
+{
+    let mut out = Query {
+        subs: Default::default(),
+        params: Default::default(),
+    };
+    for (n, (raw_key, raw_value)) in query.into_iter().enumerate() {
+        if n >= MAX_QUERY_PARAMS {
+            return None;
+        }
+        let key = decode_component(raw_key, MAX_QUERY_KEY_BYTES)?;
+        let value = decode_component(raw_value, MAX_QUERY_VALUE_BYTES)?;
+        let sub = match key.as_str() {
+            "sub1" => Some(0),
+            "sub2" => Some(1),
+            "sub3" => Some(2),
+            "sub4" => Some(3),
+            "sub5" => Some(4),
+            _ => None,
+        };
+        match sub {
+            Some(i) => out.subs[i] = Some(value),
+            None if key.is_empty() => {}
+            None => {
+                out.params.insert(key, value);
+            }
+        }
+    }
+    Some(out)
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Result<Self, CoreError> {
+        let previous = cfg.previous.as_ref().map(|(kid, key)| (*kid, key.as_slice()));
+        let codec = ClickIdCodec::new(cfg.key_id, &cfg.secret, previous)?;
+        let cache = LinkCache::new(cfg.cache, decode_link)?;
+        crate::ua::warm_up();
+        if cfg.cookie_name.is_empty() || !cfg.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(CoreError::Config("cookie name must be [A-Za-z0-9_]+".into()));
+        }
+        let mut suffix = format!(
+            "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+            cfg.cookie_max_age.as_secs()
+        );
+        if let Some(domain) = &cfg.cookie_domain {
+            if !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            {
+                return Err(CoreError::Config("cookie domain must be a host name".into()));
+            }
+            suffix.push_str("; Domain=");
+            suffix.push_str(domain);
+        }
+        if cfg.cookie_secure {
+            suffix.push_str("; Secure");
+        }
+        Ok(Tracker {
+            codec,
+            cache,
+            buffer: EventBuffer::new(cfg.buffer_max_events),
+            trusted_proxies: cfg.trusted_proxies,
+            anonymize_ip: cfg.anonymize_ip,
+            cookie_prefix: format!("{}=", cfg.cookie_name),
+            cookie_suffix: suffix,
+            capacity: cfg.buffer_max_events,
+            stats: Arc::new(TrackerStats::default()),
+        })
+    }
+
+    /// Answers one click; records its event unless it is a HEAD or ends without a redirect.
+    pub fn click<'q, Q, B>(&self, req: ClickRequest<'_, Q>, blocking: &B) -> ClickResponse
+    where
+        Q: IntoIterator<Item = (&'q str, &'q str)>,
+        B: Blocking,
+    {
+        let started = Instant::now();
+        let resp = self.click_inner(req, blocking);
+        self.stats.outcomes[resp.outcome as usize].fetch_add(1, Relaxed);
+        self.observe(started.elapsed());
+        resp
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
+        let idx = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.stats.latency_buckets[idx].fetch_add(1, Relaxed);
+        self.stats.latency_sum_ns.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    fn reply(status: u16, outcome: Outcome) -> ClickResponse {
+        ClickResponse {
+            status,
+            location: None,
+            set_cookie: None,
+            outcome,
+        }
+    }
+
+    fn click_inner<'q, Q, B>(&self, req: ClickRequest<'_, Q>, blocking: &B) -> ClickResponse
+    where
+        Q: IntoIterator<Item = (&'q str, &'q str)>,
+        B: Blocking,
+    {
+        if !valid_slug(req.slug) {
+            return Self::reply(400, Outcome::BadRequest);
+        }
+        let Ok(user_agent) = clean_header(req.user_agent) else {
+            return Self::reply(400, Outcome::BadRequest);
+        };
+        let Ok(referer) = clean_header(req.referer) else {
+            return Self::reply(400, Outcome::BadRequest);
+        };
+        let Some(query) = parse_query(req.query) else {
+            return Self::reply(400, Outcome::BadRequest);
+        };
+        if self.buffer.is_closed() && !req.head {
+            return Self::reply(503, Outcome::Closed);
+        }
+        let slug = req.slug;
+        let lookup = match self.cache.get_cached(slug) {
+            Some(hit) => hit,
+            None => blocking.run(|| self.cache.fetch(slug)),
+        };
+        let link = match lookup {
+            Lookup::Hit(l) | Lookup::Stale(l) | Lookup::Miss(l) => l,
+            Lookup::Absent | Lookup::Invalid => return Self::reply(404, Outcome::NotFound),
+            Lookup::Unavailable => return Self::reply(503, Outcome::Unavailable),
+        };
+
+        let ua = classify(user_agent);
+        let country = country_from(req.country);
+        let ts = now_ms();
+        let choice = choose(
+            &link,
+            ts / 1000,
+            country.as_deref(),
+            ua.device,
+            &ua.os,
+            fastrand::u32(..),
+        );
+        let (template, dest, fallback) = match choice {
+            Choice::Dest { index, template, .. } => (template, index, false),
+            Choice::Fallback(t) => (t, 0, true),
+            Choice::NoRoute => return Self::reply(404, Outcome::NoRoute),
+        };
+
+        let click_id = match self.codec.generate(link.id, ts) {
+            Ok(id) => id,
+            // Link ids are checked when the config is decoded, so only the OS's randomness can fail here.
+            Err(_) => return Self::reply(503, Outcome::Unavailable),
+        };
+        let subs = [
+            query.subs[0].as_deref(),
+            query.subs[1].as_deref(),
+            query.subs[2].as_deref(),
+            query.subs[3].as_deref(),
+            query.subs[4].as_deref(),
+        ];
+        let values = MacroValues {
+            click_id: &click_id,
+            link_id: link.id,
+            offer_id: link.offer_id,
+            aff_id: link.affiliate_id,
+            subs,
+            country: country.as_deref(),
+            device: ua.device,
+            os: &ua.os,
+            ts_ms: ts,
+        };
+        let mut location = String::with_capacity(256);
+        template.render(&values, &mut location);
+
+        let outcome = if fallback {
+            Outcome::Fallback
+        } else if ua.bot {
+            Outcome::Bot
+        } else {
+            Outcome::Redirect
+        };
+        if req.head {
+            return ClickResponse {
+                status: 302,
+                location: Some(location),
+                set_cookie: None,
+                outcome: Outcome::Head,
+            };
+        }
+
+        let ip = client_ip(req.forwarded_for, req.peer_ip, self.trusted_proxies, self.anonymize_ip);
+        let Query {
+            subs: [s1, s2, s3, s4, s5],
+            params,
+        } = query;
+        let event = ClickEvent {
+            v: 1,
+            click_id,
+            ts,
+            link_id: link.id,
+            offer_id: link.offer_id,
+            aff_id: link.affiliate_id,
+            slug: req.slug.to_owned(),
+            method: "GET".to_owned(),
+            ip,
+            ua: user_agent.map(str::to_owned),
+            referer: referer.map(str::to_owned),
+            country,
+            device: ua.device.to_owned(),
+            os: ua.os,
+            bot: ua.bot,
+            sub1: s1,
+            sub2: s2,
+            sub3: s3,
+            sub4: s4,
+            sub5: s5,
+            params,
+            dest,
+            fallback,
+        };
+        match self.buffer.push(&event) {
+            Ok(()) => {
+                self.stats.events_buffered.fetch_add(1, Relaxed);
+            }
+            Err(PushError::Closed) => return Self::reply(503, Outcome::Closed),
+            Err(PushError::Full) => {
+                // The shipper spills long before this; a full buffer means SQS and Redis are both gone.
+                self.stats.events_dropped.fetch_add(1, Relaxed);
+                return Self::reply(503, Outcome::Overloaded);
+            }
+        }
+        let set_cookie = link.cookie.then(|| {
+            let mut c = String::with_capacity(self.cookie_prefix.len() + 40 + self.cookie_suffix.len());
+            c.push_str(&self.cookie_prefix);
+            c.push_str(&event.click_id);
+            c.push_str(&self.cookie_suffix);
+            c
+        });
+        ClickResponse {
+            status: 302,
+            location: Some(location),
+            set_cookie,
+            outcome,
+        }
+    }
+
+    /// Every buffered event, packed into SQS message bodies; the buffer is left empty.
+    pub fn take_bodies(&self, max_body_bytes: usize) -> Vec<String> {
+        let lines = self.buffer.take();
+        if lines.is_empty() {
+            return Vec::new();
+        }
+        pack(&lines, max_body_bytes)
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Refuses further clicks (503) so that a final flush covers every click that got a 302.
+    pub fn close(&self) {
+        self.buffer.close();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.buffer.is_closed()
+    }
+
+    pub fn ping(&self) -> Result<(), CoreError> {
+        self.cache.ping()
+    }
+
+    pub fn invalidate(&self, slug: &str) {
+        self.cache.invalidate(slug);
+    }
+
+    pub fn codec(&self) -> &ClickIdCodec {
+        &self.codec
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let mut cumulative = 0;
+        let mut latency_buckets = Vec::with_capacity(LATENCY_BUCKETS_US.len());
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += s.latency_buckets[i].load(Relaxed);
+            latency_buckets.push((*bound, cumulative));
+        }
+        let latency_count = cumulative + s.latency_buckets[LATENCY_BUCKETS_US.len()].load(Relaxed);
+        StatsSnapshot {
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|o| (o.name(), s.outcomes[*o as usize].load(Relaxed)))
+                .collect(),
+            latency_buckets,
+            latency_count,
+            latency_sum_seconds: s.latency_sum_ns.load(Relaxed) as f64 / 1e9,
+            events_buffered_total: s.events_buffered.load(Relaxed),
+            events_dropped_total: s.events_dropped.load(Relaxed),
+            buffer_depth: self.buffer.len() as u64,
+            cache: self.cache.stats(),
+        }
+    }
+}

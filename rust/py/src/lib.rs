@@ -1,8 +1,337 @@
 //! Thin PyO3 layer over adclick-core: type conversion, GIL release, one error adapter.
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use adclick_core::cache::CacheConfig;
+use adclick_core::clickid::ClickIdCodec;
+use adclick_core::event::unpack;
+use adclick_core::tracker::{Blocking, ClickRequest, Tracker, TrackerConfig};
+use adclick_core::CoreError;
+
+create_exception!(
+    _native,
+    AdclickError,
+    PyException,
+    "Base class of errors raised by adclick's Rust core."
+);
+create_exception!(
+    _native,
+    InvalidClickId,
+    AdclickError,
+    "A ClickID that is malformed, forged or signed by an unknown key."
+);
+create_exception!(
+    _native,
+    InvalidLink,
+    AdclickError,
+    "A link config that cannot be decoded or is unsafe."
+);
+create_exception!(
+    _native,
+    InvalidTemplate,
+    AdclickError,
+    "A destination URL template that is malformed or unsafe."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    AdclickError,
+    "Settings the core cannot work with."
+);
+create_exception!(
+    _native,
+    RedisUnavailable,
+    AdclickError,
+    "Redis could not be reached in time."
+);
+create_exception!(
+    _native,
+    InvalidMessage,
+    AdclickError,
+    "An SQS message body that is not a packed batch of events."
+);
+create_exception!(
+    _native,
+    EntropyError,
+    AdclickError,
+    "The OS could not supply random bytes."
+);
+
+/// The one place core errors become Python exceptions.
+struct PyCoreError(CoreError);
+
+impl From<CoreError> for PyCoreError {
+    fn from(e: CoreError) -> Self {
+        PyCoreError(e)
+    }
+}
+
+impl From<PyCoreError> for PyErr {
+    fn from(e: PyCoreError) -> PyErr {
+        let msg = e.0.to_string();
+        match e.0 {
+            CoreError::InvalidClickId(_) => InvalidClickId::new_err(msg),
+            CoreError::InvalidLink(_) => InvalidLink::new_err(msg),
+            CoreError::InvalidTemplate(_) => InvalidTemplate::new_err(msg),
+            CoreError::Config(_) => ConfigError::new_err(msg),
+            CoreError::Redis(_) => RedisUnavailable::new_err(msg),
+            CoreError::InvalidMessage(_) => InvalidMessage::new_err(msg),
+            CoreError::Entropy(_) => EntropyError::new_err(msg),
+        }
+    }
+}
+
+/// Releases the GIL while the core waits on Redis.
+struct Detach<'py>(Python<'py>);
+
+impl Blocking for Detach<'_> {
+    fn run<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
+        self.0.detach(f)
+    }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Signs and verifies ClickIDs (current key signs; current and previous verify).
+#[pyclass(name = "ClickIdCodec", module = "adclick._native", frozen)]
+struct PyClickIdCodec {
+    inner: ClickIdCodec,
+}
+
+#[pymethods]
+impl PyClickIdCodec {
+    #[new]
+    #[pyo3(signature = (key_id, secret, previous_key_id=None, previous_secret=None))]
+    fn new(key_id: u8, secret: &[u8], previous_key_id: Option<u8>, previous_secret: Option<&[u8]>) -> PyResult<Self> {
+        let previous = match (previous_key_id, previous_secret) {
+            (Some(kid), Some(key)) => Some((kid, key)),
+            _ => None,
+        };
+        Ok(PyClickIdCodec {
+            inner: ClickIdCodec::new(key_id, secret, previous).map_err(PyCoreError)?,
+        })
+    }
+
+    fn generate(&self, link_id: u64, ts_ms: u64) -> PyResult<String> {
+        Ok(self.inner.generate(link_id, ts_ms).map_err(PyCoreError)?)
+    }
+
+    /// Returns (version, key_id, ts_ms, link_id) or raises InvalidClickId.
+    fn verify(&self, click_id: &str) -> PyResult<(u8, u8, u64, u64)> {
+        let info = self.inner.verify(click_id).map_err(PyCoreError)?;
+        Ok((info.version, info.key_id, info.ts_ms, info.link_id))
+    }
+}
+
+/// The click engine of one tracker process: one call per request.
+#[pyclass(name = "Tracker", module = "adclick._native", frozen)]
+struct PyTracker {
+    inner: Tracker,
+}
+
+#[pymethods]
+impl PyTracker {
+    #[new]
+    #[pyo3(signature = (
+        *, redis_url, secret, key_id, previous_secret=None, previous_key_id=0,
+        trusted_proxies=0, anonymize_ip=false,
+        cookie_name="adclick_cid".to_owned(), cookie_max_age_s=2_592_000, cookie_domain=None, cookie_secure=false,
+        cache_max_entries=100_000, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
+        redis_connect_timeout_ms=200, redis_timeout_ms=50, redis_retry_after_ms=1000,
+        buffer_max_events=500_000,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        redis_url: String,
+        secret: Vec<u8>,
+        key_id: u8,
+        previous_secret: Option<Vec<u8>>,
+        previous_key_id: u8,
+        trusted_proxies: usize,
+        anonymize_ip: bool,
+        cookie_name: String,
+        cookie_max_age_s: u64,
+        cookie_domain: Option<String>,
+        cookie_secure: bool,
+        cache_max_entries: u64,
+        cache_ttl_s: f64,
+        cache_stale_s: f64,
+        negative_ttl_s: f64,
+        redis_connect_timeout_ms: u64,
+        redis_timeout_ms: u64,
+        redis_retry_after_ms: u64,
+        buffer_max_events: usize,
+    ) -> PyResult<Self> {
+        let cfg = TrackerConfig {
+            cache: CacheConfig {
+                redis_url,
+                key_prefix: "adclick:link:".to_owned(),
+                channel: "adclick:invalidate".to_owned(),
+                max_entries: cache_max_entries,
+                fresh_ttl: secs(cache_ttl_s),
+                stale_ttl: secs(cache_stale_s),
+                negative_ttl: secs(negative_ttl_s),
+                connect_timeout: millis(redis_connect_timeout_ms),
+                io_timeout: millis(redis_timeout_ms),
+                retry_after: millis(redis_retry_after_ms),
+            },
+            key_id,
+            secret,
+            previous: previous_secret.map(|s| (previous_key_id, s)),
+            trusted_proxies,
+            anonymize_ip,
+            cookie_name,
+            cookie_max_age: Duration::from_secs(cookie_max_age_s),
+            cookie_domain,
+            cookie_secure,
+            buffer_max_events,
+        };
+        Ok(PyTracker {
+            inner: Tracker::new(cfg).map_err(PyCoreError)?,
+        })
+    }
+
+    /// Answers one click: (status, Location or None, Set-Cookie or None).
+    ///
+    /// `query` is the raw (still percent-encoded) mapping of name to values, as Robyn splits it.
+    #[pyo3(signature = (head, slug, query, user_agent, referer, forwarded_for, peer_ip, country))]
+    #[allow(clippy::too_many_arguments)]
+    fn click(
+        &self,
+        py: Python<'_>,
+        head: bool,
+        slug: &str,
+        query: Option<&Bound<'_, PyDict>>,
+        user_agent: Option<&str>,
+        referer: Option<&str>,
+        forwarded_for: Option<&str>,
+        peer_ip: Option<&str>,
+        country: Option<&str>,
+    ) -> PyResult<(u16, Option<String>, Option<String>)> {
+        let mut owned: Vec<(Bound<'_, PyString>, Bound<'_, PyString>)> = Vec::new();
+        if let Some(q) = query {
+            for (k, v) in q.iter() {
+                let key = k.cast_into::<PyString>()?;
+                // Robyn keeps every value of a repeated name; like Robyn's own `get`, the last one wins.
+                let value = match v.cast::<PyList>() {
+                    Ok(list) => match list.iter().last() {
+                        Some(last) => last.cast_into::<PyString>()?,
+                        None => continue,
+                    },
+                    Err(_) => v.cast_into::<PyString>()?,
+                };
+                owned.push((key, value));
+            }
+        }
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(owned.len());
+        for (k, v) in &owned {
+            pairs.push((k.to_str()?, v.to_str()?));
+        }
+        let req = ClickRequest {
+            head,
+            slug,
+            query: pairs,
+            user_agent,
+            referer,
+            forwarded_for,
+            peer_ip,
+            country,
+        };
+        let r = self.inner.click(req, &Detach(py));
+        Ok((r.status, r.location, r.set_cookie))
+    }
+
+    /// Every buffered event packed into SQS message bodies; the buffer is left empty.
+    fn take_bodies(&self, py: Python<'_>, max_body_bytes: usize) -> Vec<String> {
+        py.detach(|| self.inner.take_bodies(max_body_bytes))
+    }
+
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
+    /// Refuses further clicks (503) so a final flush covers every click answered with a 302.
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Redis PING with the tracker's own timeouts; raises RedisUnavailable.
+    fn ping(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.ping()).map_err(PyCoreError)?;
+        Ok(())
+    }
+
+    fn invalidate(&self, slug: &str) {
+        self.inner.invalidate(slug);
+    }
+
+    fn generate_click_id(&self, link_id: u64, ts_ms: u64) -> PyResult<String> {
+        Ok(self.inner.codec().generate(link_id, ts_ms).map_err(PyCoreError)?)
+    }
+
+    /// Counters for /metrics, as one dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("outcomes", s.outcomes.into_iter().collect::<Vec<_>>())?;
+        d.set_item("latency_buckets_us", s.latency_buckets)?;
+        d.set_item("latency_count", s.latency_count)?;
+        d.set_item("latency_sum_seconds", s.latency_sum_seconds)?;
+        d.set_item("events_buffered_total", s.events_buffered_total)?;
+        d.set_item("events_dropped_total", s.events_dropped_total)?;
+        d.set_item("buffer_depth", s.buffer_depth)?;
+        let c = s.cache;
+        d.set_item("cache_hits", c.hits)?;
+        d.set_item("cache_stale_hits", c.stale_hits)?;
+        d.set_item("cache_misses", c.misses)?;
+        d.set_item("cache_negative_hits", c.negative_hits)?;
+        d.set_item("cache_invalid", c.invalid)?;
+        d.set_item("cache_entries", c.entries)?;
+        d.set_item("redis_errors", c.redis_errors)?;
+        d.set_item("cache_invalidations", c.invalidations)?;
+        d.set_item("redis_reconnects", c.reconnects)?;
+        Ok(d)
+    }
+}
+
+/// Decodes one packed SQS message body into a list of click events (JSON text each).
+#[pyfunction]
+fn unpack_clicks(py: Python<'_>, body: &str) -> PyResult<Vec<String>> {
+    let events = py.detach(|| unpack(body)).map_err(PyCoreError)?;
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).map_err(|err| AdclickError::new_err(err.to_string())))
+        .collect()
+}
 
 #[pymodule]
 mod _native {
+    #[pymodule_export]
+    use super::{
+        unpack_clicks, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink, InvalidMessage,
+        InvalidTemplate, PyClickIdCodec, PyTracker, RedisUnavailable,
+    };
+
     #[pymodule_export]
     const VERSION: &str = env!("CARGO_PKG_VERSION");
 }

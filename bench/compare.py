@@ -639,6 +639,9 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
             return res
         cmd, ready = spec
         res.busy_before = cpu_busy([args.server_cpu, args.client_cpu])
+        deadline = time.monotonic() + args.wait_idle
+        while any(v > 10 for v in res.busy_before.values()) and time.monotonic() < deadline:
+            res.busy_before = cpu_busy([args.server_cpu, args.client_cpu], seconds=2.0)
         busy = ", ".join(f"core {c} {v:.0f}%" for c, v in res.busy_before.items())
         print(
             f"  idle check: {busy} busy"
@@ -689,12 +692,14 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
                 source = "/metrics adclick_sqs_requests_total"
                 if sqs is None:
                     sqs, source = float(sqs_seen), "moto's request log"
-                res.sqs_requests_per_1000 = 1000 * sqs / peak.requests if peak.requests else None
+                # wrk does not count the replies still in flight when it stops; the tracker does.
+                clicks = counted or peak.requests
+                res.sqs_requests_per_1000 = 1000 * sqs / clicks if clicks else None
                 res.sqs_source = source
                 print(
-                    f"  SQS: {sqs:.0f} requests ({source}; moto logged {sqs_seen}) for {peak.requests:,} clicks"
-                    f" = {res.sqs_requests_per_1000:.2f} per 1,000; tracker counted "
-                    f"{'-' if counted is None else f'{counted:,.0f}'} click requests"
+                    f"  SQS: {sqs:.0f} requests ({source}; moto logged {sqs_seen}) for {clicks:,.0f} clicks"
+                    f" = {res.sqs_requests_per_1000:.2f} per 1,000 (wrk counted {peak.requests:,}, the tracker "
+                    f"{'-' if counted is None else f'{counted:,.0f}'})"
                 )
             if oha is None:
                 print("  half-rate p99: skipped (oha not found; cargo install oha --locked)")
@@ -731,8 +736,8 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
 
 
 def send_million(args: argparse.Namespace, port: int, oha: str | None, peak_rps: float) -> int:
-    """One million clicks (the count is exact with oha; with wrk, runs repeat until at least a million)."""
-    target = 1_000_000
+    """--million clicks (the count is exact with oha; with wrk, runs repeat until at least that many)."""
+    target = args.million
     print(f"  sending {target:,} clicks ...")
     if oha is not None:
         return run_oha(args, oha, port, rate=None, count=target).requests
@@ -843,9 +848,23 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--only", action="append", default=[], metavar="TARGET", help="run only these targets")
     p.add_argument("--skip-half", action="store_true", help="skip the constant-rate run at half the peak")
-    p.add_argument("--million", action="store_true", help="send 1,000,000 more clicks to the tracker, then RSS")
+    p.add_argument(
+        "--million",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=None,
+        metavar="N",
+        help="send N more clicks to the tracker (default 1,000,000), then read its RSS",
+    )
     p.add_argument("--server-cpu", default="1", help="core the server is pinned to (default 1)")
     p.add_argument("--client-cpu", default="0", help="core for the load generator, Redis and moto (default 0)")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="wait up to this many seconds per target for both cores to be idle (default 30)",
+    )
     p.add_argument("--flush-wait", type=float, default=1.0, help="seconds to let events ship before scraping")
     p.add_argument("--out", type=Path, default=BENCH / "results", help="where JSON and markdown go")
     args = p.parse_args()

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLICK_SECRET = "dev-only-click-secret-change-me"
+DEFAULT_POSTBACK_SECRET = "dev-only-postback-secret-change-me"
 
 
 class Settings(BaseSettings):
@@ -32,12 +33,19 @@ class Settings(BaseSettings):
     click_previous_secret: SecretStr | None = None
     click_previous_key_id: int = Field(0, ge=0, le=15)
 
+    database_url: str = "sqlite+aiosqlite:///./adclick.db"
+    database_pool_size: int = Field(10, ge=1, le=200)
+    postback_secret: SecretStr = SecretStr(DEFAULT_POSTBACK_SECRET)
+
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
         if self.env == "production":
             secret = self.click_secret.get_secret_value()
             if not secret or secret == DEFAULT_CLICK_SECRET or len(secret) < 32:
                 raise ValueError("ADCLICK_CLICK_SECRET must be set to a random value of 32+ characters in production")
+            secret = self.postback_secret.get_secret_value()
+            if not secret or secret == DEFAULT_POSTBACK_SECRET or len(secret) < 32:
+                raise ValueError("ADCLICK_POSTBACK_SECRET must be set to a random value of 32+ characters in production")
         if self.click_previous_secret is not None and self.click_previous_key_id == self.click_key_id:
             raise ValueError("ADCLICK_CLICK_PREVIOUS_KEY_ID must differ from ADCLICK_CLICK_KEY_ID")
         return self
@@ -85,6 +93,25 @@ class TrackerSettings(Settings):
         return self.env == "production" if self.cookie_secure is None else self.cookie_secure
 
 
+class WorkerSettings(Settings):
+    """The worker role: SQS consumer writing the database."""
+
+    worker_concurrency: int = Field(2, ge=1, le=64)
+    worker_health_host: str = "0.0.0.0"
+    worker_health_port: int = Field(8002, ge=1, le=65535)
+    worker_wait_seconds: int = Field(20, ge=0, le=20)
+    worker_visibility_timeout: int = Field(60, ge=5, le=43_200)
+    worker_heartbeat_stale_seconds: float = Field(60.0, gt=0)
+    unique_window_hours: int = Field(24, ge=1, le=720)
+
+
+class PostbackSettings(Settings):
+    """The postback role: advertisers' conversions in, SQS messages out."""
+
+    postback_host: str = "0.0.0.0"
+    postback_port: int = Field(8001, ge=1, le=65535)
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
@@ -93,3 +120,13 @@ def get_settings() -> Settings:
 @lru_cache
 def get_tracker_settings() -> TrackerSettings:
     return TrackerSettings()
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
+
+
+@lru_cache
+def get_postback_settings() -> PostbackSettings:
+    return PostbackSettings()

@@ -143,6 +143,7 @@ class Shipper:
         self._run_task: asyncio.Task[Any] | None = None
         self._resources = contextlib.AsyncExitStack()
         self._sqs_client: SQSClient | None = None
+        self._sqs_open_lock = asyncio.Lock()
         self._queue_url: str | None = None
         self._redis_client: aioredis.Redis | None = None
         self._trim_script: Any = None
@@ -175,7 +176,10 @@ class Shipper:
     async def _sqs(self) -> tuple[SQSClient, str]:
         client: SQSClient = self._sqs_client
         if client is None:
-            client = self._sqs_client = await self._resources.enter_async_context(create_client(self.settings))
+            async with self._sqs_open_lock:  # the ship and replay tasks may both get here first
+                if self._sqs_client is None:
+                    self._sqs_client = await self._resources.enter_async_context(create_client(self.settings))
+            client = self._sqs_client
         if self._queue_url is None:
             try:
                 response = await client.get_queue_url(QueueName=self.settings.clicks_queue)

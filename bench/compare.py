@@ -731,7 +731,9 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
             if proc.poll() is not None:
                 res.status, res.note = "failed", f"exited with {proc.returncode} during the run"
         finally:
-            PROCS.stop(proc, grace=15.0)
+            # The tracker flushes its events on SIGTERM; Robyn with one process ignores SIGTERM (it only kills
+            # its empty pool), so the others get a short grace before SIGKILL.
+            PROCS.stop(proc, grace=15.0 if target == "tracker" else 3.0)
     return res
 
 
@@ -879,6 +881,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    # Installed explicitly: a shell may start us with SIGINT ignored (background jobs), and Ctrl-C must still stop all.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     if not shutil.which("wrk"):

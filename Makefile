@@ -48,5 +48,5 @@ fmt: ## Format Python and Rust sources
 	$(BIN)/ruff check --fix python tests bench
 	cargo fmt --all
 
-bench: install ## Side-by-side benchmark: tracker vs bare Robyn vs FastAPI+redis.asyncio vs nginx
-	$(BIN)/python bench/compare.py
+bench: install ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx (BENCH_ARGS="--duration 5 --million")
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)

@@ -110,6 +110,14 @@ class PostbackSettings(Settings):
 
     postback_host: str = "0.0.0.0"
     postback_port: int = Field(8001, ge=1, le=65535)
+    postback_workers: int = Field(1, ge=1, le=64)
+    postback_max_body_bytes: int = Field(65_536, ge=1024, le=1_048_576)
+    # An advertiser retries a 503; holding its request for SQS's full default timeout helps nobody.
+    postback_sqs_timeout_seconds: float = Field(1.0, gt=0)
+    postback_redis_timeout_ms: int = Field(100, ge=1)
+    postback_redis_retry_after_ms: int = Field(1000, ge=0)
+    # Same variable (ADCLICK_COOKIE_NAME) as the tracker's, so the pixel reads the cookie the tracker sets.
+    cookie_name: str = "adclick_cid"
 
 
 @lru_cache

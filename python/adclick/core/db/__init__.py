@@ -1,0 +1,1 @@
+"""The database: SQLAlchemy models shared by the worker and the manager, sessions, upserts, migrations."""

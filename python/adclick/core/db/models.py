@@ -1,0 +1,329 @@
+"""SQLAlchemy models of every table, shared by the worker (writes events) and the manager (CRUD, reports).
+
+Conventions: money is `Money` (exact Decimal, never float); timestamps are `UtcDateTime` (aware, UTC);
+event tables (clicks, conversions, rollups, rejections) carry ids without foreign keys, because an event
+may name a link that only exists in Redis yet, and because those tables take the write load.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import BigIntegerPK, JSONDocument, Money, UtcDateTime, utc_now
+
+# Named constraints, so migrations (and SQLite's batch mode) can refer to them by a stable name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+LINK_ID_LIMIT = 1 << 40  # a ClickID carries the link id in 40 bits
+
+STATUSES = ("active", "paused", "archived")
+LINK_STATUSES = ("active", "paused")
+MODELS = ("cpa", "revshare")
+POSTBACK_STATUSES = ("pending", "approved", "rejected")
+CONVERSION_STATUSES = ("pending", "approved", "rejected", "capped")
+CAP_SCOPES = ("offer", "affiliate_offer")
+ROLES = ("admin", "manager", "affiliate")
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name)
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Advertiser(Base):
+    """Who pays for conversions. `token_version` is the postback secret: bumping it revokes old tokens."""
+
+    __tablename__ = "advertisers"
+    __table_args__ = (_one_of("status", STATUSES, "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    token_version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class Affiliate(Base):
+    """Who sends traffic and earns payouts."""
+
+    __tablename__ = "affiliates"
+    __table_args__ = (_one_of("status", STATUSES, "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class Offer(Base):
+    """What an advertiser pays (revenue) and what affiliates earn (payout) per conversion.
+
+    `*_amount` is money in `currency` for 'cpa', a percentage of the sale amount for 'revshare'.
+    """
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        _one_of("status", STATUSES, "status"),
+        _one_of("revenue_model", MODELS, "revenue_model"),
+        _one_of("payout_model", MODELS, "payout_model"),
+        _one_of("default_status", POSTBACK_STATUSES, "default_status"),
+        CheckConstraint("attribution_window_hours > 0", name="attribution_window_hours"),
+        CheckConstraint("daily_cap IS NULL OR daily_cap >= 0", name="daily_cap"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advertiser_id: Mapped[int] = mapped_column(ForeignKey("advertisers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    currency: Mapped[str] = mapped_column(CHAR(3), default="USD", server_default="USD")
+    revenue_model: Mapped[str] = mapped_column(String(16), default="cpa", server_default="cpa")
+    revenue_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    payout_model: Mapped[str] = mapped_column(String(16), default="cpa", server_default="cpa")
+    payout_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    attribution_window_hours: Mapped[int] = mapped_column(Integer, default=720, server_default=text("720"))
+    default_status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    daily_cap: Mapped[int | None] = mapped_column(Integer)  # conversions per UTC day; NULL: no cap
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class OfferAffiliateOverride(Base):
+    """Per-affiliate terms on an offer; a NULL column falls back to the offer's value."""
+
+    __tablename__ = "offer_affiliate_overrides"
+    __table_args__ = (
+        _one_of("payout_model", MODELS, "payout_model"),
+        CheckConstraint("daily_cap IS NULL OR daily_cap >= 0", name="daily_cap"),
+    )
+
+    offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"), primary_key=True)
+    affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id", ondelete="CASCADE"), primary_key=True)
+    payout_model: Mapped[str | None] = mapped_column(String(16))
+    payout_amount: Mapped[Decimal | None] = mapped_column(Money)
+    daily_cap: Mapped[int | None] = mapped_column(Integer)
+
+
+class Link(Base):
+    """A tracking link `/c/{slug}`; `config` holds the rest of the Redis link config (rules, rotation, ...)."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        _one_of("status", LINK_STATUSES, "status"),
+        CheckConstraint(f"id > 0 AND id < {LINK_ID_LIMIT}", name="id_40_bits"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id"), index=True)
+    affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id"), index=True)
+    template: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+
+
+class Click(Base):
+    """One click, keyed by its ClickID (time-ordered text, so the primary key index is also a time index)."""
+
+    __tablename__ = "clicks"
+    __table_args__ = (
+        Index("ix_clicks_link_id_ts", "link_id", "ts"),
+        # Clicks arrive in time order, so a BRIN index on ts is tiny and fast for time ranges (PostgreSQL only).
+        Index("ix_clicks_ts_brin", "ts", postgresql_using="brin").ddl_if(dialect="postgresql"),
+    )
+
+    click_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime)
+    link_id: Mapped[int] = mapped_column(BigInteger)
+    offer_id: Mapped[int | None] = mapped_column(Integer)
+    affiliate_id: Mapped[int | None] = mapped_column(Integer)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    ua: Mapped[str | None] = mapped_column(Text)
+    referer: Mapped[str | None] = mapped_column(Text)
+    country: Mapped[str | None] = mapped_column(CHAR(2))
+    device: Mapped[str | None] = mapped_column(String(32))
+    os: Mapped[str | None] = mapped_column(String(32))
+    bot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    unique: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    sub1: Mapped[str | None] = mapped_column(Text)
+    sub2: Mapped[str | None] = mapped_column(Text)
+    sub3: Mapped[str | None] = mapped_column(Text)
+    sub4: Mapped[str | None] = mapped_column(Text)
+    sub5: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    dest: Mapped[int | None] = mapped_column(SmallInteger)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class Conversion(Base):
+    """One conversion per (offer, txid); a later postback for the same txid may change its status."""
+
+    __tablename__ = "conversions"
+    __table_args__ = (
+        UniqueConstraint("offer_id", "txid"),
+        Index("ix_conversions_created_at", "created_at"),
+        _one_of("status", CONVERSION_STATUSES, "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    offer_id: Mapped[int] = mapped_column(Integer)
+    txid: Mapped[str] = mapped_column(String(255))
+    click_id: Mapped[str] = mapped_column(String(40), index=True)
+    link_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    affiliate_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    advertiser_id: Mapped[int | None] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(64), default="conversion", server_default="conversion")
+    status: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal | None] = mapped_column(Money)  # the sale amount from the postback
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+
+
+class ConversionRejection(Base):
+    """A postback that did not make (or change) a conversion: reason 'forged', 'expired', 'duplicate', ...
+
+    `fingerprint` (e.g. SHA-256 of the queue message body) makes recording idempotent: a redelivered
+    message inserts nothing new. NULL fingerprints never collide.
+    """
+
+    __tablename__ = "conversion_rejections"
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True)
+    offer_id: Mapped[int | None] = mapped_column(Integer)
+    txid: Mapped[str | None] = mapped_column(String(255))
+    click_id: Mapped[str | None] = mapped_column(String(255))
+    conversion_id: Mapped[int | None] = mapped_column(BigInteger)  # the existing conversion, for 'duplicate'
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class DailyCap(Base):
+    """Conversions taken per cap and UTC day; `upsert.take_cap` claims a slot atomically."""
+
+    __tablename__ = "daily_caps"
+    __table_args__ = (_one_of("scope", CAP_SCOPES, "scope"),)
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    offer_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    affiliate_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0 for scope 'offer'
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class HourlyRollup(Base):
+    """Counters by hour x link x country x device, incremented in the transaction that stores the events."""
+
+    __tablename__ = "hourly_rollups"
+    __table_args__ = (
+        Index("ix_hourly_rollups_offer_id_hour", "offer_id", "hour"),
+        Index("ix_hourly_rollups_affiliate_id_hour", "affiliate_id", "hour"),
+    )
+
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    link_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    country: Mapped[str] = mapped_column(CHAR(2), primary_key=True, default="", server_default="")
+    device: Mapped[str] = mapped_column(String(32), primary_key=True, default="", server_default="")
+    offer_id: Mapped[int | None] = mapped_column(Integer)
+    affiliate_id: Mapped[int | None] = mapped_column(Integer)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    unique_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    conversions: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+
+
+class FailedJob(Base):
+    """A queue message that could not be processed, kept for the manager to show and retry."""
+
+    __tablename__ = "failed_jobs"
+    __table_args__ = (UniqueConstraint("queue", "message_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(80))
+    message_id: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    receive_count: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    retried_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class User(Base):
+    """A person who signs in to the manager; role 'affiliate' users see only their `affiliate_id`."""
+
+    __tablename__ = "users"
+    __table_args__ = (_one_of("role", ROLES, "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    affiliate_id: Mapped[int | None] = mapped_column(ForeignKey("affiliates.id"))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class ApiToken(Base):
+    """An API token; only its hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ConversionAudit(Base):
+    """Who changed a conversion, when, and from what to what (manager edits; `user_id` NULL for the system)."""
+
+    __tablename__ = "conversion_audit"
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    conversion_id: Mapped[int] = mapped_column(ForeignKey("conversions.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)

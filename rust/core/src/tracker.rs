@@ -528,3 +528,167 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::unpack;
+    use crate::testing::Server;
+
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 \
+                          (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+
+    fn tracker(server: &Server, buffer_max_events: usize) -> Tracker {
+        let mut cache = CacheConfig::new(server.url());
+        cache.connect_timeout = Duration::from_millis(500);
+        cache.io_timeout = Duration::from_millis(300);
+        Tracker::new(TrackerConfig {
+            cache,
+            key_id: 1,
+            secret: b"test-secret".to_vec(),
+            previous: None,
+            trusted_proxies: 0,
+            anonymize_ip: false,
+            cookie_name: "adclick_cid".into(),
+            cookie_max_age: Duration::from_secs(3600),
+            cookie_domain: None,
+            cookie_secure: true,
+            buffer_max_events,
+        })
+        .unwrap()
+    }
+
+    fn req<'a>(slug: &'a str, query: Vec<(&'a str, &'a str)>) -> ClickRequest<'a, Vec<(&'a str, &'a str)>> {
+        ClickRequest {
+            head: false,
+            slug,
+            query,
+            user_agent: Some(IPHONE),
+            referer: None,
+            forwarded_for: None,
+            peer_ip: Some("192.0.2.1"),
+            country: Some("de"),
+        }
+    }
+
+    const LINK: &str = r#"{"v":1,"id":42,"slug":"s","offer_id":7,"affiliate_id":3,"cookie":true,
+        "url":"https://shop.example/p?cid={click_id}&s1={sub1}&c={country}&d={device}"}"#;
+
+    #[test]
+    fn decodes_query_components_strictly() {
+        assert_eq!(decode_component("a%20b+c", 64).as_deref(), Some("a b c"));
+        assert_eq!(decode_component("%C3%A9", 64).as_deref(), Some("é"));
+        assert_eq!(decode_component("", 64).as_deref(), Some(""));
+        for bad in ["%", "%Z", "%ZZ", "a%2", "%C3%28", "%0D%0A", "%00", "x%7F"] {
+            assert_eq!(decode_component(bad, 64), None, "{bad}");
+        }
+        assert_eq!(decode_component(&"a".repeat(65), 64), None);
+        assert_eq!(decode_component(&"a".repeat(64), 64).map(|s| s.len()), Some(64));
+    }
+
+    #[test]
+    fn maps_sub_ids_and_keeps_other_params() {
+        let q = parse_query(vec![("sub1", "a"), ("sub5", "e"), ("gclid", "G"), ("", "ignored")]).unwrap();
+        assert_eq!(q.subs[0].as_deref(), Some("a"));
+        assert_eq!(q.subs[4].as_deref(), Some("e"));
+        assert_eq!(q.subs[1], None);
+        assert_eq!(q.params.get("gclid").map(String::as_str), Some("G"));
+        assert_eq!(q.params.len(), 1);
+        let many: Vec<(String, String)> = (0..=MAX_QUERY_PARAMS).map(|i| (format!("p{i}"), "v".into())).collect();
+        assert!(parse_query(many.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_none());
+    }
+
+    #[test]
+    fn click_redirects_records_and_sets_cookie() {
+        let server = Server::start();
+        server.set("s", LINK);
+        let t = tracker(&server, 100);
+        let r = t.click(req("s", vec![("sub1", "a%26b")]), &InPlace);
+        assert_eq!(r.status, 302);
+        assert_eq!(r.outcome, Outcome::Redirect);
+        let location = r.location.unwrap();
+        assert!(location.starts_with("https://shop.example/p?cid="), "{location}");
+        assert!(location.ends_with("&s1=a%26b&c=DE&d=smartphone"), "{location}");
+        let cid = &location["https://shop.example/p?cid=".len().."https://shop.example/p?cid=".len() + 40];
+        let info = t.codec().verify(cid).unwrap();
+        assert_eq!(info.link_id, 42);
+        let cookie = r.set_cookie.unwrap();
+        assert!(cookie.starts_with(&format!("adclick_cid={cid}; Path=/; Max-Age=3600; HttpOnly")));
+        assert!(cookie.ends_with("; Secure"));
+
+        let bodies = t.take_bodies(262_144);
+        assert_eq!(bodies.len(), 1);
+        let events = unpack(&bodies[0]).unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.click_id.as_str(), e.link_id, e.offer_id, e.aff_id),
+            (cid, 42, Some(7), Some(3))
+        );
+        assert_eq!(
+            (e.sub1.as_deref(), e.country.as_deref(), e.ip.as_deref()),
+            (Some("a&b"), Some("DE"), Some("192.0.2.1"))
+        );
+        assert_eq!(t.buffered(), 0);
+    }
+
+    #[test]
+    fn head_redirects_without_an_event_and_bad_input_is_refused() {
+        let server = Server::start();
+        server.set("s", LINK);
+        let t = tracker(&server, 100);
+        let mut head = req("s", vec![]);
+        head.head = true;
+        let r = t.click(head, &InPlace);
+        assert_eq!((r.status, r.outcome, r.set_cookie), (302, Outcome::Head, None));
+        assert_eq!(t.buffered(), 0);
+
+        assert_eq!(t.click(req("bad slug", vec![]), &InPlace).status, 400);
+        assert_eq!(t.click(req(&"a".repeat(65), vec![]), &InPlace).status, 400);
+        assert_eq!(
+            t.click(req("s", vec![("sub1", "%0D%0ALocation:x")]), &InPlace).status,
+            400
+        );
+        let mut crlf_ua = req("s", vec![]);
+        crlf_ua.user_agent = Some("a\r\nb");
+        assert_eq!(t.click(crlf_ua, &InPlace).status, 400);
+        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 404);
+        assert_eq!(t.buffered(), 0);
+        let stats = t.stats();
+        let count = |name| stats.outcomes.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!((count("head"), count("bad_request"), count("not_found")), (1, 4, 1));
+        assert_eq!(stats.latency_count, 6);
+    }
+
+    #[test]
+    fn full_buffer_and_closed_tracker_answer_503_without_losing_accepted_events() {
+        let server = Server::start();
+        server.set("s", LINK);
+        let t = tracker(&server, 2);
+        assert_eq!(t.click(req("s", vec![]), &InPlace).status, 302);
+        assert_eq!(t.click(req("s", vec![]), &InPlace).status, 302);
+        let full = t.click(req("s", vec![]), &InPlace);
+        assert_eq!((full.status, full.outcome), (503, Outcome::Overloaded));
+        assert_eq!(t.stats().events_dropped_total, 1);
+        t.close();
+        let closed = t.click(req("s", vec![]), &InPlace);
+        assert_eq!((closed.status, closed.outcome), (503, Outcome::Closed));
+        let bodies = t.take_bodies(262_144);
+        assert_eq!(bodies.iter().map(|b| unpack(b).unwrap().len()).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn paused_link_goes_to_its_fallback_and_is_flagged() {
+        let server = Server::start();
+        server.set(
+            "p",
+            r#"{"v":1,"id":5,"slug":"p","status":"paused","url":"https://a.example/","fallback_url":"https://fb.example/?c={click_id}"}"#,
+        );
+        let t = tracker(&server, 10);
+        let r = t.click(req("p", vec![]), &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Fallback));
+        assert!(r.location.unwrap().starts_with("https://fb.example/?c="));
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        assert!(events[0].fallback);
+    }
+}

@@ -25,6 +25,7 @@ COMMANDS: dict[str, Command] = {
     "tracker": Command("adclick.tracker.main", "main", "run the click tracker (Robyn + Rust core)"),
     "dev": Command("adclick.dev", "main", "run the whole system locally on embedded Redis and SQS"),
     "links": Command("adclick.cli", "links_main", "put, get or delete link configs in Redis"),
+    "migrate": Command("adclick.core.db.migrate", "main", "upgrade the database schema (ADCLICK_DATABASE_URL)"),
 }
 
 

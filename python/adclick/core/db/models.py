@@ -162,7 +162,9 @@ class Click(Base):
     __table_args__ = (
         Index("ix_clicks_link_id_ts", "link_id", "ts"),
         # Clicks arrive in time order, so a BRIN index on ts is tiny and fast for time ranges (PostgreSQL only).
-        Index("ix_clicks_ts_brin", "ts", postgresql_using="brin").ddl_if(dialect="postgresql"),
+        Index("ix_clicks_ts_brin", "ts", postgresql_using="brin", info={"dialects": ("postgresql",)}).ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     click_id: Mapped[str] = mapped_column(String(40), primary_key=True)

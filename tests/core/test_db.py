@@ -1,0 +1,335 @@
+"""The database layer on real PostgreSQL and SQLite: migrations, idempotent upserts, caps, exact money."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adclick.core.db.migrate import alembic_config, include_object_for, upgrade
+from adclick.core.db.models import Advertiser, Base, Click, Conversion, DailyCap, HourlyRollup, Offer
+from adclick.core.db.session import create_engine, session_factory
+from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from support.database import PostgresServer, unique_name
+
+pytestmark = pytest.mark.anyio
+
+HOUR = datetime(2026, 3, 1, 12, tzinfo=UTC)
+ROLLUP_KEY = ["hour", "link_id", "country", "device"]
+
+
+def click(click_id: str, **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "click_id": click_id,
+        "ts": HOUR + timedelta(minutes=1),
+        "link_id": 42,
+        "offer_id": 7,
+        "affiliate_id": 3,
+        "ip": "203.0.113.9",
+        "ua": "Mozilla/5.0",
+        "country": "US",
+        "device": "smartphone",
+        "bot": False,
+        "unique": True,
+        "params": {"gclid": "abc"},
+    }
+    row.update(overrides)
+    return row
+
+
+def rollup(**values: Any) -> dict[str, Any]:
+    return {"hour": HOUR, "link_id": 42, "country": "US", "device": "smartphone", "offer_id": 7, **values}
+
+
+async def make_offer(session: AsyncSession, **values: Any) -> Offer:
+    advertiser = Advertiser(name="Shop")
+    session.add(advertiser)
+    await session.flush()
+    offer = Offer(advertiser_id=advertiser.id, name="Summer sale", **values)
+    session.add(offer)
+    await session.commit()
+    return offer
+
+
+def _schema_differences(connection: Connection) -> tuple[list[Any], str | None]:
+    options = {"include_object": include_object_for(connection.dialect.name), "compare_type": True}
+    context = MigrationContext.configure(connection, opts=options)
+    return compare_metadata(context, Base.metadata), context.get_current_revision()
+
+
+async def test_migrated_schema_matches_the_models(database_url: str, db_engine: AsyncEngine) -> None:
+    async with db_engine.connect() as connection:
+        differences, revision = await connection.run_sync(_schema_differences)
+    assert differences == []
+    assert revision == ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+
+
+def _migrate_command(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ADCLICK_DATABASE_URL": url}
+    argv = [sys.executable, "-m", "adclick.cli", "migrate"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_migrate_command_builds_an_empty_database_and_is_repeatable(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = unique_name("adclick_migrate")
+        url = server.create_database(name)
+        request.addfinalizer(lambda: server.drop_database(name))
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/not/yet/there/adclick.db"
+    for _ in range(2):
+        done = _migrate_command(url)
+        assert done.returncode == 0, done.stderr
+        assert "is at head" in done.stdout
+    tables = asyncio.run(_tables(url))
+    assert {"clicks", "conversions", "hourly_rollups", "daily_caps", "alembic_version"} <= tables
+    if backend == "sqlite":
+        assert (tmp_path / "not/yet/there/adclick.db").is_file()
+
+
+def test_migrate_command_reports_an_unreachable_database(postgres_server: PostgresServer) -> None:
+    url = postgres_server.url(unique_name("adclick_missing"))
+    done = _migrate_command(url)
+    assert done.returncode == 1
+    assert "adclick migrate:" in done.stderr and "does not exist" in done.stderr
+
+
+async def test_insert_ignore_returns_only_new_rows(db_session: AsyncSession) -> None:
+    first = await insert_ignore(db_session, Click, [click("A1"), click("A2"), click("A3")])
+    await db_session.commit()
+    assert sorted(row.click_id for row in first) == ["A1", "A2", "A3"]
+
+    again = [click("A2", ua="changed"), click("B1"), click("A3"), click("B2"), click("B1")]
+    second = await insert_ignore(db_session, Click, again)
+    await db_session.commit()
+    assert sorted(row.click_id for row in second) == ["B1", "B2"]
+
+    assert await db_session.scalar(select(func.count()).select_from(Click)) == 5
+    assert await db_session.scalar(select(Click.ua).where(Click.click_id == "A2")) == "Mozilla/5.0"
+    assert await insert_ignore(db_session, Click, []) == []
+
+
+async def test_increment_adds_to_existing_rows_and_sums_repeated_keys(db_session: AsyncSession) -> None:
+    written = await increment(
+        db_session,
+        HourlyRollup,
+        ROLLUP_KEY,
+        [
+            rollup(clicks=1, unique_clicks=1, revenue=Decimal("0.1")),
+            rollup(clicks=1, bot_clicks=1, revenue=Decimal("0.1")),
+            rollup(country="DE", clicks=1),
+        ],
+        ["clicks", "unique_clicks", "bot_clicks", "revenue"],
+    )
+    assert written == 2
+    await increment(
+        db_session,
+        HourlyRollup,
+        ROLLUP_KEY,
+        rollup(offer_id=99, clicks=5, revenue=Decimal("0.1"), payout=Decimal("1")),
+        ["clicks", "revenue"],
+    )
+    await db_session.commit()
+
+    us = (await db_session.execute(select(HourlyRollup).where(HourlyRollup.country == "US"))).scalar_one()
+    assert (us.clicks, us.unique_clicks, us.bot_clicks) == (7, 1, 1)
+    assert us.revenue == Decimal("0.300000")
+    assert us.payout == Decimal(0)  # not a delta: only set when the row is new
+    assert us.offer_id == 7
+    assert us.hour == HOUR
+    de = (await db_session.execute(select(HourlyRollup).where(HourlyRollup.country == "DE"))).scalar_one()
+    assert (de.clicks, de.unique_clicks, de.revenue) == (1, 0, Decimal(0))
+
+
+async def test_conversions_are_unique_per_offer_and_transaction_id(db_session: AsyncSession) -> None:
+    offer = await make_offer(db_session)
+    other = await make_offer(db_session)
+
+    def conversion(offer_id: int) -> dict[str, Any]:
+        return {
+            "offer_id": offer_id,
+            "txid": "ORDER-1",
+            "click_id": "C" * 40,
+            "link_id": 42,
+            "status": "pending",
+            "currency": "USD",
+            "amount": Decimal("49.90"),
+        }
+
+    assert len(await insert_ignore(db_session, Conversion, [conversion(offer.id)])) == 1
+    assert await insert_ignore(db_session, Conversion, [conversion(offer.id)]) == []
+    assert len(await insert_ignore(db_session, Conversion, [conversion(other.id)])) == 1
+    await db_session.commit()
+
+    db_session.add(Conversion(**conversion(offer.id)))
+    with pytest.raises(IntegrityError):
+        await db_session.commit()
+    await db_session.rollback()
+    assert await db_session.scalar(select(func.count()).select_from(Conversion)) == 2
+
+
+MONEY = [
+    Decimal("0.000001"),
+    Decimal("-0.000001"),
+    Decimal("49.90"),
+    Decimal("0.1"),
+    Decimal("999999999999.999999"),
+    Decimal("-999999999999.999999"),
+    Decimal("12345678901.234567"),
+]
+
+
+async def test_money_round_trips_exactly_as_decimal(db_session: AsyncSession) -> None:
+    offer = await make_offer(db_session, revenue_amount=Decimal("12.345678"), payout_amount=Decimal("7.5"))
+    rows = [
+        {"offer_id": offer.id, "txid": f"T{index}", "click_id": "C" * 40, "link_id": 42, "status": "approved"}
+        | {"currency": "EUR", "amount": value, "revenue": value, "payout": -value}
+        for index, value in enumerate(MONEY)
+    ]
+    await insert_ignore(db_session, Conversion, rows)
+    await db_session.commit()
+    db_session.expunge_all()
+
+    stored = (await db_session.execute(select(Conversion.amount, Conversion.payout).order_by(Conversion.txid))).all()
+    for (amount, payout), expected in zip(stored, MONEY, strict=True):
+        assert type(amount) is Decimal and amount == expected and amount.as_tuple().exponent == -6
+        assert payout == -expected
+    reloaded = await db_session.get(Offer, offer.id)
+    assert reloaded is not None
+    assert (reloaded.revenue_amount, reloaded.payout_amount) == (Decimal("12.345678"), Decimal("7.500000"))
+
+    tenths = [{**row, "txid": f"S{index}", "amount": Decimal("0.1")} for index, row in enumerate(rows * 2)]
+    await insert_ignore(db_session, Conversion, tenths)
+    total = await db_session.scalar(select(func.sum(Conversion.amount)).where(Conversion.txid.like("S%")))
+    assert total == Decimal("1.400000")
+    assert await db_session.scalar(select(func.count()).where(Conversion.amount > Decimal("49.899999"))) == 3
+
+
+async def test_money_refuses_floats_and_out_of_range_amounts(db_session: AsyncSession) -> None:
+    offer = await make_offer(db_session)
+    offer.payout_amount = 0.1  # type: ignore[assignment]
+    with pytest.raises(StatementError, match="money must be Decimal"):
+        await db_session.commit()
+    await db_session.rollback()
+    offer.payout_amount = Decimal("1000000000000")
+    with pytest.raises(StatementError, match="out of range"):
+        await db_session.commit()
+
+
+async def test_timestamps_come_back_aware_in_utc(db_session: AsyncSession) -> None:
+    paris = timezone(timedelta(hours=2))
+    await insert_ignore(db_session, Click, [click("T1", ts=datetime(2026, 3, 1, 14, 30, 0, 123000, tzinfo=paris))])
+    await db_session.commit()
+    ts = await db_session.scalar(select(Click.ts).where(Click.click_id == "T1"))
+    assert ts == datetime(2026, 3, 1, 12, 30, 0, 123000, tzinfo=UTC)
+    assert ts is not None and ts.utcoffset() == timedelta(0)
+    with pytest.raises(StatementError, match="naive datetime"):
+        await insert_ignore(db_session, Click, [click("T2", ts=datetime(2026, 3, 1, 12))])
+
+
+async def test_foreign_keys_are_enforced(db_session: AsyncSession) -> None:
+    db_session.add(Offer(advertiser_id=12345, name="orphan"))
+    with pytest.raises(IntegrityError):
+        await db_session.commit()
+
+
+async def test_take_cap_stops_at_the_cap_and_release_gives_a_slot_back(db_session: AsyncSession) -> None:
+    slot = {"scope": "affiliate_offer", "offer_id": 7, "affiliate_id": 3, "day": date(2026, 3, 1)}
+    assert [await take_cap(db_session, **slot, cap=2) for _ in range(3)] == [True, True, False]
+    assert await take_cap(db_session, **{**slot, "day": date(2026, 3, 2)}, cap=2)
+    assert not await take_cap(db_session, **{**slot, "offer_id": 8}, cap=0)
+    assert await release_cap(db_session, **slot)
+    assert await take_cap(db_session, **slot, cap=2)
+    assert not await take_cap(db_session, **slot, cap=2)
+    await db_session.commit()
+    used = await db_session.scalar(select(DailyCap.used).filter_by(**slot))
+    assert used == 2
+
+
+async def test_concurrent_transactions_never_take_more_than_the_cap(db_engine: AsyncEngine) -> None:
+    sessions = session_factory(db_engine)
+    slot = {"scope": "offer", "offer_id": 7, "affiliate_id": 0, "day": date(2026, 3, 1)}
+
+    async def attempt() -> bool:
+        async with sessions() as session, session.begin():
+            return await take_cap(session, **slot, cap=5)
+
+    results = await asyncio.gather(*(attempt() for _ in range(12)))
+    assert results.count(True) == 5
+    async with sessions() as session:
+        assert await session.scalar(select(DailyCap.used).filter_by(**slot)) == 5
+
+
+async def test_clicks_have_a_brin_index_on_postgresql_only(db_engine: AsyncEngine) -> None:
+    async with db_engine.connect() as connection:
+        indexes = await connection.run_sync(lambda sync: inspect(sync).get_indexes("clicks"))
+        names = {index["name"] for index in indexes}
+        assert "ix_clicks_link_id_ts" in names
+        if connection.dialect.name == "postgresql":
+            definition = await connection.scalar(
+                text("SELECT indexdef FROM pg_indexes WHERE tablename = 'clicks' AND indexname = 'ix_clicks_ts_brin'")
+            )
+            assert definition is not None and "USING brin (ts)" in definition
+        else:
+            assert "ix_clicks_ts_brin" not in names
+            assert await connection.scalar(text("PRAGMA journal_mode")) == "wal"
+            assert await connection.scalar(text("PRAGMA foreign_keys")) == 1
+
+
+async def _count_clicks(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(Click)) or 0)
+
+
+def test_postgres_restart_keeps_data_and_the_engine_reconnects(postgres_server: PostgresServer) -> None:
+    name = unique_name("adclick_restart")
+    url = postgres_server.create_database(name, template="template0")
+    try:
+        upgrade(url)
+
+        async def scenario() -> None:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session:
+                    await insert_ignore(session, Click, [click("R1"), click("R2")])
+                    await session.commit()
+                assert await _count_clicks(engine) == 2
+                port = make_url(url).port
+                await asyncio.to_thread(postgres_server.stop)
+                with pytest.raises((OSError, DBAPIError)):
+                    await _count_clicks(engine)
+                await asyncio.to_thread(postgres_server.start)
+                assert make_url(postgres_server.url(name)).port == port
+                assert await _count_clicks(engine) == 2  # a pooled connection died with the server; a new one works
+            finally:
+                await engine.dispose()
+
+        asyncio.run(scenario())
+    finally:
+        postgres_server.drop_database(name)

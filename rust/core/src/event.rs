@@ -124,7 +124,7 @@ impl EventBuffer {
 }
 
 fn encode_body(lines: &[Vec<u8>]) -> String {
-    let mut z = ZlibEncoder::new(Vec::with_capacity(raw_len(lines) / 4 + 64), Compression::default());
+    let mut z = ZlibEncoder::new(Vec::with_capacity(raw_len(lines) / 4 + 64), Compression::fast());
     for (i, line) in lines.iter().enumerate() {
         if i > 0 {
             z.write_all(b"\n").expect("writing to a Vec cannot fail");

@@ -12,13 +12,15 @@ use crate::event::{pack, ClickEvent, EventBuffer, PushError};
 use crate::link::{valid_slug, CompiledLink};
 use crate::targeting::{choose, client_ip, country_from, Choice};
 use crate::template::MacroValues;
-use crate::ua::classify;
+use crate::ua::{classify, UaInfo};
 
 /// Longest query string we read; longer ones are refused rather than truncated.
 pub const MAX_QUERY_PARAMS: usize = 64;
 pub const MAX_QUERY_VALUE_BYTES: usize = 1024;
 pub const MAX_QUERY_KEY_BYTES: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 2048;
+/// Distinct User-Agents whose classification is remembered per process.
+pub const UA_CACHE_ENTRIES: u64 = 20_000;
 
 /// Everything the tracker needs that does not change per request.
 pub struct TrackerConfig {
@@ -155,6 +157,8 @@ pub struct Tracker {
     cookie_suffix: String,
     capacity: usize,
     stats: Arc<TrackerStats>,
+    /// User-Agents repeat a lot and classifying one is the dearest step of a click: remember the answers.
+    ua_cache: moka::sync::Cache<String, Arc<UaInfo>>,
 }
 
 fn now_ms() -> u64 {
@@ -285,6 +289,7 @@ impl Tracker {
             cookie_suffix: suffix,
             capacity: cfg.buffer_max_events,
             stats: Arc::new(TrackerStats::default()),
+            ua_cache: moka::sync::Cache::new(UA_CACHE_ENTRIES),
         })
     }
 
@@ -351,7 +356,7 @@ impl Tracker {
             Lookup::Unavailable => return Self::reply(503, Outcome::Unavailable),
         };
 
-        let ua = classify(user_agent);
+        let ua = self.classify(user_agent);
         let country = country_from(req.country);
         let ts = now_ms();
         let choice = choose(
@@ -429,7 +434,7 @@ impl Tracker {
             referer: referer.map(str::to_owned),
             country,
             device: ua.device.to_owned(),
-            os: ua.os,
+            os: ua.os.clone(),
             bot: ua.bot,
             sub1: s1,
             sub2: s2,
@@ -464,6 +469,20 @@ impl Tracker {
             set_cookie,
             outcome,
         }
+    }
+
+    fn classify(&self, user_agent: Option<&str>) -> Arc<UaInfo> {
+        let key = user_agent.unwrap_or("");
+        if key.len() > crate::ua::MAX_UA_LEN {
+            // Rare and possibly hostile: not worth memory in the cache.
+            return Arc::new(classify(user_agent));
+        }
+        if let Some(info) = self.ua_cache.get(key) {
+            return info;
+        }
+        let info = Arc::new(classify(user_agent));
+        self.ua_cache.insert(key.to_owned(), Arc::clone(&info));
+        info
     }
 
     /// Every buffered event, packed into SQS message bodies; the buffer is left empty.

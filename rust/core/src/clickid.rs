@@ -164,6 +164,62 @@ impl ClickIdCodec {
     }
 }
 
+/// Random bits for ClickIDs from a per-thread ChaCha12 stream seeded by the OS.
+///
+/// A getrandom(2) call per click costs more than the rest of the ClickID; a CSPRNG per thread, reseeded
+/// from the OS every 64 KiB of output and after a fork (so a parent and its forked child never share a
+/// stream and issue the same ids), keeps the bits unpredictable at a fraction of the cost.
+fn random_bytes(out: &mut [u8]) -> Result<(), CoreError> {
+    use rand_chacha::ChaCha12Rng;
+    use rand_core::{RngCore, SeedableRng};
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+
+    const RESEED_AFTER: usize = 64 * 1024;
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static REGISTER: Once = Once::new();
+    extern "C" fn after_fork_in_child() {
+        FORKS.fetch_add(1, Ordering::SeqCst);
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic, which is async-signal-safe.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+    });
+
+    struct State {
+        rng: ChaCha12Rng,
+        generation: u64,
+        used: usize,
+    }
+    thread_local! {
+        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    }
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let generation = FORKS.load(Ordering::SeqCst);
+        let stale = match &*slot {
+            Some(s) => s.generation != generation || s.used >= RESEED_AFTER,
+            None => true,
+        };
+        if stale {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| CoreError::Entropy(e.to_string()))?;
+            *slot = Some(State {
+                rng: ChaCha12Rng::from_seed(seed),
+                generation,
+                used: 0,
+            });
+        }
+        let state = slot.as_mut().expect("seeded above");
+        state.rng.fill_bytes(out);
+        state.used += out.len();
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,60 +435,4 @@ mod tests {
             prop_assert!(codec().verify(&s).is_err());
         }
     }
-}
-
-/// Random bits for ClickIDs from a per-thread ChaCha12 stream seeded by the OS.
-///
-/// A getrandom(2) call per click costs more than the rest of the ClickID; a CSPRNG per thread, reseeded
-/// from the OS every 64 KiB of output and after a fork (so a parent and its forked child never share a
-/// stream and issue the same ids), keeps the bits unpredictable at a fraction of the cost.
-fn random_bytes(out: &mut [u8]) -> Result<(), CoreError> {
-    use rand_chacha::ChaCha12Rng;
-    use rand_core::{RngCore, SeedableRng};
-    use std::cell::RefCell;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Once;
-
-    const RESEED_AFTER: usize = 64 * 1024;
-    static FORKS: AtomicU64 = AtomicU64::new(0);
-    static REGISTER: Once = Once::new();
-    extern "C" fn after_fork_in_child() {
-        FORKS.fetch_add(1, Ordering::SeqCst);
-    }
-    REGISTER.call_once(|| {
-        // SAFETY: registers a handler that only touches an atomic, which is async-signal-safe.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
-        }
-    });
-
-    struct State {
-        rng: ChaCha12Rng,
-        generation: u64,
-        used: usize,
-    }
-    thread_local! {
-        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
-    }
-    STATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let generation = FORKS.load(Ordering::SeqCst);
-        let stale = match &*slot {
-            Some(s) => s.generation != generation || s.used >= RESEED_AFTER,
-            None => true,
-        };
-        if stale {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| CoreError::Entropy(e.to_string()))?;
-            *slot = Some(State {
-                rng: ChaCha12Rng::from_seed(seed),
-                generation,
-                used: 0,
-            });
-        }
-        let state = slot.as_mut().expect("seeded above");
-        state.rng.fill_bytes(out);
-        state.used += out.len();
-        Ok(())
-    })
 }

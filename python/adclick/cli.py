@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "migrate": Command("adclick.core.db.migrate", "main", "upgrade the database schema (ADCLICK_DATABASE_URL)"),
     "postback": Command("adclick.postback.main", "main", "receive advertisers' postbacks and pixels into SQS"),
     "postback-token": Command("adclick.postback.main", "token_main", "print an advertiser's postback token and URL"),
+    "worker": Command("adclick.worker.main", "main", "consume click and conversion queues into the database"),
 }
 
 

@@ -1,0 +1,187 @@
+"""Clicks into the database: bulk insert-or-ignore by ClickID, the unique flag from Redis, hourly rollups.
+
+Per batch, in one transaction: insert every click (a ClickID already stored is skipped, so a redelivered
+message adds nothing), ask Redis once (one pipeline) which of the really inserted clicks are the first of their
+link + IP + User-Agent in the unique window, flag those, and add the inserted clicks to the rollups.
+
+The unique key's value is the ClickID that took it, and "the key holds my ClickID" counts as taking it: if the
+worker dies after Redis answered but before the commit, the retry gets the same answer, so a crash or a
+redelivery can never turn a unique click into a repeat one (or the reverse).
+Bot clicks are never unique and take no key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from sqlalchemy import Table, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adclick.core.db.models import Click, HourlyRollup
+from adclick.core.db.upsert import increment, insert_ignore
+from adclick.worker.batches import Applied, BatchHandler, Failure, Received
+from adclick.worker.health import WorkerMetrics
+from adclick.worker.messages import ClickBatch, ClickEvent, decode_clicks, ms_to_datetime
+
+UNIQUE_KEY_PREFIX = "adclick:uniq:"
+ROLLUP_KEY = ("hour", "link_id", "country", "device")
+ROLLUP_DELTAS = ("clicks", "unique_clicks", "bot_clicks")
+_UPDATE_CHUNK = 1000
+
+
+def unique_key(event: ClickEvent) -> str:
+    """Redis key of the (link, IP, User-Agent) triple; hashed so that a long User-Agent makes a short key."""
+    digest = hashlib.blake2b(
+        f"{event.link_id}\x00{event.ip or ''}\x00{event.ua or ''}".encode(errors="replace"), digest_size=16
+    )
+    return UNIQUE_KEY_PREFIX + digest.hexdigest()
+
+
+def hour_of(ts_ms: int) -> datetime:
+    return ms_to_datetime(ts_ms - ts_ms % 3_600_000)
+
+
+def click_row(event: ClickEvent) -> dict[str, Any]:
+    sub1, sub2, sub3, sub4, sub5 = event.subs
+    return {
+        "click_id": event.click_id,
+        "ts": event.ts,
+        "link_id": event.link_id,
+        "offer_id": event.offer_id,
+        "affiliate_id": event.affiliate_id,
+        "ip": event.ip,
+        "ua": event.ua,
+        "referer": event.referer,
+        "country": event.country,
+        "device": event.device,
+        "os": event.os,
+        "bot": event.bot,
+        "unique": False,
+        "sub1": sub1,
+        "sub2": sub2,
+        "sub3": sub3,
+        "sub4": sub4,
+        "sub5": sub5,
+        "params": event.params,
+        "dest": event.dest,
+        "fallback": event.fallback,
+    }
+
+
+async def first_in_window(redis: aioredis.Redis, events: Sequence[ClickEvent], window_seconds: int) -> set[str]:
+    """ClickIDs that are the first of their (link, IP, UA) in the window, in one pipeline round trip."""
+    candidates = [event for event in events if not event.bot]
+    if not candidates:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in candidates:
+            key = unique_key(event)
+            pipe.set(key, event.click_id, nx=True, ex=window_seconds)
+            pipe.get(key)
+        replies = await pipe.execute()
+    unique: set[str] = set()
+    for index, event in enumerate(candidates):
+        holder = replies[2 * index + 1]
+        if isinstance(holder, bytes):
+            holder = holder.decode()
+        if holder == event.click_id:
+            unique.add(event.click_id)
+    return unique
+
+
+def rollup_rows(events: Sequence[ClickEvent], unique: set[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        rows.append(
+            {
+                "hour": hour_of(event.ts_ms),
+                "link_id": event.link_id,
+                "country": event.country or "",
+                "device": event.device or "",
+                "offer_id": event.offer_id,
+                "affiliate_id": event.affiliate_id,
+                "clicks": 1,
+                "unique_clicks": 1 if event.click_id in unique else 0,
+                "bot_clicks": 1 if event.bot else 0,
+                "conversions": 0,
+                "revenue": 0,
+                "payout": 0,
+            }
+        )
+    return rows
+
+
+@dataclass(slots=True)
+class ClickCounts:
+    inserted: int = 0
+    duplicates: int = 0
+    unique: int = 0
+
+
+async def store_clicks(
+    session: AsyncSession, redis: aioredis.Redis, events: Sequence[ClickEvent], window_seconds: int
+) -> ClickCounts:
+    """Insert the clicks not stored yet, flag the unique ones, add them to the rollups; caller's transaction."""
+    by_id: dict[str, ClickEvent] = {}
+    for event in events:
+        by_id.setdefault(event.click_id, event)
+    counts = ClickCounts(duplicates=len(events) - len(by_id))
+    if not by_id:
+        return counts
+    inserted_rows = await insert_ignore(session, Click, [click_row(event) for event in by_id.values()])
+    inserted = [by_id[row[0]] for row in inserted_rows]
+    counts.inserted = len(inserted)
+    counts.duplicates += len(by_id) - len(inserted)
+    if not inserted:
+        return counts
+    unique = await first_in_window(redis, inserted, window_seconds)
+    counts.unique = len(unique)
+    ordered = sorted(unique)
+    table = cast(Table, Click.__table__)
+    for start in range(0, len(ordered), _UPDATE_CHUNK):
+        chunk = ordered[start : start + _UPDATE_CHUNK]
+        await session.execute(update(table).where(table.c.click_id.in_(chunk)).values(unique=True))
+    await increment(session, HourlyRollup, ROLLUP_KEY, rollup_rows(inserted, unique), ROLLUP_DELTAS)
+    return counts
+
+
+class ClickHandler(BatchHandler[ClickBatch]):
+    """The `clicks` queue: packed click messages."""
+
+    kind = "clicks"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: str,
+        metrics: WorkerMetrics,
+        redis: aioredis.Redis,
+        unique_window_seconds: int,
+    ) -> None:
+        super().__init__(sessions, queue, metrics)
+        self.redis = redis
+        self.window = unique_window_seconds
+
+    def decode(self, body: str) -> ClickBatch:
+        return decode_clicks(body)
+
+    async def apply(self, session: AsyncSession, items: list[tuple[Received, ClickBatch]]) -> Applied:
+        applied = Applied()
+        events: list[ClickEvent] = []
+        for message, batch in items:
+            events += batch.events
+            for index, (text, error) in enumerate(batch.invalid):
+                key = f"{message.message_id}#{index}"
+                applied.failures.append(Failure(message, f"invalid click event: {error}", key=key, body=text))
+        counts = await store_clicks(session, self.redis, events, self.window)
+        applied.processed = {
+            "click": counts.inserted,
+            "duplicate_click": counts.duplicates,
+            "unique_click": counts.unique,
+        }
+        return applied

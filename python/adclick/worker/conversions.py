@@ -1,0 +1,429 @@
+"""Conversions into the database: ClickID check, attribution, commissions, daily caps, status changes, rollups.
+
+Rules (each message is one postback, see docs/contracts.md):
+- The ClickID's signature is checked again; a forged one is a rejection (`forged`), never retried.
+- The link id inside the ClickID attributes the conversion (link -> offer, affiliate): the click row is not
+  needed, so a conversion may arrive before its click. A link the database does not know (yet) is a failure:
+  the message stays queued, is retried, and ends in the dead-letter queue if the link never appears.
+- The postback's advertiser must own the offer (`advertiser_mismatch`), and the conversion must come within the
+  offer's attribution window of the click (`expired`).
+- One conversion per (offer, txid). A redelivered message changes nothing. Another postback for the same txid
+  is a `duplicate` rejection, unless it carries a different status and is newer than the last one applied:
+  then it changes the conversion's status (approval, chargeback), adjusts caps and rollups, and is audited.
+- Revenue and payout by the rules, most specific first (per-affiliate override, then the offer).
+- Status from the postback, else the offer's default. `pending` and `approved` count: they take a slot of each
+  daily cap (offer, and affiliate on the offer; UTC day of the conversion) and add to the rollups. Over a cap
+  the conversion is stored `capped` with revenue and payout 0. `rejected` and `capped` add nothing to the
+  rollups; a change between counting and not counting takes or gives back the cap slots and moves the rollups.
+- `created_at` is when the postback was received (not when the worker got to it) and `updated_at` when the
+  postback that last changed the row was received: that is how a redelivery is told from a new postback.
+- Conversions roll up by hour x link with country and device '' (the click may not have arrived, and a later
+  status change must find the same row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adclick import _native
+from adclick.core.db.models import (
+    Conversion,
+    ConversionAudit,
+    ConversionRejection,
+    HourlyRollup,
+    Link,
+    Offer,
+    OfferAffiliateOverride,
+)
+from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
+from adclick.worker.batches import Applied, BatchHandler, Failure, Received
+from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
+from adclick.worker.health import WorkerMetrics
+from adclick.worker.messages import ConversionEvent, decode_conversion
+
+COUNTED = frozenset({"pending", "approved"})
+ROLLUP_KEY = ("hour", "link_id", "country", "device")
+ROLLUP_DELTAS = ("conversions", "revenue", "payout")
+_ZERO = Decimal(0)
+
+
+class ConcurrentConversion(Exception):
+    """Another worker stored the same (offer, txid) while this batch ran: retry the batch, it will see it."""
+
+
+def fingerprint(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(slots=True)
+class Terms:
+    """What a conversion on this link earns: the offer and, if any, the affiliate's override."""
+
+    link_id: int
+    offer: Offer
+    affiliate_id: int
+    override: OfferAffiliateOverride | None
+
+    def revenue_rule(self) -> Rule:
+        return Rule(self.offer.revenue_model, self.offer.revenue_amount)  # type: ignore[arg-type]
+
+    def payout_rule(self) -> Rule:
+        override = self.override
+        if override is not None and (override.payout_model is not None or override.payout_amount is not None):
+            # A NULL column of the override falls back to the offer's.
+            model = override.payout_model or self.offer.payout_model
+            amount = override.payout_amount if override.payout_amount is not None else self.offer.payout_amount
+            specific: Rule | None = Rule(model, amount)  # type: ignore[arg-type]
+        else:
+            specific = None
+        rule = choose_rule(specific, Rule(self.offer.payout_model, self.offer.payout_amount))  # type: ignore[arg-type]
+        assert rule is not None
+        return rule
+
+    def caps(self) -> list[tuple[str, int, int]]:
+        """(scope, affiliate id, cap) to take, offer-wide first: every worker locks cap rows in the same order."""
+        caps: list[tuple[str, int, int]] = []
+        if self.offer.daily_cap is not None:
+            caps.append(("offer", 0, self.offer.daily_cap))
+        if self.override is not None and self.override.daily_cap is not None:
+            caps.append(("affiliate_offer", self.affiliate_id, self.override.daily_cap))
+        return caps
+
+
+@dataclass(slots=True)
+class Stored:
+    """The columns of a stored conversion that a later postback for its txid needs."""
+
+    id: int
+    offer_id: int
+    txid: str
+    link_id: int
+    affiliate_id: int | None
+    status: str
+    revenue: Decimal
+    payout: Decimal
+    created_at: datetime
+    updated_at: datetime
+
+
+_CONVERSIONS = cast(Table, Conversion.__table__)
+_STORED_COLUMNS = [_CONVERSIONS.c[name] for name in Stored.__dataclass_fields__]
+
+
+@dataclass(slots=True)
+class Item:
+    message: Received
+    event: ConversionEvent
+    click_ts_ms: int
+    link_id: int
+    terms: Terms | None = None
+
+
+class ConversionHandler(BatchHandler[ConversionEvent]):
+    """The `conversions` queue: one postback per message."""
+
+    kind = "conversions"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: str,
+        metrics: WorkerMetrics,
+        codec: _native.ClickIdCodec,
+    ) -> None:
+        super().__init__(sessions, queue, metrics)
+        self.codec = codec
+
+    def decode(self, body: str) -> ConversionEvent:
+        return decode_conversion(body)
+
+    async def apply(self, session: AsyncSession, items: list[tuple[Received, ConversionEvent]]) -> Applied:
+        return await _Batch(session, self.codec).run(items)
+
+
+class _Batch:
+    """One transaction's worth of conversions."""
+
+    def __init__(self, session: AsyncSession, codec: _native.ClickIdCodec) -> None:
+        self.session = session
+        self.codec = codec
+        self.applied = Applied()
+        self.rejections: list[dict[str, Any]] = []
+        self.rollups: list[dict[str, Any]] = []
+        self.known: dict[tuple[int, str], Stored] = {}
+        self.counts: dict[str, int] = {}
+
+    def count(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def reject(self, item: Item | tuple[Received, ConversionEvent], reason: str, detail: str, **fields: Any) -> None:
+        message, event = (item.message, item.event) if isinstance(item, Item) else item
+        self.rejections.append(
+            {
+                "reason": reason,
+                "fingerprint": fingerprint(message.body),
+                "offer_id": fields.get("offer_id"),
+                "txid": event.txid,
+                "click_id": event.click_id,
+                "conversion_id": fields.get("conversion_id"),
+                "payload": {
+                    "detail": detail[:500],
+                    "event": event.event,
+                    "amount": event.amount,
+                    "currency": event.currency,
+                    "status": event.status,
+                    "advertiser_id": event.advertiser_id,
+                    "received_at": event.received_at_ms,
+                    "source": event.source,
+                    "message_id": message.message_id,
+                },
+                "created_at": event.received_at,
+            }
+        )
+        self.count(f"rejected:{reason}")
+
+    async def run(self, pairs: list[tuple[Received, ConversionEvent]]) -> Applied:
+        items: list[Item] = []
+        for message, event in pairs:
+            try:
+                _version, _key_id, click_ts_ms, link_id = self.codec.verify(event.click_id)
+            except _native.InvalidClickId as error:
+                self.reject((message, event), "forged", str(error))
+                continue
+            items.append(Item(message, event, click_ts_ms, link_id))
+        await self._load_terms(items)
+        attributable = []
+        for item in items:
+            if item.terms is None:
+                missing = f"link {item.link_id} of ClickID {item.event.click_id} is not in the database"
+                self.applied.failures.append(Failure(item.message, missing))
+            else:
+                attributable.append(item)
+        # One lock order for every worker: offer, affiliate, txid (then arrival, which decides within a txid).
+        attributable.sort(
+            key=lambda i: (i.terms.offer.id, i.terms.affiliate_id, i.event.txid, i.event.received_at_ms)  # type: ignore[union-attr]
+        )
+        await self._load_existing(attributable)
+        for item in attributable:
+            await self._one(item)
+        await increment(self.session, HourlyRollup, ROLLUP_KEY, self.rollups, ROLLUP_DELTAS)
+        await insert_ignore(self.session, ConversionRejection, self.rejections)
+        self.applied.processed = dict(self.counts)
+        return self.applied
+
+    async def _load_terms(self, items: Sequence[Item]) -> None:
+        link_ids = sorted({item.link_id for item in items})
+        if not link_ids:
+            return
+        links = {
+            row.id: row
+            for row in (
+                await self.session.execute(
+                    select(Link.id, Link.offer_id, Link.affiliate_id).where(Link.id.in_(link_ids))
+                )
+            ).all()
+        }
+        offer_ids = sorted({row.offer_id for row in links.values()})
+        offers = {
+            offer.id: offer
+            for offer in (await self.session.execute(select(Offer).where(Offer.id.in_(offer_ids)))).scalars()
+        }
+        pairs = sorted({(row.offer_id, row.affiliate_id) for row in links.values()})
+        overrides: dict[tuple[int, int], OfferAffiliateOverride] = {}
+        if pairs:
+            found = await self.session.execute(
+                select(OfferAffiliateOverride).where(
+                    tuple_(OfferAffiliateOverride.offer_id, OfferAffiliateOverride.affiliate_id).in_(pairs)
+                )
+            )
+            overrides = {(o.offer_id, o.affiliate_id): o for o in found.scalars()}
+        for item in items:
+            link = links.get(item.link_id)
+            if link is None or link.offer_id not in offers:
+                continue
+            item.terms = Terms(
+                link.id, offers[link.offer_id], link.affiliate_id, overrides.get((link.offer_id, link.affiliate_id))
+            )
+
+    async def _load_existing(self, items: Sequence[Item]) -> None:
+        keys = sorted({(item.terms.offer.id, item.event.txid) for item in items if item.terms is not None})
+        if not keys:
+            return
+        table = _CONVERSIONS
+        found = await self.session.execute(
+            select(*_STORED_COLUMNS).where(tuple_(table.c.offer_id, table.c.txid).in_(keys))
+        )
+        for row in found.all():
+            stored = Stored(**row._mapping)
+            self.known[(stored.offer_id, stored.txid)] = stored
+
+    async def _one(self, item: Item) -> None:
+        terms = item.terms
+        assert terms is not None
+        event = item.event
+        existing = self.known.get((terms.offer.id, event.txid))
+        if existing is not None:
+            await self._again(item, existing)
+            return
+        if event.advertiser_id is not None and event.advertiser_id != terms.offer.advertiser_id:
+            self.reject(
+                item, "advertiser_mismatch", f"offer {terms.offer.id} is not advertiser {event.advertiser_id}'s"
+            )
+            return
+        window_ms = terms.offer.attribution_window_hours * 3_600_000
+        if event.received_at_ms - item.click_ts_ms > window_ms:
+            hours = (event.received_at_ms - item.click_ts_ms) / 3_600_000
+            detail = f"{hours:.1f} h after the click, window {terms.offer.attribution_window_hours} h"
+            self.reject(item, "expired", detail, offer_id=terms.offer.id)
+            return
+        currency = terms.offer.currency
+        try:
+            amount = parse_amount(event.amount)
+            revenue = commission(terms.revenue_rule(), amount, event.currency, currency)
+            payout = commission(terms.payout_rule(), amount, event.currency, currency)
+        except CommissionError as error:
+            if error.reason == "invalid_rule":
+                # The offer's configuration is wrong, not the postback: keep it queued until someone fixes it.
+                self.applied.failures.append(Failure(item.message, f"offer {terms.offer.id}: {error}"))
+            else:
+                self.reject(item, error.reason, str(error), offer_id=terms.offer.id)
+            return
+        params = dict(event.params or {})
+        stored_amount = amount
+        if amount is not None and event.currency is not None and event.currency != currency:
+            # The row's currency is the offer's (revenue and payout are in it); keep the sale as reported.
+            params["sale_amount"], params["sale_currency"], stored_amount = event.amount, event.currency, None
+        status = event.status or terms.offer.default_status
+        when = event.received_at
+        if status in COUNTED and not await self._take_caps(terms, when):
+            status, revenue, payout = "capped", _ZERO, _ZERO
+        row = {
+            "offer_id": terms.offer.id,
+            "txid": event.txid,
+            "click_id": event.click_id,
+            "link_id": terms.link_id,
+            "affiliate_id": terms.affiliate_id,
+            "advertiser_id": terms.offer.advertiser_id,
+            "event": event.event,
+            "status": status,
+            "amount": stored_amount,
+            "currency": currency,
+            "revenue": revenue,
+            "payout": payout,
+            "params": params or None,
+            "created_at": when,
+            "updated_at": when,
+        }
+        inserted = await insert_ignore(self.session, Conversion, [row], returning=[_CONVERSIONS.c.id])
+        if not inserted:
+            raise ConcurrentConversion(f"offer {terms.offer.id} txid {event.txid!r} was stored by another worker")
+        conversion = Stored(
+            id=inserted[0][0],
+            offer_id=terms.offer.id,
+            txid=event.txid,
+            link_id=terms.link_id,
+            affiliate_id=terms.affiliate_id,
+            status=status,
+            revenue=revenue,
+            payout=payout,
+            created_at=when,
+            updated_at=when,
+        )
+        self.known[(terms.offer.id, event.txid)] = conversion
+        if status in COUNTED:
+            self._roll(conversion, 1)
+        self.count("conversion" if status != "capped" else "capped")
+
+    async def _take_caps(self, terms: Terms, when: datetime) -> bool:
+        """Take a slot of every cap that applies, or none: False when one of them is full."""
+        day = when.date()
+        taken: list[tuple[str, int]] = []
+        for scope, affiliate_id, cap in terms.caps():
+            ok = await take_cap(
+                self.session, scope=scope, offer_id=terms.offer.id, affiliate_id=affiliate_id, day=day, cap=cap
+            )
+            if not ok:
+                for got_scope, got_affiliate in taken:
+                    await release_cap(
+                        self.session, scope=got_scope, offer_id=terms.offer.id, affiliate_id=got_affiliate, day=day
+                    )
+                return False
+            taken.append((scope, affiliate_id))
+        return True
+
+    async def _release_caps(self, terms: Terms, when: datetime) -> None:
+        for scope, affiliate_id, _cap in terms.caps():
+            await release_cap(
+                self.session, scope=scope, offer_id=terms.offer.id, affiliate_id=affiliate_id, day=when.date()
+            )
+
+    def _roll(self, conversion: Stored, sign: int) -> None:
+        self.rollups.append(
+            {
+                "hour": hour_of(conversion.created_at),
+                "link_id": conversion.link_id,
+                "country": "",
+                "device": "",
+                "offer_id": conversion.offer_id,
+                "affiliate_id": conversion.affiliate_id,
+                "clicks": 0,
+                "unique_clicks": 0,
+                "bot_clicks": 0,
+                "conversions": sign,
+                "revenue": conversion.revenue * sign,
+                "payout": conversion.payout * sign,
+            }
+        )
+
+    async def _again(self, item: Item, existing: Stored) -> None:
+        """A postback for a txid already stored: a redelivery, a duplicate, or a status change."""
+        terms = item.terms
+        assert terms is not None
+        event = item.event
+        when = event.received_at
+        if when in (existing.created_at, existing.updated_at):
+            self.count("redelivered")
+            return
+        new = event.status
+        if new is None or new == existing.status or existing.status == "capped" or when < existing.updated_at:
+            why = "same status" if new == existing.status or new is None else "older than the last change"
+            if existing.status == "capped":
+                why = "the conversion was capped"
+            self.reject(
+                item, "duplicate", f"txid seen before ({why})", offer_id=terms.offer.id, conversion_id=existing.id
+            )
+            return
+        before = {"status": existing.status, "revenue": str(existing.revenue), "payout": str(existing.payout)}
+        was_counted, counts_now = existing.status in COUNTED, new in COUNTED
+        revenue, payout = existing.revenue, existing.payout
+        if was_counted and not counts_now:
+            self._roll(existing, -1)
+            await self._release_caps(terms, existing.created_at)
+        elif counts_now and not was_counted:
+            if not await self._take_caps(terms, existing.created_at):
+                new, revenue, payout = "capped", _ZERO, _ZERO
+        await self.session.execute(
+            update(Conversion)
+            .where(Conversion.id == existing.id)
+            .values(status=new, revenue=revenue, payout=payout, updated_at=when)
+        )
+        existing.status, existing.revenue, existing.payout, existing.updated_at = new, revenue, payout, when
+        if counts_now and not was_counted and new != "capped":
+            self._roll(existing, 1)
+        after = {"status": new, "revenue": str(revenue), "payout": str(payout), "txid": event.txid}
+        await self.session.execute(
+            insert(ConversionAudit).values(conversion_id=existing.id, user_id=None, at=when, before=before, after=after)
+        )
+        self.count("status_change")

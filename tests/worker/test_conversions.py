@@ -1,0 +1,315 @@
+"""Conversions from the queue into the database: attribution, forged/expired/duplicate postbacks, status
+changes, commissions and daily caps that hold with consumers racing, on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from adclick.core.db.models import Click, ConversionAudit, DailyCap
+from adclick.worker.messages import pack_clicks
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from workerkit import (
+    CODEC,
+    FORGER,
+    HOUR_MS,
+    T0,
+    InProcessWorker,
+    click_event,
+    conversion_body,
+    conversions,
+    count,
+    failed_jobs,
+    metric,
+    rejections,
+    rollup_totals,
+    seed,
+    wait_for,
+)
+
+pytestmark = pytest.mark.anyio
+
+D = Decimal
+
+
+async def test_conversion_before_its_click_is_attributed_and_the_click_counts_later(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("4.50"), revenue_amount=D("6.00"), default_status="approved")
+    click = click_event(setup.link_id, T0, offer_id=setup.offer_id, affiliate_id=setup.affiliate_id)
+    await worker.send("conversions", [conversion_body(click["click_id"], "T-1", advertiser_id=setup.advertiser_id)])
+    await worker.run_until_drained("conversions")
+
+    (conversion,) = await conversions(db_engine)
+    assert (conversion.link_id, conversion.offer_id, conversion.affiliate_id) == (
+        setup.link_id,
+        setup.offer_id,
+        setup.affiliate_id,
+    )
+    assert (conversion.status, conversion.payout, conversion.revenue) == ("approved", D("4.50"), D("6.00"))
+    assert await count(db_engine, Click) == 0
+
+    await worker.send("clicks", [pack_clicks([click])])
+    await worker.run_until_drained("clicks")
+    assert await count(db_engine, Click) == 1
+    totals = await rollup_totals(db_engine)
+    assert (totals["clicks"], totals["unique_clicks"], totals["conversions"]) == (1, 1, 1)
+    assert (totals["revenue"], totals["payout"]) == (D("6.00"), D("4.50"))
+
+
+async def test_same_conversion_message_three_times_counts_once(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("2"), revenue_amount=D("3"))
+    bodies = [conversion_body(CODEC.generate(setup.link_id, T0 + i), f"T-{i}") for i in range(5)]
+    await worker.send("conversions", bodies * 3)
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", bodies)  # and again after they were committed
+    await worker.run_until_drained("conversions")
+
+    assert len(await conversions(db_engine)) == 5
+    assert await rejections(db_engine) == []  # a redelivery is not a duplicate postback
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["revenue"], totals["payout"]) == (5, D("15"), D("10"))
+    assert metric(worker.metrics, "adclick_worker_processed_total", kind="conversion") == 5
+    assert metric(worker.metrics, "adclick_worker_processed_total", kind="redelivered") == 15
+
+
+async def test_forged_clickid_is_rejected_once_and_never_retried(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("2"))
+    genuine = CODEC.generate(setup.link_id, T0)
+    tampered = genuine[:-1] + ("A" if genuine[-1] != "A" else "B")
+    bodies = [
+        conversion_body(FORGER.generate(setup.link_id, T0), "F-1"),  # signed with another secret
+        conversion_body(tampered, "F-2"),
+        conversion_body("not-a-click-id", "F-3"),
+        conversion_body(genuine, "OK-1"),
+    ]
+    await worker.send("conversions", bodies + bodies[:1])  # the first one delivered twice
+    await worker.run_until_drained("conversions")
+
+    assert [c.txid for c in await conversions(db_engine)] == ["OK-1"]
+    assert sorted(await rejections(db_engine)) == [("forged", "F-1"), ("forged", "F-2"), ("forged", "F-3")]
+    assert await failed_jobs(db_engine) == []
+    assert metric(worker.metrics, "adclick_worker_processed_total", kind="rejected:forged") >= 3
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["payout"]) == (1, D("2"))
+
+
+async def test_conversion_outside_the_attribution_window_is_expired(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, attribution_window_hours=24, payout_amount=D("1"))
+    click_id = CODEC.generate(setup.link_id, T0)
+    bodies = [
+        conversion_body(click_id, "IN", received_at=T0 + 24 * HOUR_MS),  # exactly at the edge: still in
+        conversion_body(click_id, "OUT", received_at=T0 + 24 * HOUR_MS + 1),
+    ]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained("conversions")
+
+    assert [c.txid for c in await conversions(db_engine)] == ["IN"]
+    assert await rejections(db_engine) == [("expired", "OUT")]
+
+
+async def test_repeated_txid_is_one_conversion_and_a_duplicate_rejection(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("5"), default_status="pending")
+    click_id = CODEC.generate(setup.link_id, T0)
+    first = conversion_body(click_id, "ORDER-9", received_at=T0 + 1000)
+    again = conversion_body(click_id, "ORDER-9", received_at=T0 + 2000)  # the advertiser fired twice
+    no_txid = conversion_body(click_id, None, received_at=T0 + 3000)  # the ClickID is the txid
+    no_txid_again = conversion_body(click_id, None, received_at=T0 + 4000)
+    await worker.send("conversions", [first])
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", [again, again, no_txid, no_txid_again])
+    await worker.run_until_drained("conversions")
+
+    assert sorted(c.txid for c in await conversions(db_engine)) == sorted(["ORDER-9", click_id])
+    assert sorted(await rejections(db_engine)) == sorted([("duplicate", "ORDER-9"), ("duplicate", click_id)])
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["payout"]) == (2, D("10"))
+
+
+async def test_later_postback_changes_status_and_moves_the_rollups(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("5"), revenue_amount=D("8"), default_status="pending")
+    click_id = CODEC.generate(setup.link_id, T0)
+    steps = [
+        (None, T0 + 1000, (1, D("8"), D("5"))),  # pending (the offer's default) counts
+        ("approved", T0 + 2000, (1, D("8"), D("5"))),  # approval: same money, new status
+        ("rejected", T0 + 3000, (0, D("0"), D("0"))),  # chargeback: taken back out
+        ("approved", T0 + 4000, (1, D("8"), D("5"))),  # and approved again
+    ]
+    for status, received_at, expected in steps:
+        await worker.send("conversions", [conversion_body(click_id, "TX", received_at=received_at, status=status)])
+        await worker.run_until_drained("conversions")
+        totals = await rollup_totals(db_engine)
+        assert (totals["conversions"], totals["revenue"], totals["payout"]) == expected, status
+    # A stale postback (older than the last change) does not roll the status back.
+    await worker.send("conversions", [conversion_body(click_id, "TX", received_at=T0 + 2500, status="rejected")])
+    await worker.run_until_drained("conversions")
+
+    (conversion,) = await conversions(db_engine)
+    assert (conversion.status, conversion.payout) == ("approved", D("5"))
+    assert await rejections(db_engine) == [("duplicate", "TX")]
+    async with db_engine.connect() as connection:
+        audit = (await connection.execute(select(ConversionAudit.before, ConversionAudit.after))).all()
+    assert [(before["status"], after["status"]) for before, after in audit] == [
+        ("pending", "approved"),
+        ("approved", "rejected"),
+        ("rejected", "approved"),
+    ]
+
+
+async def test_revenue_and_payout_follow_the_most_specific_rule(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    # Revenue: 10 % of the sale; payout: the offer's 5 % for one affiliate, a CPA override of 3.33 for the other.
+    plain, special = await seed(
+        worker.sessions,
+        affiliates=2,
+        revenue_model="revshare",
+        revenue_amount=D("10"),
+        payout_model="revshare",
+        payout_amount=D("5"),
+    )
+    async with worker.sessions() as session, session.begin():
+        from adclick.core.db.models import OfferAffiliateOverride
+
+        session.add(
+            OfferAffiliateOverride(
+                offer_id=special.offer_id,
+                affiliate_id=special.affiliate_id,
+                payout_model="cpa",
+                payout_amount=D("3.33"),
+            )
+        )
+    bodies = [
+        conversion_body(CODEC.generate(plain.link_id, T0), "A", amount="52.50", currency="USD"),  # 5 % = 2.625
+        conversion_body(CODEC.generate(special.link_id, T0), "B", amount="52.70"),  # currency: the offer's
+        conversion_body(CODEC.generate(plain.link_id, T0), "C", amount="-1.00"),
+        conversion_body(CODEC.generate(plain.link_id, T0), "D", amount=None),
+        conversion_body(CODEC.generate(plain.link_id, T0), "E", amount="10", currency="EUR"),
+        conversion_body(CODEC.generate(plain.link_id, T0), "F", amount="ten"),
+    ]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained("conversions")
+
+    stored = {c.txid: (c.revenue, c.payout, c.amount, c.currency) for c in await conversions(db_engine)}
+    assert stored == {
+        "A": (D("5.25"), D("2.62"), D("52.50"), "USD"),  # half-even: 2.625 -> 2.62
+        "B": (D("5.27"), D("3.33"), D("52.70"), "USD"),
+    }
+    assert sorted(await rejections(db_engine)) == [
+        ("currency_mismatch", "E"),
+        ("invalid_amount", "F"),
+        ("missing_amount", "D"),
+        ("negative_amount", "C"),
+    ]
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["revenue"], totals["payout"]) == (2, D("10.52"), D("5.95"))
+
+
+async def test_yen_offer_rounds_to_whole_yen(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
+    (setup,) = await seed(
+        worker.sessions, currency="JPY", revenue_model="revshare", revenue_amount=D("10"), payout_amount=D("300")
+    )
+    bodies = [
+        conversion_body(CODEC.generate(setup.link_id, T0), "Y1", amount="1005", currency="JPY"),  # 100.5 -> 100
+        conversion_body(CODEC.generate(setup.link_id, T0), "Y2", amount="1015"),  # 101.5 -> 102
+    ]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained("conversions")
+    stored = {c.txid: (c.revenue, c.payout, c.currency) for c in await conversions(db_engine)}
+    assert stored == {"Y1": (D("100"), D("300"), "JPY"), "Y2": (D("102"), D("300"), "JPY")}
+
+
+@pytest.mark.parametrize("consumers", [2])
+async def test_daily_caps_hold_with_consumers_racing(
+    worker: InProcessWorker, db_engine: AsyncEngine, consumers: int
+) -> None:
+    # Offer cap 7 a day; affiliate 0 also has its own cap of 3 on it.
+    capped_one, other = await seed(
+        worker.sessions, affiliates=2, daily_cap=7, payout_amount=D("2"), revenue_amount=D("3"), override=None
+    )
+    async with worker.sessions() as session, session.begin():
+        from adclick.core.db.models import OfferAffiliateOverride
+
+        session.add(
+            OfferAffiliateOverride(offer_id=capped_one.offer_id, affiliate_id=capped_one.affiliate_id, daily_cap=3)
+        )
+    day = T0 + HOUR_MS
+    bodies = [conversion_body(CODEC.generate(capped_one.link_id, T0), f"A-{i}", received_at=day + i) for i in range(8)]
+    bodies += [conversion_body(CODEC.generate(other.link_id, T0), f"B-{i}", received_at=day + i) for i in range(8)]
+    # The next UTC day has fresh slots.
+    next_day = T0 + 26 * HOUR_MS
+    bodies += [conversion_body(CODEC.generate(other.link_id, T0), f"N-{i}", received_at=next_day + i) for i in range(2)]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained("conversions", conversions=consumers)
+
+    stored = await conversions(db_engine)
+    paid = [c for c in stored if c.status != "capped"]
+    capped = [c for c in stored if c.status == "capped"]
+    assert len(stored) == 18
+    assert len([c for c in paid if not c.txid.startswith("N-")]) == 7  # exactly the offer cap
+    assert len([c for c in paid if c.txid.startswith("A-")]) == 3  # exactly the affiliate cap
+    assert len([c for c in paid if c.txid.startswith("N-")]) == 2
+    assert all((c.payout, c.revenue) == (D("0"), D("0")) for c in capped)
+    assert all(c.payout == D("2") for c in paid)
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["payout"], totals["revenue"]) == (9, D("18"), D("27"))
+    async with db_engine.connect() as connection:
+        used = dict(
+            ((row.scope, str(row.day)), row.used)
+            for row in (await connection.execute(select(DailyCap.scope, DailyCap.day, DailyCap.used))).all()
+        )
+    assert sorted(used.values()) == [2, 3, 7]
+
+
+async def test_chargeback_gives_back_its_cap_slot(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
+    (setup,) = await seed(worker.sessions, daily_cap=1, payout_amount=D("2"), default_status="approved")
+    day = T0 + HOUR_MS
+    first = CODEC.generate(setup.link_id, T0)
+    await worker.send("conversions", [conversion_body(first, "A", received_at=day)])
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", [conversion_body(first, "A", received_at=day + 10, status="rejected")])
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", [conversion_body(first, "B", received_at=day + 20)])
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", [conversion_body(first, "C", received_at=day + 30)])
+    await worker.run_until_drained("conversions")
+
+    assert {c.txid: c.status for c in await conversions(db_engine)} == {"A": "rejected", "B": "approved", "C": "capped"}
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["payout"]) == (1, D("2"))
+
+
+async def test_other_advertisers_postback_is_rejected(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("2"))
+    (elsewhere,) = await seed(worker.sessions, payout_amount=D("2"))
+    click_id = CODEC.generate(setup.link_id, T0)
+    await worker.send("conversions", [conversion_body(click_id, "X", advertiser_id=elsewhere.advertiser_id)])
+    await worker.run_until_drained("conversions")
+    assert await conversions(db_engine) == []
+    assert await rejections(db_engine) == [("advertiser_mismatch", "X")]
+
+
+async def test_unknown_link_is_recorded_and_left_on_the_queue(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("2"))
+    stray = CODEC.generate(987_654, T0)  # genuine, but no such link in the database
+    await worker.send("conversions", [conversion_body(stray, "S"), conversion_body(CODEC.generate(setup.link_id, T0))])
+    worker.start()
+
+    async def recorded() -> bool:
+        return bool(await failed_jobs(db_engine)) and len(await conversions(db_engine)) == 1
+
+    await wait_for(recorded, message="the good conversion stored and the stray one recorded")
+    await worker.stop()
+    (job,) = await failed_jobs(db_engine)
+    assert (job.queue, job.receive_count) == ("conversions", 1)
+    assert "link 987654" in job.error
+    assert await worker.queue_counts("conversions") == (0, 1)  # in flight: SQS will redeliver it

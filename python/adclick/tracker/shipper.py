@@ -36,7 +36,7 @@ LOCK_KEY = "adclick:spill:lock"
 LOCK_TTL_MS = 30_000
 
 EARLY_FLUSH_FRACTION = 0.1  # flush before the interval once the buffer is this full
-POLL_SECONDS = 0.01  # how often buffered() is checked between flushes (one cheap native call)
+POLL_SECONDS = 0.1  # how often buffered() is checked between flushes (one cheap native call)
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 1.0
 PROBE_INTERVAL_SECONDS = 1.0  # while SQS is down, try it again this often

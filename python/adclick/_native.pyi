@@ -70,3 +70,6 @@ class Tracker:
 
 def unpack_clicks(body: str) -> list[str]:
     """The click events (JSON text each) packed in one SQS message body."""
+
+def validate_link(config: bytes) -> None:
+    """Check a v1 link config (JSON) as the tracker decodes it; raises InvalidLink or InvalidTemplate."""

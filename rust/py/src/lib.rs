@@ -9,6 +9,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 use adclick_core::cache::CacheConfig;
 use adclick_core::clickid::ClickIdCodec;
 use adclick_core::event::unpack;
+use adclick_core::link::CompiledLink;
 use adclick_core::tracker::{Blocking, ClickRequest, Tracker, TrackerConfig};
 use adclick_core::CoreError;
 
@@ -324,12 +325,19 @@ fn unpack_clicks(py: Python<'_>, body: &str) -> PyResult<Vec<String>> {
         .collect()
 }
 
+/// Checks a v1 link config (JSON bytes) exactly as the tracker will decode it; raises InvalidLink or InvalidTemplate.
+#[pyfunction]
+fn validate_link(config: &[u8]) -> PyResult<()> {
+    CompiledLink::decode(config).map_err(PyCoreError)?;
+    Ok(())
+}
+
 #[pymodule]
 mod _native {
     #[pymodule_export]
     use super::{
-        unpack_clicks, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink, InvalidMessage,
-        InvalidTemplate, PyClickIdCodec, PyTracker, RedisUnavailable,
+        unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink,
+        InvalidMessage, InvalidTemplate, PyClickIdCodec, PyTracker, RedisUnavailable,
     };
 
     #[pymodule_export]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-import threading
 import time
 import urllib.parse
 
 import pytest
+from adclick import _native
+from adclick.core.links import publish_link
 from support.procs import ProcessGuard, free_port, wait_until
 from support.servers import RedisServer, SqsServer
 from support.tracker import (
@@ -22,9 +23,6 @@ from support.tracker import (
     events_in,
     request,
 )
-
-from adclick import _native
-from adclick.core.links import publish_link
 
 TEMPLATE = (
     "https://shop.example/landing?cid={click_id}&l={link_id}&o={offer_id}&a={aff_id}"
@@ -96,13 +94,17 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
     assert event["method"] == "GET" and event["ua"] == UA_IPHONE and event["referer"] == "https://news.example/article"
     assert event["country"] == "BR" and event["device"] == "smartphone" and event["os"] == "iOS"
     assert event["bot"] is False and event["fallback"] is False and event["dest"] == 0
-    assert (event["sub1"], event["sub2"], event["sub3"], event["sub4"], event["sub5"]) == ("a b&c=d", "é/ü", "x", "", "<s>")
+    subs = (event["sub1"], event["sub2"], event["sub3"], event["sub4"], event["sub5"])
+    assert subs == ("a b&c=d", "é/ü", "x", "", "<s>")
     assert event["params"] == {"gclid": "G1"}
     assert event["ip"] == "127.0.0.1"  # no trusted proxy configured: X-Forwarded-For is not believed
 
 
 def test_trusted_proxy_cookie_bot_and_head(
-    process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer, sqs_server: SqsServer,
+    process_guard: ProcessGuard,
+    adclick_env: dict[str, str],
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
     clicks_queue: str,
 ) -> None:
     tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, anonymize_ip="true")
@@ -138,9 +140,7 @@ def test_trusted_proxy_cookie_bot_and_head(
     assert m['adclick_click_requests_total{outcome="bot"}'] == 1
 
 
-def test_link_change_redirects_to_the_new_url_within_a_second(
-    tracker: TrackerProc, redis_server: RedisServer
-) -> None:
+def test_link_change_redirects_to_the_new_url_within_a_second(tracker: TrackerProc, redis_server: RedisServer) -> None:
     client = redis_server.client()
     publish_link(client, link(url="https://old.example/?cid={click_id}"))
     assert (request(tracker.port, "GET", "/c/summer").location or "").startswith("https://old.example/")

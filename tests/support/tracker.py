@@ -12,9 +12,9 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
-
 from adclick import _native
+
+from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
 
 
 @dataclass
@@ -57,7 +57,7 @@ class TrackerProc:
             return None
 
     def metrics(self) -> dict[str, float]:
-        """Prometheus samples summed by metric name and labels, e.g. 'adclick_click_requests_total{outcome="redirect"}'."""
+        """Prometheus samples summed by name and labels, e.g. 'adclick_click_requests_total{outcome="redirect"}'."""
         text = request(self.port, "GET", "/metrics").body.decode()
         out: dict[str, float] = {}
         for line in text.splitlines():

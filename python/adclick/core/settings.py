@@ -45,7 +45,9 @@ class Settings(BaseSettings):
                 raise ValueError("ADCLICK_CLICK_SECRET must be set to a random value of 32+ characters in production")
             secret = self.postback_secret.get_secret_value()
             if not secret or secret == DEFAULT_POSTBACK_SECRET or len(secret) < 32:
-                raise ValueError("ADCLICK_POSTBACK_SECRET must be set to a random value of 32+ characters in production")
+                raise ValueError(
+                    "ADCLICK_POSTBACK_SECRET must be set to a random value of 32+ characters in production"
+                )
         if self.click_previous_secret is not None and self.click_previous_key_id == self.click_key_id:
             raise ValueError("ADCLICK_CLICK_PREVIOUS_KEY_ID must differ from ADCLICK_CLICK_KEY_ID")
         return self

@@ -156,6 +156,7 @@ class TrackerProcess:
         self.shipper_task: asyncio.Task[None] | None = None
         self.draining = False
         self.signals_ready = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.reaper = ConnectionReaper(
             settings.tracker_port,
             header_timeout=settings.header_timeout_seconds,
@@ -222,7 +223,7 @@ class TrackerProcess:
         self.shipper = Shipper(self.tracker, self.settings, self.shipper_metrics)
         self.shipper_task = loop.create_task(self.shipper.run())
         self.reaper.start()
-        loop.create_task(self._take_over_signals())
+        self._tasks.add(loop.create_task(self._take_over_signals()))
         log.info("tracker process %d ready on port %d", os.getpid(), self.settings.tracker_port)
 
     async def _take_over_signals(self) -> None:
@@ -235,7 +236,8 @@ class TrackerProcess:
         """
         before = _c_signal_handler(signal.SIGTERM)
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and _c_signal_handler(signal.SIGTERM) == before:
+        # A C-level handler change raises no event to wait on: poll it, briefly, once per process.
+        while time.monotonic() < deadline and _c_signal_handler(signal.SIGTERM) == before:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -247,8 +249,9 @@ class TrackerProcess:
         if self.draining:
             return
         self.draining = True
-        log.info("%s: draining for %.1fs, then flushing click events", signal.Signals(sig).name, self.settings.drain_seconds)
-        asyncio.get_running_loop().create_task(self._drain_and_exit())
+        name = signal.Signals(sig).name
+        log.info("%s: draining for %.1fs, then flushing click events", name, self.settings.drain_seconds)
+        self._tasks.add(asyncio.get_running_loop().create_task(self._drain_and_exit()))
 
     async def _drain_and_exit(self) -> None:
         code = 0

@@ -1,6 +1,22 @@
 """Type stubs for adclick's Rust extension (rust/py)."""
 
-from typing import Any, Final
+from typing import Any, Final, final
+
+__all__ = [
+    "VERSION",
+    "AdclickError",
+    "ClickIdCodec",
+    "ConfigError",
+    "EntropyError",
+    "InvalidClickId",
+    "InvalidLink",
+    "InvalidMessage",
+    "InvalidTemplate",
+    "RedisUnavailable",
+    "Tracker",
+    "unpack_clicks",
+    "validate_link",
+]
 
 VERSION: Final[str]
 
@@ -13,6 +29,7 @@ class RedisUnavailable(AdclickError): ...
 class InvalidMessage(AdclickError): ...
 class EntropyError(AdclickError): ...
 
+@final
 class ClickIdCodec:
     def __new__(
         cls, key_id: int, secret: bytes, previous_key_id: int | None = None, previous_secret: bytes | None = None
@@ -21,6 +38,7 @@ class ClickIdCodec:
     def verify(self, click_id: str) -> tuple[int, int, int, int]:
         """(version, key_id, ts_ms, link_id); raises InvalidClickId."""
 
+@final
 class Tracker:
     def __new__(
         cls,
@@ -32,7 +50,7 @@ class Tracker:
         previous_key_id: int = 0,
         trusted_proxies: int = 0,
         anonymize_ip: bool = False,
-        cookie_name: str = "adclick_cid",
+        cookie_name: str = ...,  # "adclick_cid"
         cookie_max_age_s: int = 2_592_000,
         cookie_domain: str | None = None,
         cookie_secure: bool = False,

@@ -323,3 +323,59 @@ async def failed_jobs(engine: AsyncEngine) -> list[FailedJob]:
 
 def packed(events: Sequence[dict[str, Any]], per_message: int = 500) -> list[str]:
     return [pack_clicks(list(events[i : i + per_message])) for i in range(0, len(events), per_message)]
+
+
+class WorkerProc:
+    """`adclick worker` as a real child process on the test's SQS endpoint, Redis and database."""
+
+    def __init__(self, guard: Any, env: dict[str, str], database_url: str, **settings: object) -> None:
+        import os
+        import sys
+
+        from support.procs import free_port
+
+        self.health_port = free_port()
+        full = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "ADCLICK_DATABASE_URL": database_url}
+        defaults = {
+            "clicks_queue": "clicks",
+            "conversions_queue": "conversions",
+            "worker_wait_seconds": 1,
+            "worker_health_host": "127.0.0.1",
+            "worker_health_port": self.health_port,
+            "sqs_max_receives": 5,
+            "log_level": "INFO",
+        }
+        for key, value in {**defaults, **settings}.items():
+            full[f"ADCLICK_{key.upper()}"] = str(value)
+        argv = [sys.executable, "-m", "adclick.cli", "worker"]
+        self.proc = guard.spawn(argv, name=f"worker-{self.health_port}", env=full)
+
+    def get(self, path: str) -> tuple[int, str] | None:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=2)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        except OSError:
+            return None
+        finally:
+            connection.close()
+
+    def wait_healthy(self, within: float = 30.0) -> None:
+        from support.procs import wait_until
+
+        wait_until(
+            lambda: (self.get("/health") or (0, ""))[0] == 200, timeout=within, message="worker /health", proc=self.proc
+        )
+
+    def metrics(self) -> dict[str, float]:
+        reply = self.get("/metrics")
+        assert reply is not None and reply[0] == 200
+        out: dict[str, float] = {}
+        for line in reply[1].splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out

@@ -1,0 +1,675 @@
+"""Reports: clicks, conversions and money grouped by time or dimension, in any IANA time zone, with totals.
+
+Rollup groupings (day, hour, offer, affiliate, link, country, device; up to three at once) read
+`hourly_rollups`. Sub-id groupings (sub1..sub5, one at a time) read raw clicks and the conversions of the
+range, over at most `SUB_RANGE_MAX_DAYS` days.
+
+Time zones: a range is whole local days [from 00:00, to + 1 day 00:00) in the chosen zone. Rollups are hourly in
+UTC and each rollup hour counts in the local day (and is labelled with the local hour) where it starts. In every
+zone whose offset is a whole number of hours that is exact; in a zone with a :30 or :45 offset (Asia/Kolkata,
+Asia/Kathmandu, Australia/Adelaide...) a local day runs from 00:30 (00:45) to 00:30 the next day, and the report
+says so in `notes`. Sub-id reports read exact timestamps, so their days are exact in every zone.
+Day buckets are computed in SQL: `AT TIME ZONE` on PostgreSQL; on SQLite the zone's UTC offsets over the range
+(DST transitions included) become a CASE of `date(hour, '+N minutes')`.
+
+Conversions count as the rollups count them: `pending` and `approved`, at the hour the conversion was received.
+Conversions roll up with country and device '' (the click may not have arrived yet), so a country or device
+report shows them under "(unknown)". Sums of revenue and payout add offers' amounts whatever their currency.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    String,
+    Table,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    type_coerce,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer
+from adclick.core.db.types import Money
+
+ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")
+SUB_DIMENSIONS = ("sub1", "sub2", "sub3", "sub4", "sub5")
+DIMENSIONS = ROLLUP_DIMENSIONS + SUB_DIMENSIONS
+TIME_DIMENSIONS = ("day", "hour")
+NAMED_DIMENSIONS = ("offer", "affiliate", "link")
+MAX_GROUPS = 3
+RANGE_MAX_DAYS = 400
+SUB_RANGE_MAX_DAYS = 31
+DEFAULT_DAYS = 7
+COUNTED_STATUSES = ("pending", "approved")  # what the worker adds to the rollups
+METRICS = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
+UNKNOWN_LABEL = "(unknown)"
+NONE_LABEL = "(none)"
+
+_ROLLUPS = cast(Table, HourlyRollup.__table__)
+_CLICKS = cast(Table, Click.__table__)
+_CONVERSIONS = cast(Table, Conversion.__table__)
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+_ZERO = Decimal(0)
+_RATE = Decimal("0.0001")
+
+
+class ReportError(ValueError):
+    """A report request that cannot be answered as asked (an HTTP 400, with this message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportQuery:
+    """What to report: groupings, a UTC range made of whole local days, and equality filters."""
+
+    group_by: tuple[str, ...]
+    zone: ZoneInfo
+    date_from: date
+    date_to: date
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    offer_id: int | None = None
+    affiliate_id: int | None = None
+    link_id: int | None = None
+    country: str | None = None
+    device: str | None = None
+
+    @property
+    def tz(self) -> str:
+        return self.zone.key
+
+    @property
+    def is_sub(self) -> bool:
+        return self.group_by[0] in SUB_DIMENSIONS
+
+    def params(self) -> dict[str, str]:
+        """The query string that asks for this report again (links from the HTML page, CSV export)."""
+        out = {
+            "group_by": ",".join(self.group_by),
+            "from": self.date_from.isoformat(),
+            "to": self.date_to.isoformat(),
+            "tz": self.tz,
+        }
+        for name in ("offer_id", "affiliate_id", "link_id", "country", "device"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = str(value)
+        return out
+
+
+def parse_zone(name: str | None) -> ZoneInfo:
+    if not name:
+        return ZoneInfo("UTC")
+    if not _ZONE_NAME.match(name) or ".." in name:
+        raise ReportError(f"unknown time zone {name!r}: use an IANA name such as America/Sao_Paulo")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ReportError(f"unknown time zone {name!r}: use an IANA name such as America/Sao_Paulo") from None
+
+
+def parse_date(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ReportError(f"{name} must be a date (YYYY-MM-DD), got {value!r}") from None
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The UTC instant of local 00:00 (a midnight skipped by a DST jump maps to the first instant after it)."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+
+
+def parse_group_by(value: str | None) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in (value or "day").split(",") if part.strip())
+    if not names:
+        names = ("day",)
+    unknown = [name for name in names if name not in DIMENSIONS]
+    if unknown:
+        raise ReportError(f"cannot group by {', '.join(unknown)}: choose from {', '.join(DIMENSIONS)}")
+    if len(set(names)) != len(names):
+        raise ReportError("group_by names a grouping twice")
+    if len(names) > MAX_GROUPS:
+        raise ReportError(f"group by at most {MAX_GROUPS} groupings at once")
+    if any(name in SUB_DIMENSIONS for name in names) and len(names) > 1:
+        raise ReportError("a sub-id grouping (sub1..sub5) reads raw clicks and cannot be combined with others")
+    if "day" in names and "hour" in names:
+        raise ReportError("group by day or by hour, not both")
+    return names
+
+
+def build_query(
+    group_by: str | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    tz: str | None = None,
+    *,
+    offer_id: int | None = None,
+    affiliate_id: int | None = None,
+    link_id: int | None = None,
+    country: str | None = None,
+    device: str | None = None,
+    scope_affiliate_id: int | None = None,
+    today: date | None = None,
+) -> ReportQuery:
+    """Validate a report request. `scope_affiliate_id` (an affiliate user's own id) overrides `affiliate_id`.
+
+    Without dates: the last `DEFAULT_DAYS` local days, today included. Raises ReportError.
+    """
+    names = parse_group_by(group_by)
+    zone = parse_zone(tz)
+    if today is None:
+        today = datetime.now(zone).date()
+    last = parse_date(date_to, "to") if date_to else today
+    first = parse_date(date_from, "from") if date_from else last - timedelta(days=DEFAULT_DAYS - 1)
+    if last < first:
+        raise ReportError(f"'to' ({last}) is before 'from' ({first})")
+    days = (last - first).days + 1
+    limit = SUB_RANGE_MAX_DAYS if names[0] in SUB_DIMENSIONS else RANGE_MAX_DAYS
+    if days > limit:
+        what = "sub-id reports read raw clicks and cover" if limit == SUB_RANGE_MAX_DAYS else "a report covers"
+        raise ReportError(f"{what} at most {limit} days; {first} to {last} is {days} days")
+    if country is not None:
+        country = country.strip().upper() or None
+    if device is not None:
+        device = device.strip() or None
+    if scope_affiliate_id is not None:
+        affiliate_id = scope_affiliate_id
+    return ReportQuery(
+        group_by=names,
+        zone=zone,
+        date_from=first,
+        date_to=last,
+        start=local_midnight(first, zone),
+        end=local_midnight(last + timedelta(days=1), zone),
+        offer_id=offer_id,
+        affiliate_id=affiliate_id,
+        link_id=link_id,
+        country=country,
+        device=device,
+    )
+
+
+# -- metrics --
+
+
+@dataclass(slots=True)
+class Totals:
+    """The counters of one report row (or of the whole report) and the rates derived from them."""
+
+    clicks: int = 0
+    unique_clicks: int = 0
+    bot_clicks: int = 0
+    conversions: int = 0
+    revenue: Decimal = _ZERO
+    payout: Decimal = _ZERO
+
+    def add(self, other: Totals) -> None:
+        self.clicks += other.clicks
+        self.unique_clicks += other.unique_clicks
+        self.bot_clicks += other.bot_clicks
+        self.conversions += other.conversions
+        self.revenue += other.revenue
+        self.payout += other.payout
+
+    @property
+    def profit(self) -> Decimal:
+        return self.revenue - self.payout
+
+    @property
+    def conversion_rate(self) -> Decimal | None:
+        """Conversions per 100 clicks; None without clicks."""
+        if not self.clicks:
+            return None
+        return (Decimal(self.conversions) * 100 / self.clicks).quantize(_RATE)
+
+    @property
+    def epc(self) -> Decimal | None:
+        """Revenue per click; None without clicks."""
+        if not self.clicks:
+            return None
+        return (self.revenue / self.clicks).quantize(_RATE)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: counts as numbers, money and rates as exact decimal strings."""
+        cr, epc = self.conversion_rate, self.epc
+        return {
+            "clicks": self.clicks,
+            "unique_clicks": self.unique_clicks,
+            "bot_clicks": self.bot_clicks,
+            "conversions": self.conversions,
+            "conversion_rate": None if cr is None else str(cr),
+            "revenue": str(self.revenue),
+            "payout": str(self.payout),
+            "profit": str(self.profit),
+            "epc": None if epc is None else str(epc),
+        }
+
+    @classmethod
+    def from_mapping(cls, row: Any) -> Totals:
+        return cls(
+            clicks=int(row["clicks"] or 0),
+            unique_clicks=int(row["unique_clicks"] or 0),
+            bot_clicks=int(row["bot_clicks"] or 0),
+            conversions=int(row["conversions"] or 0),
+            revenue=row["revenue"] if row["revenue"] is not None else _ZERO,
+            payout=row["payout"] if row["payout"] is not None else _ZERO,
+        )
+
+
+@dataclass(slots=True)
+class ReportRow:
+    keys: dict[str, Any]  # grouping -> raw key (ISO date/hour text, id, country code, sub value)
+    labels: dict[str, str]  # grouping -> what a person reads
+    totals: Totals
+    names: dict[str, str | None] = field(default_factory=dict)  # offer/affiliate name, link slug
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys, "labels": self.labels, **self.totals.as_dict()}
+
+
+@dataclass(slots=True)
+class Report:
+    query: ReportQuery
+    rows: list[ReportRow]
+    totals: Totals
+    truncated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        q = self.query
+        return {
+            "group_by": list(q.group_by),
+            "from": q.date_from.isoformat(),
+            "to": q.date_to.isoformat(),
+            "tz": q.tz,
+            "start": q.start.isoformat(),
+            "end": q.end.isoformat(),
+            "rows": [row.as_dict() for row in self.rows],
+            "totals": self.totals.as_dict(),
+            "truncated": self.truncated,
+            "notes": self.notes,
+        }
+
+
+# -- SQL --
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def offset_segments(start: datetime, end: datetime, zone: ZoneInfo) -> list[tuple[datetime, int]]:
+    """[(first whole UTC hour it applies to, UTC offset in minutes)] for the rollup hours in [start, end)."""
+    segments: list[tuple[datetime, int]] = []
+    moment = start.replace(minute=0, second=0, microsecond=0)
+    while moment < end:
+        offset = moment.astimezone(zone).utcoffset()
+        minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+        if not segments or segments[-1][1] != minutes:
+            segments.append((moment, minutes))
+        moment += timedelta(hours=1)
+    return segments
+
+
+def half_hour_note(q: ReportQuery) -> str | None:
+    odd = [minutes for _, minutes in offset_segments(q.start, q.end, q.zone) if minutes % 60]
+    if not odd or q.is_sub:
+        return None
+    minutes = odd[0] % 60
+    return (
+        f"{q.tz} is {minutes} minutes off a whole-hour UTC offset and rollups are hourly in UTC: each UTC hour "
+        f"counts in the local day and hour where it starts, so a day here runs from 00:{minutes:02d} "
+        f"to 00:{minutes:02d} the next day (sub-id reports are exact)"
+    )
+
+
+def _sqlite_timestamp(moment: datetime) -> str:
+    # The text SQLAlchemy's SQLite DATETIME stores (naive UTC), so it compares with stored values as text.
+    return moment.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def local_day(column: ColumnElement[Any], q: ReportQuery, dialect: str) -> ColumnElement[Any]:
+    """The local date of a UTC timestamp column, in SQL."""
+    if dialect == "postgresql":
+        return sql_cast(func.timezone(literal(q.tz, String), column), Date)
+    segments = offset_segments(q.start, q.end, q.zone)
+    if len(segments) == 1:
+        return func.date(column, literal_column(f"'{segments[0][1]:+d} minutes'"))
+    whens: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = []
+    for (_, minutes), (following, _) in pairwise(segments):
+        bound: ColumnElement[Any] = literal_column(f"'{_sqlite_timestamp(following)}'")
+        whens.append((column < bound, func.date(column, literal_column(f"'{minutes:+d} minutes'"))))
+    return case(*whens, else_=func.date(column, literal_column(f"'{segments[-1][1]:+d} minutes'")))
+
+
+def _group_positions(count: int) -> list[ColumnElement[Any]]:
+    # GROUP BY 1, 2: the same expression as the SELECT list, without binding the time zone twice (PostgreSQL
+    # would see $1 and $2 as different expressions).
+    return [literal_column(str(position)) for position in range(1, count + 1)]
+
+
+def _rollup_key(dimension: str, q: ReportQuery, dialect: str) -> ColumnElement[Any]:
+    r = _ROLLUPS.c
+    if dimension == "day":
+        return local_day(r.hour, q, dialect)
+    return {
+        "hour": r.hour,
+        "offer": r.offer_id,
+        "affiliate": r.affiliate_id,
+        "link": r.link_id,
+        "country": r.country,
+        "device": r.device,
+    }[dimension]
+
+
+def _rollup_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
+    r = _ROLLUPS.c
+    where: list[ColumnElement[bool]] = [r.hour >= q.start, r.hour < q.end]
+    if q.offer_id is not None:
+        where.append(r.offer_id == q.offer_id)
+    if q.affiliate_id is not None:
+        where.append(r.affiliate_id == q.affiliate_id)
+    if q.link_id is not None:
+        where.append(r.link_id == q.link_id)
+    if q.country is not None:
+        where.append(r.country == q.country)
+    if q.device is not None:
+        where.append(r.device == q.device)
+    return where
+
+
+def _rollup_sums() -> list[ColumnElement[Any]]:
+    r = _ROLLUPS.c
+    return [
+        func.sum(r.clicks).label("clicks"),
+        func.sum(r.unique_clicks).label("unique_clicks"),
+        func.sum(r.bot_clicks).label("bot_clicks"),
+        func.sum(r.conversions).label("conversions"),
+        # Summed in SQL on the stored representation (NUMERIC, or integer millionths on SQLite), then converted.
+        type_coerce(func.sum(r.revenue), Money).label("revenue"),
+        type_coerce(func.sum(r.payout), Money).label("payout"),
+    ]
+
+
+def _with_names(grouped: Select[Any], q: ReportQuery) -> Select[Any]:
+    """Wrap a grouped statement, adding offer and affiliate names and link slugs, and order it."""
+    inner = grouped.subquery("grouped")
+    columns: list[Any] = [inner.c[f"k{i}"] for i in range(len(q.group_by))]
+    columns += [inner.c[name] for name in METRICS]
+    joined: Any = inner
+    for i, dimension in enumerate(q.group_by):
+        target = {"offer": (Offer, Offer.name), "affiliate": (Affiliate, Affiliate.name), "link": (Link, Link.slug)}
+        if dimension not in target:
+            continue
+        model, name = target[dimension]
+        alias = cast(Table, model.__table__).alias(f"n{i}")
+        joined = joined.outerjoin(alias, alias.c.id == inner.c[f"k{i}"])
+        columns.append(alias.c[name.key].label(f"name{i}"))
+    statement = select(*columns).select_from(joined)
+    keys = [inner.c[f"k{i}"] for i in range(len(q.group_by))]
+    if any(dimension in TIME_DIMENSIONS for dimension in q.group_by):
+        return statement.order_by(*keys)
+    return statement.order_by(inner.c.clicks.desc(), *keys)
+
+
+def rollup_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+    keys = [_rollup_key(dimension, q, dialect).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
+    grouped = select(*keys, *_rollup_sums()).where(*_rollup_filters(q)).group_by(*_group_positions(len(keys)))
+    return _with_names(grouped, q)
+
+
+def _click_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
+    c = _CLICKS.c
+    where: list[ColumnElement[bool]] = []
+    if q.offer_id is not None:
+        where.append(c.offer_id == q.offer_id)
+    if q.affiliate_id is not None:
+        where.append(c.affiliate_id == q.affiliate_id)
+    if q.link_id is not None:
+        where.append(c.link_id == q.link_id)
+    if q.country is not None:
+        where.append(c.country == q.country)
+    if q.device is not None:
+        where.append(c.device == q.device)
+    return where
+
+
+def sub_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+    """Clicks of the range by sub value, full-outer-joined with the range's counted conversions by their click's
+    sub value ('' when the value or the click is missing)."""
+    c, v = _CLICKS.c, _CONVERSIONS.c
+    sub = q.group_by[0]
+    key = func.coalesce(c[sub], "")
+    clicks = (
+        select(
+            key.label("k"),
+            func.count().label("clicks"),
+            func.sum(case((c.unique, 1), else_=0)).label("unique_clicks"),
+            func.sum(case((c.bot, 1), else_=0)).label("bot_clicks"),
+        )
+        .where(c.ts >= q.start, c.ts < q.end, *_click_filters(q))
+        .group_by(*_group_positions(1))
+        .subquery("c")
+    )
+    conversion_filters: list[ColumnElement[bool]] = [
+        v.created_at >= q.start,
+        v.created_at < q.end,
+        v.status.in_(COUNTED_STATUSES),
+    ]
+    if q.offer_id is not None:
+        conversion_filters.append(v.offer_id == q.offer_id)
+    if q.affiliate_id is not None:
+        conversion_filters.append(v.affiliate_id == q.affiliate_id)
+    if q.link_id is not None:
+        conversion_filters.append(v.link_id == q.link_id)
+    if q.country is not None:
+        conversion_filters.append(c.country == q.country)
+    if q.device is not None:
+        conversion_filters.append(c.device == q.device)
+    conversions = (
+        select(
+            key.label("k"),
+            func.count().label("conversions"),
+            type_coerce(func.sum(v.revenue), Money).label("revenue"),
+            type_coerce(func.sum(v.payout), Money).label("payout"),
+        )
+        .select_from(_CONVERSIONS.outerjoin(_CLICKS, c.click_id == v.click_id))
+        .where(*conversion_filters)
+        .group_by(*_group_positions(1))
+        .subquery("v")
+    )
+    merged_key = func.coalesce(clicks.c.k, conversions.c.k)
+    statement = select(
+        merged_key.label("k0"),
+        func.coalesce(clicks.c.clicks, 0).label("clicks"),
+        func.coalesce(clicks.c.unique_clicks, 0).label("unique_clicks"),
+        func.coalesce(clicks.c.bot_clicks, 0).label("bot_clicks"),
+        func.coalesce(conversions.c.conversions, 0).label("conversions"),
+        conversions.c.revenue,
+        conversions.c.payout,
+    ).select_from(clicks.join(conversions, clicks.c.k == conversions.c.k, full=True))
+    return statement.order_by(literal_column("clicks").desc(), literal_column("conversions").desc(), merged_key)
+
+
+def report_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+    """The SELECT behind a report: columns k0.. (keys), the metrics, name0.. (names where a grouping has one)."""
+    return sub_statement(q, dialect) if q.is_sub else rollup_statement(q, dialect)
+
+
+def totals_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+    if q.is_sub:
+        inner = sub_statement(q, dialect).order_by(None).subquery("rows")
+        return select(
+            *[func.sum(inner.c[name]).label(name) for name in METRICS[:4]],
+            type_coerce(func.sum(inner.c.revenue), Money).label("revenue"),
+            type_coerce(func.sum(inner.c.payout), Money).label("payout"),
+        )
+    return select(*_rollup_sums()).where(*_rollup_filters(q))
+
+
+# -- rows --
+
+
+def _key_and_label(dimension: str, value: Any, name: str | None, zone: ZoneInfo) -> tuple[Any, str]:
+    if dimension == "day":
+        day = value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+        return day.isoformat(), day.isoformat()
+    if dimension == "hour":
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        local = moment.astimezone(zone)
+        return local.isoformat(), local.strftime("%Y-%m-%d %H:%M")
+    if dimension in ("offer", "affiliate", "link"):
+        if value is None:
+            return None, UNKNOWN_LABEL
+        return int(value), f"{name} (#{value})" if name else f"#{value}"
+    if dimension in ("country", "device"):
+        text = (value or "").strip()
+        return text, text or UNKNOWN_LABEL
+    return value or "", value or NONE_LABEL  # sub ids
+
+
+def make_row(mapping: Any, q: ReportQuery) -> ReportRow:
+    """A report row from one result row of `report_statement`."""
+    keys: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    names: dict[str, str | None] = {}
+    for i, dimension in enumerate(q.group_by):
+        name = mapping.get(f"name{i}")
+        keys[dimension], labels[dimension] = _key_and_label(dimension, mapping[f"k{i}"], name, q.zone)
+        if dimension in NAMED_DIMENSIONS:
+            names[dimension] = name
+    return ReportRow(keys, labels, Totals.from_mapping(mapping), names)
+
+
+async def run_report(session: AsyncSession, q: ReportQuery, *, limit: int | None = None) -> Report:
+    """Run a report; with `limit`, at most that many rows (and `truncated`), the totals still over everything."""
+    dialect = _dialect(session)
+    statement = report_statement(q, dialect)
+    if limit is not None:
+        statement = statement.limit(limit + 1)
+    result = await session.execute(statement)
+    rows = [make_row(mapping, q) for mapping in result.mappings()]
+    truncated = limit is not None and len(rows) > limit
+    if truncated:
+        rows = rows[:limit]
+        found = (await session.execute(totals_statement(q, dialect))).mappings().one()
+        totals = Totals.from_mapping(found)
+    else:
+        totals = Totals()
+        for row in rows:
+            totals.add(row.totals)
+    notes = [note for note in (half_hour_note(q),) if note]
+    if q.group_by[0] in ("country", "device") and not q.is_sub:
+        notes.append("conversions are counted under (unknown): they roll up without the click's country and device")
+    return Report(q, rows, totals, truncated, notes)
+
+
+# -- time series --
+
+
+def series_interval(q: ReportQuery) -> str:
+    """Hours for ranges of up to two days, else days."""
+    return "hour" if (q.date_to - q.date_from).days < 2 else "day"
+
+
+def _buckets(q: ReportQuery, interval: str) -> list[str]:
+    if interval == "day":
+        return [(q.date_from + timedelta(days=n)).isoformat() for n in range((q.date_to - q.date_from).days + 1)]
+    out: list[str] = []
+    moment = q.start.replace(minute=0, second=0, microsecond=0)
+    if moment < q.start:
+        moment += timedelta(hours=1)
+    while moment < q.end:
+        out.append(moment.astimezone(q.zone).isoformat())
+        moment += timedelta(hours=1)
+    return out
+
+
+async def time_series(session: AsyncSession, q: ReportQuery) -> dict[str, Any]:
+    """Clicks, conversions and revenue per local day (or hour), every bucket present, for the chart."""
+    interval = series_interval(q)
+    series_query = ReportQuery(**{**_fields(q), "group_by": (interval,)})
+    report = await run_report(session, series_query)
+    found = {row.keys[interval]: row.totals for row in report.rows}
+    labels = _buckets(series_query, interval)
+    empty = Totals()
+    points = [found.get(label, empty) for label in labels]
+    return {
+        "interval": interval,
+        "tz": q.tz,
+        "labels": [label if interval == "day" else label[:16].replace("T", " ") for label in labels],
+        "keys": labels,
+        "clicks": [point.clicks for point in points],
+        "conversions": [point.conversions for point in points],
+        "revenue": [str(point.revenue) for point in points],
+        "totals": report.totals.as_dict(),
+    }
+
+
+def _fields(q: ReportQuery) -> dict[str, Any]:
+    return {name: getattr(q, name) for name in q.__dataclass_fields__}
+
+
+def csv_header(q: ReportQuery) -> list[str]:
+    header: list[str] = []
+    for dimension in q.group_by:
+        header += [dimension, f"{dimension}_name"] if dimension in NAMED_DIMENSIONS else [dimension]
+    return [*header, *METRICS[:4], "conversion_rate", "revenue", "payout", "profit", "epc"]
+
+
+def csv_cells(row: ReportRow, q: ReportQuery) -> list[Any]:
+    cells: list[Any] = []
+    for dimension in q.group_by:
+        key = row.keys[dimension]
+        if dimension in NAMED_DIMENSIONS:
+            cells += [key, row.names.get(dimension) or ""]
+        else:
+            cells.append(key)
+    t = row.totals
+    return [
+        *cells,
+        t.clicks,
+        t.unique_clicks,
+        t.bot_clicks,
+        t.conversions,
+        t.conversion_rate,
+        t.revenue,
+        t.payout,
+        t.profit,
+        t.epc,
+    ]
+
+
+__all__: Sequence[str] = (
+    "DIMENSIONS",
+    "Report",
+    "ReportError",
+    "ReportQuery",
+    "ReportRow",
+    "Totals",
+    "build_query",
+    "csv_cells",
+    "csv_header",
+    "make_row",
+    "report_statement",
+    "run_report",
+    "time_series",
+)

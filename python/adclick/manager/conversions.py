@@ -1,0 +1,356 @@
+"""Conversions in the manager: list and filter them; approve, reject or adjust one, audited, with rollups following.
+
+An edit is one transaction: lock the conversion row, change it, move the hourly rollup by the difference between
+what the conversion counted before and what it counts now, take or give back daily-cap slots, write an audit row
+(who, when, before, after). What counts follows the worker (adclick.worker.conversions): `pending` and `approved`
+add one conversion and their revenue and payout to the rollup row (hour the conversion was received, its link,
+country and device ''), `rejected` and `capped` add nothing; a counted conversion holds a slot of each daily cap
+(the offer's, and the affiliate's on the offer) for the UTC day it was received.
+
+`updated_at` becomes the time of the edit, so the worker treats a postback received before the edit as older
+than the manager's decision (a `duplicate` rejection) and a later one as a new status change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Select, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adclick.core.db.models import (
+    CONVERSION_STATUSES,
+    Affiliate,
+    Conversion,
+    ConversionAudit,
+    HourlyRollup,
+    Offer,
+    OfferAffiliateOverride,
+)
+from adclick.core.db.upsert import increment, release_cap, take_cap
+from adclick.manager.reports import ReportError, local_midnight, parse_date, parse_zone
+
+COUNTED = frozenset({"pending", "approved"})
+ACTIONS = ("approve", "reject", "adjust")
+ROLLUP_KEY = ("hour", "link_id", "country", "device")
+ROLLUP_DELTAS = ("conversions", "revenue", "payout")
+MONEY_LIMIT = Decimal(10) ** 12
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+_CONVERSIONS = cast(Table, Conversion.__table__)
+
+
+class ConversionEditError(Exception):
+    """An edit that cannot be made; `status` is the HTTP status to answer (400, 404, 409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionFilter:
+    status: str | None = None
+    offer_id: int | None = None
+    affiliate_id: int | None = None
+    link_id: int | None = None
+    txid: str | None = None
+    start: datetime | None = None  # received at or after (UTC)
+    end: datetime | None = None  # received before (UTC)
+
+    def where(self) -> list[ColumnElement[bool]]:
+        v = _CONVERSIONS.c
+        out: list[ColumnElement[bool]] = []
+        if self.status is not None:
+            out.append(v.status == self.status)
+        if self.offer_id is not None:
+            out.append(v.offer_id == self.offer_id)
+        if self.affiliate_id is not None:
+            out.append(v.affiliate_id == self.affiliate_id)
+        if self.link_id is not None:
+            out.append(v.link_id == self.link_id)
+        if self.txid is not None:
+            out.append(v.txid == self.txid)
+        if self.start is not None:
+            out.append(v.created_at >= self.start)
+        if self.end is not None:
+            out.append(v.created_at < self.end)
+        return out
+
+
+def build_filter(
+    *,
+    status: str | None = None,
+    offer_id: int | None = None,
+    affiliate_id: int | None = None,
+    link_id: int | None = None,
+    txid: str | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    tz: str | None = None,
+    scope_affiliate_id: int | None = None,
+) -> ConversionFilter:
+    """Validate list filters; dates are whole local days in `tz`. `scope_affiliate_id` overrides `affiliate_id`."""
+    status = status or None
+    if status is not None and status not in CONVERSION_STATUSES:
+        raise ReportError(f"unknown status {status!r}: choose from {', '.join(CONVERSION_STATUSES)}")
+    zone = parse_zone(tz)
+    first = parse_date(date_from, "from") if date_from else None
+    last = parse_date(date_to, "to") if date_to else None
+    if first is not None and last is not None and last < first:
+        raise ReportError(f"'to' ({last}) is before 'from' ({first})")
+    start = local_midnight(first, zone) if first is not None else None
+    end = None
+    if last is not None:
+        end = local_midnight(last + timedelta(days=1), zone)
+    if scope_affiliate_id is not None:
+        affiliate_id = scope_affiliate_id
+    return ConversionFilter(status, offer_id, affiliate_id, link_id, txid or None, start, end)
+
+
+def listing_statement(f: ConversionFilter) -> Select[Any]:
+    """Conversions with their offer and affiliate names, newest first (by id, which follows arrival)."""
+    offers = cast(Table, Offer.__table__)
+    affiliates = cast(Table, Affiliate.__table__)
+    return (
+        select(_CONVERSIONS, offers.c.name.label("offer_name"), affiliates.c.name.label("affiliate_name"))
+        .select_from(
+            _CONVERSIONS.outerjoin(offers, offers.c.id == _CONVERSIONS.c.offer_id).outerjoin(
+                affiliates, affiliates.c.id == _CONVERSIONS.c.affiliate_id
+            )
+        )
+        .where(*f.where())
+        .order_by(_CONVERSIONS.c.id.desc())
+    )
+
+
+def export_statement(f: ConversionFilter) -> Select[Any]:
+    """The same rows oldest first, as an export (or an ERP import) reads best."""
+    return listing_statement(f).order_by(None).order_by(_CONVERSIONS.c.created_at, _CONVERSIONS.c.id)
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    """A JSON-ready conversion: money as exact decimal strings, times as ISO 8601 UTC."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    out: dict[str, Any] = {}
+    for name in (
+        "id",
+        "created_at",
+        "updated_at",
+        "status",
+        "offer_id",
+        "offer_name",
+        "affiliate_id",
+        "affiliate_name",
+        "advertiser_id",
+        "link_id",
+        "txid",
+        "click_id",
+        "event",
+        "amount",
+        "currency",
+        "revenue",
+        "payout",
+    ):
+        value = m.get(name)
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[name] = value
+    return out
+
+
+async def list_conversions(
+    session: AsyncSession, f: ConversionFilter, *, limit: int = PAGE_SIZE, before_id: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page, newest first, and the `before_id` of the next page (None on the last)."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    statement = listing_statement(f)
+    if before_id is not None:
+        statement = statement.where(_CONVERSIONS.c.id < before_id)
+    rows = [as_dict(row) for row in (await session.execute(statement.limit(limit + 1))).all()]
+    following = rows[limit - 1]["id"] if len(rows) > limit else None
+    return rows[:limit], following
+
+
+async def get_conversion(
+    session: AsyncSession, conversion_id: int, *, scope_affiliate_id: int | None = None
+) -> dict[str, Any]:
+    """One conversion and its audit trail, oldest change first; 404 if missing or another affiliate's."""
+    f = ConversionFilter(affiliate_id=scope_affiliate_id)
+    row = (await session.execute(listing_statement(f).where(_CONVERSIONS.c.id == conversion_id))).first()
+    if row is None:
+        raise ConversionEditError(404, f"no conversion {conversion_id}")
+    audits = (
+        await session.execute(
+            select(ConversionAudit).where(ConversionAudit.conversion_id == conversion_id).order_by(ConversionAudit.id)
+        )
+    ).scalars()
+    out = as_dict(row)
+    out["audit"] = [
+        {"at": a.at.isoformat(), "user_id": a.user_id, "before": a.before, "after": a.after} for a in audits
+    ]
+    return out
+
+
+def parse_money(value: Any, name: str) -> Decimal | None:
+    """A non-negative amount from a form or JSON (text or number, never a float's binary guess); '' is None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConversionEditError(400, f"{name} must be a number, got {value!r}") from None
+    if not amount.is_finite() or amount < 0 or amount >= MONEY_LIMIT or amount != amount.quantize(Decimal("1e-6")):
+        raise ConversionEditError(400, f"{name} must be between 0 and 10^12 with at most 6 decimals, got {value!r}")
+    return amount.quantize(Decimal("1e-6"))  # as the database returns it, so before and after compare
+
+
+async def _take_caps(session: AsyncSession, conversion: Conversion) -> None:
+    offer = await session.get(Offer, conversion.offer_id)
+    day = conversion.created_at.date()
+    wanted: list[tuple[str, int, int]] = []
+    if offer is not None and offer.daily_cap is not None:
+        wanted.append(("offer", 0, offer.daily_cap))
+    if conversion.affiliate_id is not None:
+        override = await session.get(OfferAffiliateOverride, (conversion.offer_id, conversion.affiliate_id))
+        if override is not None and override.daily_cap is not None:
+            wanted.append(("affiliate_offer", conversion.affiliate_id, override.daily_cap))
+    for scope, affiliate_id, cap in wanted:
+        if not await take_cap(
+            session, scope=scope, offer_id=conversion.offer_id, affiliate_id=affiliate_id, day=day, cap=cap
+        ):
+            which = "the offer's" if scope == "offer" else "the affiliate's"
+            # The caller rolls the transaction back, which gives back any slot taken before this one.
+            raise ConversionEditError(409, f"{which} daily cap ({cap}) for {day} is full: nothing was changed")
+
+
+async def _release_caps(session: AsyncSession, conversion: Conversion) -> None:
+    offer = await session.get(Offer, conversion.offer_id)
+    day = conversion.created_at.date()
+    if offer is not None and offer.daily_cap is not None:
+        await release_cap(session, scope="offer", offer_id=conversion.offer_id, affiliate_id=0, day=day)
+    if conversion.affiliate_id is not None:
+        override = await session.get(OfferAffiliateOverride, (conversion.offer_id, conversion.affiliate_id))
+        if override is not None and override.daily_cap is not None:
+            await release_cap(
+                session,
+                scope="affiliate_offer",
+                offer_id=conversion.offer_id,
+                affiliate_id=conversion.affiliate_id,
+                day=day,
+            )
+
+
+def _snapshot(conversion: Conversion) -> dict[str, Any]:
+    return {
+        "status": conversion.status,
+        "amount": None if conversion.amount is None else str(conversion.amount),
+        "revenue": str(conversion.revenue),
+        "payout": str(conversion.payout),
+    }
+
+
+def rollup_delta(conversion: Conversion, before: dict[str, Any]) -> dict[str, Any] | None:
+    """The rollup row change that moves it from what `before` counted to what the conversion counts now."""
+    was = before["status"] in COUNTED
+    now = conversion.status in COUNTED
+    conversions = int(now) - int(was)
+    revenue = (conversion.revenue if now else Decimal(0)) - (Decimal(before["revenue"]) if was else Decimal(0))
+    payout = (conversion.payout if now else Decimal(0)) - (Decimal(before["payout"]) if was else Decimal(0))
+    if not conversions and not revenue and not payout:
+        return None
+    return {
+        "hour": conversion.created_at.replace(minute=0, second=0, microsecond=0),
+        "link_id": conversion.link_id,
+        "country": "",
+        "device": "",
+        "offer_id": conversion.offer_id,
+        "affiliate_id": conversion.affiliate_id,
+        "clicks": 0,
+        "unique_clicks": 0,
+        "bot_clicks": 0,
+        "conversions": conversions,
+        "revenue": revenue,
+        "payout": payout,
+    }
+
+
+async def edit_conversion(
+    session: AsyncSession,
+    conversion_id: int,
+    action: str,
+    *,
+    user_id: int | None,
+    revenue: Any = None,
+    payout: Any = None,
+    amount: Any = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Approve, reject or adjust one conversion and commit; returns its audit entry.
+
+    `approve` and `reject` may set revenue and payout in the same step (e.g. approving a capped conversion,
+    stored with 0); `adjust` changes amount, revenue or payout and keeps the status. Raises ConversionEditError
+    (and changes nothing) for an unknown conversion, a status it already has, or a daily cap that is full.
+    """
+    if action not in ACTIONS:
+        raise ConversionEditError(400, f"unknown action {action!r}: choose from {', '.join(ACTIONS)}")
+    new_revenue = parse_money(revenue, "revenue")
+    new_payout = parse_money(payout, "payout")
+    new_amount = parse_money(amount, "amount")
+    note = (note or "").strip()[:500] or None
+    try:
+        conversion = (
+            await session.execute(select(Conversion).where(Conversion.id == conversion_id).with_for_update())
+        ).scalar_one_or_none()
+        if conversion is None:
+            raise ConversionEditError(404, f"no conversion {conversion_id}")
+        before = _snapshot(conversion)
+        if action == "adjust":
+            if new_revenue is None and new_payout is None and new_amount is None:
+                raise ConversionEditError(400, "adjust needs a new amount, revenue or payout")
+            status = conversion.status
+        else:
+            status = "approved" if action == "approve" else "rejected"
+            if conversion.status == status:
+                raise ConversionEditError(409, f"conversion {conversion_id} is already {status}")
+        was_counted, counts_now = conversion.status in COUNTED, status in COUNTED
+        if counts_now and not was_counted:
+            await _take_caps(session, conversion)
+        elif was_counted and not counts_now:
+            await _release_caps(session, conversion)
+        conversion.status = status
+        if new_revenue is not None:
+            conversion.revenue = new_revenue
+        if new_payout is not None:
+            conversion.payout = new_payout
+        if new_amount is not None:
+            conversion.amount = new_amount
+        now = datetime.now(UTC)
+        conversion.updated_at = now
+        after = {**_snapshot(conversion), "action": action}
+        if note:
+            after["note"] = note
+        if after == {**before, "action": action}:
+            raise ConversionEditError(409, "nothing to change: the conversion already has these values")
+        delta = rollup_delta(conversion, before)
+        if delta is not None:
+            await increment(session, HourlyRollup, ROLLUP_KEY, delta, ROLLUP_DELTAS)
+        await session.execute(
+            insert(ConversionAudit).values(
+                conversion_id=conversion.id, user_id=user_id, at=now, before=before, after=after
+            )
+        )
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    return {"conversion_id": conversion_id, "at": now.isoformat(), "user_id": user_id, "before": before, "after": after}

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLICK_SECRET = "dev-only-click-secret-change-me"
 DEFAULT_POSTBACK_SECRET = "dev-only-postback-secret-change-me"
+DEFAULT_MANAGER_SECRET = "dev-only-manager-secret-change-me"
 
 
 class Settings(BaseSettings):
@@ -122,6 +123,35 @@ class PostbackSettings(Settings):
     cookie_name: str = "adclick_cid"
 
 
+class ManagerSettings(Settings):
+    """The manager role: staff web pages and the JSON API."""
+
+    manager_host: str = "0.0.0.0"
+    manager_port: int = Field(8080, ge=1, le=65535)
+    manager_secret: SecretStr = SecretStr(DEFAULT_MANAGER_SECRET)
+    manager_session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    manager_cookie_secure: bool | None = None
+    manager_trusted_proxies: int = Field(0, ge=0, le=10)
+    manager_login_attempts_per_minute: int = Field(5, ge=1, le=1000)
+    manager_tracker_base_url: str = "http://localhost:8000"
+    manager_postback_base_url: str = "http://localhost:8001"
+    manager_redis_timeout_ms: int = Field(500, ge=1)
+    manager_reconcile_seconds: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_default_manager_secret_in_production(self) -> ManagerSettings:
+        if self.env == "production":
+            secret = self.manager_secret.get_secret_value()
+            if not secret or secret == DEFAULT_MANAGER_SECRET or len(secret) < 32:
+                raise ValueError("ADCLICK_MANAGER_SECRET must be set to a random value of 32+ characters in production")
+        return self
+
+    @property
+    def secure_cookie(self) -> bool:
+        """Secure session cookies by default in production, unless set either way."""
+        return self.env == "production" if self.manager_cookie_secure is None else self.manager_cookie_secure
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
@@ -140,3 +170,8 @@ def get_worker_settings() -> WorkerSettings:
 @lru_cache
 def get_postback_settings() -> PostbackSettings:
     return PostbackSettings()
+
+
+@lru_cache
+def get_manager_settings() -> ManagerSettings:
+    return ManagerSettings()

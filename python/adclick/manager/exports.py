@@ -1,0 +1,209 @@
+"""CSV exports of reports, conversions and affiliates' payout statements, streamed in constant memory.
+
+Rows come from a server-side cursor (`AsyncSession.stream` with `yield_per`; asyncpg keeps a portal open on
+PostgreSQL) and leave as ~64 KiB chunks, so memory stays flat whatever the row count. Each export opens its own
+session, inside the response's generator, so the session lives exactly as long as the download.
+
+Cells that a spreadsheet would run as a formula (text starting with = + - @, tab or carriage return) get a
+leading apostrophe; numbers we format ourselves are written as they are, so negative amounts stay numbers.
+
+Payout statement: per affiliate, offer and currency, the conversions received in the period (whole local days),
+approved ones with their payout (what to pay) and pending ones (what may come), one row each, no total row, so an
+ERP can import it as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import AsyncIterator, Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Select, Table, case, func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adclick.core.db.models import Affiliate, Conversion, Offer
+from adclick.core.db.types import Money
+from adclick.manager.conversions import ConversionFilter, export_statement
+from adclick.manager.reports import ReportQuery, csv_cells, csv_header, make_row, report_statement
+
+CHUNK_BYTES = 64 * 1024
+YIELD_PER = 2000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+CONVERSION_COLUMNS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "status",
+    "offer_id",
+    "offer_name",
+    "affiliate_id",
+    "affiliate_name",
+    "advertiser_id",
+    "link_id",
+    "txid",
+    "click_id",
+    "event",
+    "amount",
+    "currency",
+    "revenue",
+    "payout",
+)
+PAYOUT_COLUMNS = (
+    "period_start",
+    "period_end",
+    "time_zone",
+    "affiliate_id",
+    "affiliate_name",
+    "affiliate_email",
+    "offer_id",
+    "offer_name",
+    "currency",
+    "approved_conversions",
+    "payout",
+    "pending_conversions",
+    "pending_payout",
+)
+
+_CONVERSIONS = cast(Table, Conversion.__table__)
+
+
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: formulas in text are defused, our own numbers pass unchanged."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    text = str(value)
+    if text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+class _Sink:
+    """The file `csv.writer` writes to: text collected until a chunk is ready."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+
+    def take(self) -> bytes:
+        data = "".join(self.parts).encode()
+        self.parts.clear()
+        self.size = 0
+        return data
+
+
+async def csv_stream(header: Iterable[str], rows: AsyncIterator[Iterable[Any]]) -> AsyncIterator[bytes]:
+    """Encode rows as CSV (RFC 4180, CRLF), yielding chunks of about CHUNK_BYTES."""
+    sink = _Sink()
+    writer = csv.writer(sink, lineterminator="\r\n")
+    writer.writerow(list(header))
+    async for row in rows:
+        writer.writerow([safe_cell(value) for value in row])
+        if sink.size >= CHUNK_BYTES:
+            yield sink.take()
+    if sink.size:
+        yield sink.take()
+
+
+async def _stream(session: AsyncSession, statement: Select[Any]) -> AsyncIterator[Any]:
+    result = await session.stream(statement.execution_options(yield_per=YIELD_PER))
+    async for mapping in result.mappings():
+        yield mapping
+
+
+async def report_csv(sessions: async_sessionmaker[AsyncSession], q: ReportQuery) -> AsyncIterator[bytes]:
+    """Every row of a report (no row limit) as CSV."""
+    async with sessions() as session:
+        dialect = session.get_bind().dialect.name
+
+        async def rows() -> AsyncIterator[list[Any]]:
+            async for mapping in _stream(session, report_statement(q, dialect)):
+                yield csv_cells(make_row(mapping, q), q)
+
+        async for chunk in csv_stream(csv_header(q), rows()):
+            yield chunk
+
+
+async def conversions_csv(sessions: async_sessionmaker[AsyncSession], f: ConversionFilter) -> AsyncIterator[bytes]:
+    """The filtered conversions, oldest first, as CSV."""
+    async with sessions() as session:
+
+        async def rows() -> AsyncIterator[list[Any]]:
+            async for mapping in _stream(session, export_statement(f)):
+                yield [mapping[name] for name in CONVERSION_COLUMNS]
+
+        async for chunk in csv_stream(CONVERSION_COLUMNS, rows()):
+            yield chunk
+
+
+def payout_statement(q: ReportQuery) -> Select[Any]:
+    """Approved and pending conversions received in the period, by affiliate, offer and currency."""
+    v = _CONVERSIONS.c
+    offers = cast(Table, Offer.__table__)
+    affiliates = cast(Table, Affiliate.__table__)
+    approved = v.status == "approved"
+    pending = v.status == "pending"
+    grouped = (
+        select(
+            v.affiliate_id,
+            v.offer_id,
+            v.currency,
+            func.sum(case((approved, 1), else_=0)).label("approved_conversions"),
+            type_coerce(func.sum(case((approved, v.payout), else_=0)), Money).label("payout"),
+            func.sum(case((pending, 1), else_=0)).label("pending_conversions"),
+            type_coerce(func.sum(case((pending, v.payout), else_=0)), Money).label("pending_payout"),
+        )
+        .where(v.created_at >= q.start, v.created_at < q.end, v.status.in_(("approved", "pending")))
+        .group_by(v.affiliate_id, v.offer_id, v.currency)
+    )
+    if q.affiliate_id is not None:
+        grouped = grouped.where(v.affiliate_id == q.affiliate_id)
+    if q.offer_id is not None:
+        grouped = grouped.where(v.offer_id == q.offer_id)
+    inner = grouped.subquery("g")
+    return (
+        select(
+            inner,
+            affiliates.c.name.label("affiliate_name"),
+            affiliates.c.email.label("affiliate_email"),
+            offers.c.name.label("offer_name"),
+        )
+        .select_from(
+            inner.outerjoin(affiliates, affiliates.c.id == inner.c.affiliate_id).outerjoin(
+                offers, offers.c.id == inner.c.offer_id
+            )
+        )
+        .order_by(inner.c.affiliate_id, inner.c.offer_id, inner.c.currency)
+    )
+
+
+async def payouts_csv(sessions: async_sessionmaker[AsyncSession], q: ReportQuery) -> AsyncIterator[bytes]:
+    """The payout statement of the period (`q.affiliate_id`: one affiliate, else every affiliate)."""
+    period = {"period_start": q.date_from, "period_end": q.date_to, "time_zone": q.tz}
+    async with sessions() as session:
+
+        async def rows() -> AsyncIterator[list[Any]]:
+            async for mapping in _stream(session, payout_statement(q)):
+                values = {**period, **mapping}
+                yield [values[name] for name in PAYOUT_COLUMNS]
+
+        async for chunk in csv_stream(PAYOUT_COLUMNS, rows()):
+            yield chunk
+
+
+def filename(kind: str, q: ReportQuery | None = None) -> str:
+    if q is None:
+        return f"adclick-{kind}.csv"
+    return f"adclick-{kind}-{q.date_from.isoformat()}-{q.date_to.isoformat()}.csv"

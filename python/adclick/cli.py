@@ -29,6 +29,11 @@ COMMANDS: dict[str, Command] = {
     "postback": Command("adclick.postback.main", "main", "receive advertisers' postbacks and pixels into SQS"),
     "postback-token": Command("adclick.postback.main", "token_main", "print an advertiser's postback token and URL"),
     "worker": Command("adclick.worker.main", "main", "consume click and conversion queues into the database"),
+    "manager": Command("adclick.manager.main", "main", "serve the manager: campaign pages, JSON API, users"),
+    "create-admin": Command("adclick.manager.main", "create_admin_main", "create an admin user of the manager"),
+    "cache-rebuild": Command(
+        "adclick.manager.main", "cache_rebuild_main", "rewrite Redis link configs from the database, drop the others"
+    ),
 }
 
 

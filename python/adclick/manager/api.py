@@ -1,0 +1,313 @@
+"""The JSON API under /api/v1 (OpenAPI at /api/v1/openapi.json): what the pages do, for scripts and integrations.
+
+Authenticate with `Authorization: Bearer <API token>` (made on the API tokens page), or with the session
+cookie plus an `X-CSRF-Token` header on writes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
+from adclick.core.tokens import make_token
+from adclick.manager import accounts, campaigns
+from adclick.manager.deps import AdminUser, CurrentUser, SessionDep, StaffUser
+from adclick.manager.livecache import publish, publish_token_version, unpublish
+from adclick.manager.schemas import (
+    AdvertiserIn,
+    AdvertiserOut,
+    AdvertiserPatch,
+    AffiliateIn,
+    AffiliateOut,
+    AffiliatePatch,
+    LinkIn,
+    LinkOut,
+    LinkPatch,
+    NewTokenOut,
+    OfferIn,
+    OfferOut,
+    OfferPatch,
+    OverrideIn,
+    OverrideOut,
+    TokenIn,
+    TokenOut,
+    UserIn,
+    UserOut,
+    UserPatch,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["api"])
+PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
+
+
+def postback_url(base_url: str, token: str) -> str:
+    """Same format as `adclick postback-token` prints (postback/main.py); roles may not import each other."""
+    fields = "click_id={click_id}&txid={txid}&amount={amount}&currency={currency}&status={status}"
+    return f"{base_url.rstrip('/')}/postback?{fields}&token={token}"
+
+
+def advertiser_out(request: Request, advertiser: Advertiser) -> AdvertiserOut:
+    settings = request.app.state.settings
+    token = make_token(settings.postback_secret.get_secret_value(), advertiser.id, advertiser.token_version)
+    return AdvertiserOut(
+        id=advertiser.id,
+        name=advertiser.name,
+        status=advertiser.status,
+        token_version=advertiser.token_version,
+        created_at=advertiser.created_at,
+        postback_token=token,
+        postback_url=postback_url(settings.manager_postback_base_url, token),
+    )
+
+
+def tracking_url(request: Request, slug: str) -> str:
+    return f"{request.app.state.settings.manager_tracker_base_url.rstrip('/')}/c/{slug}"
+
+
+def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
+    fields = campaigns.link_fields(link)
+    fields.pop("slug")
+    return LinkOut(
+        id=link.id,
+        slug=link.slug,
+        tracking_url=tracking_url(request, link.slug),
+        created_at=link.created_at,
+        updated_at=link.updated_at,
+        live=live,
+        **fields,
+    )
+
+
+def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
+    return {"total": total, "page_size": campaigns.PAGE_SIZE, "items": [out(row) for row in rows]}
+
+
+@router.get("/me", response_model=UserOut)
+async def me(user: CurrentUser) -> User:
+    return user
+
+
+# -- advertisers --
+
+
+@router.get("/advertisers")
+async def list_advertisers(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Any:
+    rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id), page)
+    return _list(rows, total, lambda row: advertiser_out(request, row))
+
+
+@router.post("/advertisers", status_code=201, response_model=AdvertiserOut)
+async def create_advertiser(request: Request, data: AdvertiserIn, session: SessionDep, _user: StaffUser) -> Any:
+    return advertiser_out(request, await campaigns.create_advertiser(session, data))
+
+
+@router.get("/advertisers/{advertiser_id}", response_model=AdvertiserOut)
+async def get_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    return advertiser_out(request, await campaigns.get_advertiser(session, advertiser_id))
+
+
+@router.patch("/advertisers/{advertiser_id}", response_model=AdvertiserOut)
+async def update_advertiser(
+    request: Request, advertiser_id: int, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
+) -> Any:
+    return advertiser_out(request, await campaigns.update_advertiser(session, advertiser_id, data))
+
+
+@router.post("/advertisers/{advertiser_id}/rotate-token")
+async def rotate_token(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    """Bump the token version (revoking older tokens) and tell the postback role through Redis."""
+    advertiser = await campaigns.rotate_token(session, advertiser_id)
+    live = await publish_token_version(request.app.state.redis, advertiser)
+    return {**advertiser_out(request, advertiser).model_dump(mode="json"), "live": live}
+
+
+@router.delete("/advertisers/{advertiser_id}", status_code=204)
+async def delete_advertiser(advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_advertiser(session, advertiser_id)
+    return Response(status_code=204)
+
+
+# -- affiliates --
+
+
+@router.get("/affiliates")
+async def list_affiliates(session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Any:
+    rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id), page)
+    return _list(rows, total, AffiliateOut.model_validate)
+
+
+@router.post("/affiliates", status_code=201, response_model=AffiliateOut)
+async def create_affiliate(data: AffiliateIn, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.create_affiliate(session, data)
+
+
+@router.get("/affiliates/{affiliate_id}", response_model=AffiliateOut)
+async def get_affiliate(affiliate_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.get_affiliate(session, affiliate_id)
+
+
+@router.patch("/affiliates/{affiliate_id}", response_model=AffiliateOut)
+async def update_affiliate(affiliate_id: int, data: AffiliatePatch, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.update_affiliate(session, affiliate_id, data)
+
+
+@router.delete("/affiliates/{affiliate_id}", status_code=204)
+async def delete_affiliate(affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_affiliate(session, affiliate_id)
+    return Response(status_code=204)
+
+
+# -- offers and overrides --
+
+
+@router.get("/offers")
+async def list_offers(session: SessionDep, _user: StaffUser, page: PageNo = 1, advertiser_id: int | None = None) -> Any:
+    query = select(Offer).order_by(Offer.id)
+    if advertiser_id is not None:
+        query = query.where(Offer.advertiser_id == advertiser_id)
+    rows, total = await campaigns.page(session, query, page)
+    return _list(rows, total, OfferOut.model_validate)
+
+
+@router.post("/offers", status_code=201, response_model=OfferOut)
+async def create_offer(data: OfferIn, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.create_offer(session, data)
+
+
+@router.get("/offers/{offer_id}", response_model=OfferOut)
+async def get_offer(offer_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.get_offer(session, offer_id)
+
+
+@router.patch("/offers/{offer_id}", response_model=OfferOut)
+async def update_offer(offer_id: int, data: OfferPatch, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.update_offer(session, offer_id, data)
+
+
+@router.delete("/offers/{offer_id}", status_code=204)
+async def delete_offer(offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_offer(session, offer_id)
+    return Response(status_code=204)
+
+
+@router.get("/offers/{offer_id}/overrides", response_model=list[OverrideOut])
+async def list_overrides(offer_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    return await campaigns.list_overrides(session, offer_id)
+
+
+@router.put("/offers/{offer_id}/overrides/{affiliate_id}", response_model=OverrideOut)
+async def put_override(
+    offer_id: int, affiliate_id: int, data: OverrideIn, session: SessionDep, _user: StaffUser
+) -> Any:
+    return await campaigns.put_override(session, offer_id, affiliate_id, data)
+
+
+@router.delete("/offers/{offer_id}/overrides/{affiliate_id}", status_code=204)
+async def delete_override(offer_id: int, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_override(session, offer_id, affiliate_id)
+    return Response(status_code=204)
+
+
+# -- links (affiliate users see their own, read-only) --
+
+
+@router.get("/links")
+async def list_links(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    page: PageNo = 1,
+    offer_id: int | None = None,
+    affiliate_id: int | None = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+) -> Any:
+    if user.role == "affiliate":
+        affiliate_id = user.affiliate_id
+    rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, q), page)
+    return _list(rows, total, lambda row: link_out(request, row))
+
+
+@router.post("/links", status_code=201, response_model=LinkOut)
+async def create_link(request: Request, data: LinkIn, session: SessionDep, _user: StaffUser) -> Any:
+    link = await campaigns.create_link(session, data)
+    return link_out(request, link, await publish(request.app.state.redis, link))
+
+
+@router.get("/links/{link_id}", response_model=LinkOut)
+async def get_link(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Any:
+    return link_out(request, await campaigns.get_link(session, link_id, user.affiliate_id))
+
+
+@router.patch("/links/{link_id}", response_model=LinkOut)
+async def update_link(request: Request, link_id: int, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
+    link = await campaigns.update_link(session, link_id, data)
+    return link_out(request, link, await publish(request.app.state.redis, link))
+
+
+@router.post("/links/{link_id}/pause", response_model=LinkOut)
+async def pause_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    link = await campaigns.set_link_status(session, link_id, "paused")
+    return link_out(request, link, await publish(request.app.state.redis, link))
+
+
+@router.post("/links/{link_id}/resume", response_model=LinkOut)
+async def resume_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Any:
+    link = await campaigns.set_link_status(session, link_id, "active")
+    return link_out(request, link, await publish(request.app.state.redis, link))
+
+
+@router.delete("/links/{link_id}", status_code=204)
+async def delete_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    slug = await campaigns.delete_link(session, link_id)
+    await unpublish(request.app.state.redis, slug)
+    return Response(status_code=204)
+
+
+# -- users (admin) and the caller's own API tokens --
+
+
+@router.get("/users")
+async def list_users(session: SessionDep, _user: AdminUser, page: PageNo = 1) -> Any:
+    rows, total = await campaigns.page(session, select(User).order_by(User.id), page)
+    return _list(rows, total, UserOut.model_validate)
+
+
+@router.post("/users", status_code=201, response_model=UserOut)
+async def create_user(data: UserIn, session: SessionDep, _user: AdminUser) -> Any:
+    return await accounts.create_user(session, data)
+
+
+@router.get("/users/{user_id}", response_model=UserOut)
+async def get_user(user_id: int, session: SessionDep, _user: AdminUser) -> Any:
+    return await accounts.get_user(session, user_id)
+
+
+@router.patch("/users/{user_id}", response_model=UserOut)
+async def update_user(user_id: int, data: UserPatch, session: SessionDep, admin: AdminUser) -> Any:
+    return await accounts.update_user(session, user_id, data, acting=admin)
+
+
+@router.delete("/users/{user_id}", status_code=204)
+async def delete_user(user_id: int, session: SessionDep, admin: AdminUser) -> Response:
+    await accounts.delete_user(session, user_id, acting=admin)
+    return Response(status_code=204)
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+async def list_tokens(session: SessionDep, user: CurrentUser) -> Any:
+    return await accounts.list_tokens(session, user)
+
+
+@router.post("/tokens", status_code=201, response_model=NewTokenOut)
+async def create_token(data: TokenIn, session: SessionDep, user: CurrentUser) -> Any:
+    row, token = await accounts.create_token(session, user, data.name)
+    return NewTokenOut(id=row.id, name=row.name, created_at=row.created_at, last_used_at=None, token=token)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+async def delete_token(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    await accounts.delete_token(session, user, token_id)
+    return Response(status_code=204)

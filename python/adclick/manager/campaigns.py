@@ -1,0 +1,331 @@
+"""Campaign set-up on the database: advertisers, affiliates, offers, per-affiliate overrides and links.
+
+Pages and the JSON API both call these; they commit, and the callers publish links to Redis afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adclick.core.db.models import Advertiser, Affiliate, Base, Link, Offer, OfferAffiliateOverride
+from adclick.manager.livecache import InvalidLinkConfig, check_link_config, link_config
+from adclick.manager.schemas import (
+    AdvertiserIn,
+    AdvertiserPatch,
+    AffiliateIn,
+    AffiliatePatch,
+    LinkIn,
+    LinkPatch,
+    OfferIn,
+    OfferPatch,
+    OverrideIn,
+)
+
+T = TypeVar("T", bound=Base)
+PAGE_SIZE = 100
+SLUG_ALPHABET = string.ascii_letters + string.digits
+SLUG_LENGTH = 8
+
+
+class NotFound(LookupError):
+    """No such row (or not one this user may see): 404."""
+
+
+class Conflict(ValueError):
+    """The change clashes with other rows (a taken slug, a row still in use): 409."""
+
+
+class Invalid(ValueError):
+    """Well-formed input that makes no sense here (an unknown offer, a template the tracker refuses): 422."""
+
+
+async def _get(session: AsyncSession, model: type[T], key: Any, what: str) -> T:
+    row = await session.get(model, key)
+    if row is None:
+        raise NotFound(f"{what} {key} not found")
+    return row
+
+
+async def _exists(session: AsyncSession, model: type[Base], key: int, what: str) -> None:
+    if await session.get(model, key) is None:
+        raise Invalid(f"{what} {key} does not exist")
+
+
+async def _commit(session: AsyncSession, conflict: str) -> None:
+    try:
+        await session.commit()
+    except IntegrityError as error:
+        await session.rollback()
+        raise Conflict(conflict) from error
+
+
+async def _delete(session: AsyncSession, row: Base, what: str) -> None:
+    await session.delete(row)
+    await _commit(session, f"{what} is still in use; archive it instead")
+
+
+async def page(session: AsyncSession, query: Select[Any], number: int = 1) -> tuple[list[Any], int]:
+    """One page of rows (PAGE_SIZE a page) and the total count."""
+    total = int(await session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)
+    rows = list((await session.scalars(query.limit(PAGE_SIZE).offset((max(number, 1) - 1) * PAGE_SIZE))).all())
+    return rows, total
+
+
+# -- advertisers --
+
+
+async def get_advertiser(session: AsyncSession, advertiser_id: int) -> Advertiser:
+    return await _get(session, Advertiser, advertiser_id, "advertiser")
+
+
+async def create_advertiser(session: AsyncSession, data: AdvertiserIn) -> Advertiser:
+    advertiser = Advertiser(**data.model_dump())
+    session.add(advertiser)
+    await session.commit()
+    return advertiser
+
+
+async def update_advertiser(session: AsyncSession, advertiser_id: int, data: AdvertiserPatch) -> Advertiser:
+    advertiser = await get_advertiser(session, advertiser_id)
+    for name, value in data.model_dump(exclude_unset=True, exclude_none=True).items():
+        setattr(advertiser, name, value)
+    await session.commit()
+    return advertiser
+
+
+async def rotate_token(session: AsyncSession, advertiser_id: int) -> Advertiser:
+    """Bump the token version, which revokes every older postback token of this advertiser."""
+    advertiser = await get_advertiser(session, advertiser_id)
+    advertiser.token_version += 1
+    await session.commit()
+    return advertiser
+
+
+async def delete_advertiser(session: AsyncSession, advertiser_id: int) -> None:
+    await _delete(session, await get_advertiser(session, advertiser_id), "the advertiser")
+
+
+# -- affiliates --
+
+
+async def get_affiliate(session: AsyncSession, affiliate_id: int) -> Affiliate:
+    return await _get(session, Affiliate, affiliate_id, "affiliate")
+
+
+async def create_affiliate(session: AsyncSession, data: AffiliateIn) -> Affiliate:
+    affiliate = Affiliate(**data.model_dump())
+    session.add(affiliate)
+    await session.commit()
+    return affiliate
+
+
+async def update_affiliate(session: AsyncSession, affiliate_id: int, data: AffiliatePatch) -> Affiliate:
+    affiliate = await get_affiliate(session, affiliate_id)
+    for name, value in data.model_dump(exclude_unset=True).items():
+        if value is not None or name == "email":
+            setattr(affiliate, name, value)
+    await session.commit()
+    return affiliate
+
+
+async def delete_affiliate(session: AsyncSession, affiliate_id: int) -> None:
+    await _delete(session, await get_affiliate(session, affiliate_id), "the affiliate")
+
+
+# -- offers and overrides --
+
+
+async def get_offer(session: AsyncSession, offer_id: int) -> Offer:
+    return await _get(session, Offer, offer_id, "offer")
+
+
+async def create_offer(session: AsyncSession, data: OfferIn) -> Offer:
+    await _exists(session, Advertiser, data.advertiser_id, "advertiser")
+    offer = Offer(**data.model_dump())
+    session.add(offer)
+    await session.commit()
+    return offer
+
+
+async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -> Offer:
+    offer = await get_offer(session, offer_id)
+    changes = data.model_dump(exclude_unset=True)
+    if changes.get("advertiser_id") is not None:
+        await _exists(session, Advertiser, changes["advertiser_id"], "advertiser")
+    try:
+        OfferIn.model_validate({**_columns(offer, OfferIn.model_fields), **changes})
+    except ValueError as error:
+        raise Invalid(str(error)) from error
+    for name, value in changes.items():
+        if value is not None or name == "daily_cap":
+            setattr(offer, name, value)
+    await session.commit()
+    return offer
+
+
+def _columns(row: Base, names: Any) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+async def delete_offer(session: AsyncSession, offer_id: int) -> None:
+    await _delete(session, await get_offer(session, offer_id), "the offer")
+
+
+async def list_overrides(session: AsyncSession, offer_id: int) -> list[OfferAffiliateOverride]:
+    await get_offer(session, offer_id)
+    query = select(OfferAffiliateOverride).where(OfferAffiliateOverride.offer_id == offer_id)
+    return list((await session.scalars(query.order_by(OfferAffiliateOverride.affiliate_id))).all())
+
+
+async def put_override(
+    session: AsyncSession, offer_id: int, affiliate_id: int, data: OverrideIn
+) -> OfferAffiliateOverride:
+    """Create or replace an affiliate's terms on an offer."""
+    await get_offer(session, offer_id)
+    await _exists(session, Affiliate, affiliate_id, "affiliate")
+    row = await session.get(OfferAffiliateOverride, (offer_id, affiliate_id))
+    if row is None:
+        row = OfferAffiliateOverride(offer_id=offer_id, affiliate_id=affiliate_id)
+        session.add(row)
+    for name, value in data.model_dump().items():
+        setattr(row, name, value)
+    await session.commit()
+    return row
+
+
+async def delete_override(session: AsyncSession, offer_id: int, affiliate_id: int) -> None:
+    row = await _get(session, OfferAffiliateOverride, (offer_id, affiliate_id), "override")
+    await _delete(session, row, "the override")
+
+
+# -- links --
+
+
+def links_query(affiliate_id: int | None = None, offer_id: int | None = None, q: str | None = None) -> Select[Any]:
+    query = select(Link).order_by(Link.id.desc())
+    if affiliate_id is not None:
+        query = query.where(Link.affiliate_id == affiliate_id)
+    if offer_id is not None:
+        query = query.where(Link.offer_id == offer_id)
+    if q:
+        query = query.where(or_(Link.slug.contains(q, autoescape=True), Link.template.contains(q, autoescape=True)))
+    return query
+
+
+async def get_link(session: AsyncSession, link_id: int, affiliate_id: int | None = None) -> Link:
+    """The link; an affiliate user (`affiliate_id`) gets NotFound for another affiliate's link, not a hint it exists."""
+    link = await _get(session, Link, link_id, "link")
+    if affiliate_id is not None and link.affiliate_id != affiliate_id:
+        raise NotFound(f"link {link_id} not found")
+    return link
+
+
+def _extra(fields: dict[str, Any]) -> dict[str, Any]:
+    """The part of a link that lives in `links.config` (JSON) rather than in its own columns."""
+    extra: dict[str, Any] = {"rules": [_clean(rule) for rule in fields.get("rules") or []]}
+    if fields.get("destinations"):
+        extra["destinations"] = fields["destinations"]
+    if fields.get("fallback_url"):
+        extra["fallback_url"] = fields["fallback_url"]
+    extra["cookie"] = bool(fields.get("cookie"))
+    return extra
+
+
+def _clean(rule: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in rule.items() if value not in (None, [])}
+
+
+def link_fields(link: Link) -> dict[str, Any]:
+    """The editable fields of a link, as LinkIn takes them."""
+    extra = link.config or {}
+    return {
+        "offer_id": link.offer_id,
+        "affiliate_id": link.affiliate_id,
+        "slug": link.slug,
+        "url": None if extra.get("destinations") else link.template,
+        "destinations": extra.get("destinations"),
+        "rules": extra.get("rules") or [],
+        "fallback_url": extra.get("fallback_url"),
+        "cookie": bool(extra.get("cookie")),
+        "status": link.status,
+        "expires_at": link.expires_at,
+    }
+
+
+async def _slug(session: AsyncSession) -> str:
+    for _ in range(10):
+        slug = "".join(secrets.choice(SLUG_ALPHABET) for _ in range(SLUG_LENGTH))
+        if await session.scalar(select(Link.id).where(Link.slug == slug)) is None:
+            return slug
+    raise Conflict("could not find a free slug; give one")
+
+
+async def _apply(session: AsyncSession, link: Link, data: LinkIn) -> Link:
+    """Fill `link` from `data`, flush, and check its config with the tracker's decoder before anything commits."""
+    await _exists(session, Offer, data.offer_id, "offer")
+    await _exists(session, Affiliate, data.affiliate_id, "affiliate")
+    fields = data.model_dump(mode="json", exclude={"expires_at"})
+    slug = data.slug or link.slug or await _slug(session)
+    taken = await session.scalar(select(Link.id).where(Link.slug == slug, Link.id != (link.id or 0)))
+    if taken is not None:
+        raise Conflict(f"slug {slug!r} is taken")
+    link.slug = slug
+    link.offer_id = data.offer_id
+    link.affiliate_id = data.affiliate_id
+    link.template = data.url or data.destinations[0].url  # type: ignore[index]
+    link.config = _extra(fields)
+    link.status = data.status
+    link.expires_at = data.expires_at
+    session.add(link)
+    try:
+        await session.flush()
+        check_link_config(link_config(link))
+    except InvalidLinkConfig as error:
+        await session.rollback()
+        raise Invalid(str(error)) from error
+    except IntegrityError as error:
+        await session.rollback()
+        raise Conflict(f"slug {slug!r} is taken") from error
+    await _commit(session, f"slug {slug!r} is taken")
+    return link
+
+
+async def create_link(session: AsyncSession, data: LinkIn) -> Link:
+    return await _apply(session, Link(), data)
+
+
+async def update_link(session: AsyncSession, link_id: int, data: LinkPatch) -> Link:
+    link = await get_link(session, link_id)
+    merged = {**link_fields(link), **data.model_dump(exclude_unset=True)}
+    if "url" in data.model_fields_set and data.url and "destinations" not in data.model_fields_set:
+        merged["destinations"] = None  # a new single URL replaces the rotation
+    try:
+        full = LinkIn.model_validate(merged)
+    except ValueError as error:
+        raise Invalid(str(error)) from error
+    return await _apply(session, link, full)
+
+
+async def replace_link(session: AsyncSession, link_id: int, data: LinkIn) -> Link:
+    """Replace every field of a link (the edit form); a blank slug keeps the current one."""
+    return await _apply(session, await get_link(session, link_id), data)
+
+
+async def set_link_status(session: AsyncSession, link_id: int, status: str) -> Link:
+    link = await get_link(session, link_id)
+    link.status = status
+    await session.commit()
+    return link
+
+
+async def delete_link(session: AsyncSession, link_id: int) -> str:
+    link = await get_link(session, link_id)
+    slug = link.slug
+    await _delete(session, link, "the link")
+    return slug

@@ -1,0 +1,118 @@
+"""Who is asking (session cookie or API token), what they may do, and the CSRF check every unsafe request passes.
+
+Other manager modules (reports, exports, conversions, jobs) use these too:
+
+    @router.get("/reports")
+    async def reports(request: Request, session: SessionDep, user: StaffUser) -> Response: ...
+
+`CurrentUser` is any signed-in user, `StaffUser` admin or manager, `AdminUser` admin only; an affiliate user
+has `user.affiliate_id` set and must be shown only rows with that affiliate id.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+
+from adclick.core.db.models import ApiToken, User
+from adclick.core.db.session import SessionDep
+from adclick.manager.security import hash_api_token, password_stamp, same_token
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_PREFIX = "/api/"
+TOKEN_TOUCH_SECONDS = 60
+
+
+class LoginRequired(Exception):
+    """Nobody is signed in: pages redirect to /login, the API answers 401."""
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIX)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip()
+
+
+async def csrf_protect(request: Request) -> None:
+    """Every unsafe request made with the session cookie carries the session's CSRF token (form field or header).
+
+    Requests with an API token (`Authorization: Bearer`, /api only) carry no cookie authority, so need none.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    if is_api(request) and bearer_token(request) is not None:
+        return
+    sent = request.headers.get("x-csrf-token")
+    content_type = request.headers.get("content-type", "")
+    if sent is None and content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        value = form.get("csrf_token")
+        sent = value if isinstance(value, str) else None
+    if not same_token(request.session.get("csrf"), sent):
+        raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
+
+
+async def optional_user(request: Request, session: SessionDep) -> User | None:
+    """The signed-in user, by API token on /api or by session cookie; None if nobody (a bad token is a 401)."""
+    token = bearer_token(request) if is_api(request) else None
+    if token is not None:
+        found = (
+            await session.execute(
+                select(ApiToken, User)
+                .join(User, User.id == ApiToken.user_id)
+                .where(ApiToken.token_hash == hash_api_token(token))
+            )
+        ).first()
+        if found is None or not found[1].is_active:
+            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+        api_token, user = found
+        request.state.user = user
+        now = datetime.now(UTC)
+        if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(seconds=TOKEN_TOUCH_SECONDS):
+            api_token.last_used_at = now
+            await session.commit()
+        return user
+    user_id = request.session.get("uid")
+    if not isinstance(user_id, int):
+        return None
+    user = await session.get(User, user_id)
+    if user is None or not user.is_active or request.session.get("pw") != password_stamp(user.password_hash):
+        request.session.pop("uid", None)
+        return None
+    request.state.user = user
+    return user
+
+
+async def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+def require_roles(*roles: str):  # type: ignore[no-untyped-def]
+    """A dependency that lets through signed-in users of these roles and answers 403 to the others."""
+
+    async def check(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role not in roles:
+            raise HTTPException(403, "your role may not do this")
+        return user
+
+    return check
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+StaffUser = Annotated[User, Depends(require_roles("admin", "manager"))]
+AdminUser = Annotated[User, Depends(require_roles("admin"))]
+
+__all__ = ["AdminUser", "CurrentUser", "SessionDep", "StaffUser", "csrf_protect", "optional_user"]

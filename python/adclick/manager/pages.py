@@ -1,0 +1,481 @@
+"""Campaign set-up pages: advertisers, affiliates, offers with per-affiliate overrides, and links."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import segno
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.manager import campaigns
+from adclick.manager.api import advertiser_out, tracking_url
+from adclick.manager.campaigns import Conflict, Invalid
+from adclick.manager.deps import CurrentUser, SessionDep, StaffUser
+from adclick.manager.forms import form_fields, parse
+from adclick.manager.livecache import publish, publish_token_version, published_state, unpublish
+from adclick.manager.schemas import (
+    AdvertiserIn,
+    AdvertiserPatch,
+    AffiliateIn,
+    AffiliatePatch,
+    LinkIn,
+    OfferIn,
+    OfferPatch,
+    OverrideIn,
+)
+from adclick.manager.templating import flash, render
+
+router = APIRouter(include_in_schema=False)
+
+NOT_LIVE = (
+    "Saved, not yet live: Redis could not be reached, so trackers still serve the old config (or none). "
+    "The reconciler publishes it as soon as Redis answers."
+)
+MACROS = "{click_id} {link_id} {offer_id} {aff_id} {sub1} {sub2} {sub3} {sub4} {sub5} {country} {device} {os} {ts}"
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _saved(request: Request, what: str, live: bool) -> None:
+    if live:
+        flash(request, f"{what} saved and live.", "success")
+    else:
+        flash(request, NOT_LIVE, "warning")
+
+
+# -- advertisers --
+
+ADVERTISER_FIELDS = ("name", "status")
+
+
+@router.get("/advertisers")
+async def advertisers_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+    rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id), page)
+    return render(request, "advertisers.html", {"advertisers": rows, "total": total, "page": page})
+
+
+@router.post("/advertisers")
+async def create_advertiser(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    fields = await form_fields(request, *ADVERTISER_FIELDS)
+    data, errors = parse(AdvertiserIn, fields)
+    if data is None:
+        rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id))
+        context = {"advertisers": rows, "total": total, "page": 1, "errors": errors, "form": fields}
+        return render(request, "advertisers.html", context, status_code=422)
+    advertiser = await campaigns.create_advertiser(session, data)
+    flash(request, "Advertiser created.", "success")
+    return _see_other(f"/advertisers/{advertiser.id}")
+
+
+async def _advertiser_page(request: Request, session: SessionDep, advertiser_id: int, **extra: Any) -> Response:
+    advertiser = await campaigns.get_advertiser(session, advertiser_id)
+    offers = (await session.scalars(select(Offer).where(Offer.advertiser_id == advertiser_id).order_by(Offer.id))).all()
+    context = {"advertiser": advertiser, "info": advertiser_out(request, advertiser), "offers": offers, **extra}
+    return render(request, "advertiser.html", context, status_code=422 if extra.get("errors") else 200)
+
+
+@router.get("/advertisers/{advertiser_id}")
+async def advertiser_page(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    return await _advertiser_page(request, session, advertiser_id)
+
+
+@router.post("/advertisers/{advertiser_id}")
+async def update_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    data, errors = parse(AdvertiserPatch, await form_fields(request, *ADVERTISER_FIELDS))
+    if data is None:
+        return await _advertiser_page(request, session, advertiser_id, errors=errors)
+    await campaigns.update_advertiser(session, advertiser_id, data)
+    flash(request, "Advertiser saved.", "success")
+    return _see_other(f"/advertisers/{advertiser_id}")
+
+
+@router.post("/advertisers/{advertiser_id}/rotate-token")
+async def rotate_token(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    advertiser = await campaigns.rotate_token(session, advertiser_id)
+    if await publish_token_version(request.app.state.redis, advertiser):
+        flash(request, "New postback token made; the old one no longer works.", "success")
+    else:
+        flash(
+            request,
+            "New postback token made, but Redis could not be reached: the postback role accepts the old token "
+            "until the reconciler reaches Redis.",
+            "warning",
+        )
+    return _see_other(f"/advertisers/{advertiser_id}")
+
+
+@router.post("/advertisers/{advertiser_id}/delete")
+async def delete_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_advertiser(session, advertiser_id)
+    flash(request, "Advertiser deleted.")
+    return _see_other("/advertisers")
+
+
+# -- affiliates --
+
+AFFILIATE_FIELDS = ("name", "email", "status")
+
+
+@router.get("/affiliates")
+async def affiliates_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+    rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id), page)
+    return render(request, "affiliates.html", {"affiliates": rows, "total": total, "page": page})
+
+
+@router.post("/affiliates")
+async def create_affiliate(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    fields = await form_fields(request, *AFFILIATE_FIELDS)
+    data, errors = parse(AffiliateIn, fields)
+    if data is None:
+        rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id))
+        context = {"affiliates": rows, "total": total, "page": 1, "errors": errors, "form": fields}
+        return render(request, "affiliates.html", context, status_code=422)
+    affiliate = await campaigns.create_affiliate(session, data)
+    flash(request, "Affiliate created.", "success")
+    return _see_other(f"/affiliates/{affiliate.id}")
+
+
+async def _affiliate_page(request: Request, session: SessionDep, affiliate_id: int, **extra: Any) -> Response:
+    affiliate = await campaigns.get_affiliate(session, affiliate_id)
+    links, total = await campaigns.page(session, campaigns.links_query(affiliate_id=affiliate_id))
+    context = {"affiliate": affiliate, "links": links, "total_links": total, **extra}
+    return render(request, "affiliate.html", context, status_code=422 if extra.get("errors") else 200)
+
+
+@router.get("/affiliates/{affiliate_id}")
+async def affiliate_page(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    return await _affiliate_page(request, session, affiliate_id)
+
+
+@router.post("/affiliates/{affiliate_id}")
+async def update_affiliate(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    fields: dict[str, Any] = await form_fields(request, *AFFILIATE_FIELDS)
+    fields.setdefault("email", None)  # a blank email clears it
+    data, errors = parse(AffiliatePatch, fields)
+    if data is None:
+        return await _affiliate_page(request, session, affiliate_id, errors=errors)
+    await campaigns.update_affiliate(session, affiliate_id, data)
+    flash(request, "Affiliate saved.", "success")
+    return _see_other(f"/affiliates/{affiliate_id}")
+
+
+@router.post("/affiliates/{affiliate_id}/delete")
+async def delete_affiliate(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_affiliate(session, affiliate_id)
+    flash(request, "Affiliate deleted.")
+    return _see_other("/affiliates")
+
+
+# -- offers and overrides --
+
+OFFER_FIELDS = (
+    "advertiser_id",
+    "name",
+    "status",
+    "currency",
+    "revenue_model",
+    "revenue_amount",
+    "payout_model",
+    "payout_amount",
+    "attribution_window_hours",
+    "default_status",
+    "daily_cap",
+)
+
+
+async def _choices(session: SessionDep) -> dict[str, Any]:
+    advertisers = (await session.scalars(select(Advertiser).order_by(Advertiser.name).limit(1000))).all()
+    affiliates = (await session.scalars(select(Affiliate).order_by(Affiliate.name).limit(1000))).all()
+    offers = (await session.scalars(select(Offer).order_by(Offer.name).limit(1000))).all()
+    return {"advertisers": advertisers, "affiliates": affiliates, "offers": offers}
+
+
+async def _offers_page(request: Request, session: SessionDep, page: int = 1, **extra: Any) -> Response:
+    rows, total = await campaigns.page(session, select(Offer).order_by(Offer.id), page)
+    context = {"offer_rows": rows, "total": total, "page": page, **(await _choices(session)), **extra}
+    return render(request, "offers.html", context, status_code=422 if extra.get("errors") else 200)
+
+
+@router.get("/offers")
+async def offers_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+    return await _offers_page(request, session, page)
+
+
+@router.post("/offers")
+async def create_offer(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    fields = await form_fields(request, *OFFER_FIELDS)
+    if "currency" in fields:
+        fields["currency"] = fields["currency"].upper()
+    data, errors = parse(OfferIn, fields)
+    if data is not None:
+        try:
+            offer = await campaigns.create_offer(session, data)
+        except Invalid as error:
+            errors = [str(error)]
+        else:
+            flash(request, "Offer created.", "success")
+            return _see_other(f"/offers/{offer.id}")
+    return await _offers_page(request, session, errors=errors, form=fields)
+
+
+async def _offer_page(request: Request, session: SessionDep, offer_id: int, **extra: Any) -> Response:
+    offer = await campaigns.get_offer(session, offer_id)
+    context = {
+        "offer": offer,
+        "overrides": await campaigns.list_overrides(session, offer_id),
+        **(await _choices(session)),
+        **extra,
+    }
+    return render(request, "offer.html", context, status_code=422 if extra.get("errors") else 200)
+
+
+@router.get("/offers/{offer_id}")
+async def offer_page(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    return await _offer_page(request, session, offer_id)
+
+
+@router.post("/offers/{offer_id}")
+async def update_offer(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    fields: dict[str, Any] = await form_fields(request, *OFFER_FIELDS)
+    if "currency" in fields:
+        fields["currency"] = fields["currency"].upper()
+    fields.setdefault("daily_cap", None)  # a blank cap means no cap
+    data, errors = parse(OfferPatch, fields)
+    if data is not None:
+        try:
+            await campaigns.update_offer(session, offer_id, data)
+        except Invalid as error:
+            errors = [str(error)]
+        else:
+            flash(request, "Offer saved.", "success")
+            return _see_other(f"/offers/{offer_id}")
+    await session.rollback()
+    return await _offer_page(request, session, offer_id, errors=errors)
+
+
+@router.post("/offers/{offer_id}/delete")
+async def delete_offer(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.delete_offer(session, offer_id)
+    flash(request, "Offer deleted.")
+    return _see_other("/offers")
+
+
+@router.post("/offers/{offer_id}/overrides")
+async def put_override(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    fields = await form_fields(request, "affiliate_id", "payout_model", "payout_amount", "daily_cap")
+    affiliate_id = fields.pop("affiliate_id", "")
+    data, errors = parse(OverrideIn, fields)
+    if not affiliate_id.isdigit():
+        errors.append("affiliate_id: choose an affiliate")
+    if data is not None and not errors:
+        try:
+            await campaigns.put_override(session, offer_id, int(affiliate_id), data)
+        except Invalid as error:
+            errors = [str(error)]
+        else:
+            flash(request, "Override saved.", "success")
+            return _see_other(f"/offers/{offer_id}")
+    return await _offer_page(request, session, offer_id, errors=errors)
+
+
+@router.post("/offers/{offer_id}/overrides/{affiliate_id}/delete")
+async def delete_override(
+    request: Request, offer_id: int, affiliate_id: int, session: SessionDep, _user: StaffUser
+) -> Response:
+    await campaigns.delete_override(session, offer_id, affiliate_id)
+    flash(request, "Override removed.")
+    return _see_other(f"/offers/{offer_id}")
+
+
+# -- links --
+
+LINK_FIELDS = (
+    "offer_id",
+    "affiliate_id",
+    "slug",
+    "url",
+    "destinations",
+    "rules",
+    "fallback_url",
+    "status",
+    "expires_at",
+)
+
+
+async def link_form(request: Request) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The posted link form as LinkIn fields, the raw text (to show again) and errors in the text areas."""
+    raw = await form_fields(request, *LINK_FIELDS)
+    form = await request.form()
+    data: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("destinations", "rules", "expires_at")}
+    data["cookie"] = form.get("cookie") == "on"
+    errors: list[str] = []
+    if raw.get("destinations"):
+        destinations = []
+        for number, line in enumerate(raw["destinations"].splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) == 1:
+                destinations.append({"url": parts[0], "weight": 1})
+            elif len(parts) == 2 and parts[0].isdigit():
+                destinations.append({"url": parts[1], "weight": int(parts[0])})
+            else:
+                errors.append(
+                    f"destinations line {number}: write WEIGHT URL, e.g. 70 https://a.example/?c={{click_id}}"
+                )
+        data["destinations"] = destinations or None
+    if raw.get("rules"):
+        try:
+            data["rules"] = json.loads(raw["rules"])
+        except ValueError as error:
+            errors.append(f"rules: not JSON ({error})")
+    if raw.get("expires_at"):
+        value = raw["expires_at"]
+        data["expires_at"] = value if value.endswith("Z") or "+" in value[10:] else value + "Z"  # the form is UTC
+    return data, raw, errors
+
+
+def _link_text(link: Link) -> dict[str, str]:
+    """A link's fields as the form shows them."""
+    fields = campaigns.link_fields(link)
+    text = {key: "" if value is None else str(value) for key, value in fields.items()}
+    text["destinations"] = "\n".join(f"{d['weight']} {d['url']}" for d in fields["destinations"] or [])
+    text["rules"] = json.dumps(fields["rules"], indent=2) if fields["rules"] else ""
+    text["expires_at"] = link.expires_at.strftime("%Y-%m-%dT%H:%M") if link.expires_at else ""
+    text["cookie"] = "on" if fields["cookie"] else ""
+    return text
+
+
+@router.get("/links")
+async def links_page(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    page: int = 1,
+    offer_id: int | None = None,
+    affiliate_id: int | None = None,
+    q: str | None = None,
+) -> Response:
+    if user.role == "affiliate":
+        affiliate_id = user.affiliate_id
+    rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, (q or "")[:200]), page)
+    offer_names = dict((await session.execute(select(Offer.id, Offer.name))).tuples().all())
+    context = {
+        "links": rows,
+        "total": total,
+        "page": page,
+        "q": q or "",
+        "offer_names": offer_names,
+        "tracking_url": lambda slug: tracking_url(request, slug),
+    }
+    return render(request, "links.html", context)
+
+
+@router.get("/links/new")
+async def new_link_page(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    form = {"status": "active"}
+    for key in ("offer_id", "affiliate_id"):
+        value = request.query_params.get(key)
+        if value and value.isdigit():
+            form[key] = value
+    return render(request, "link_form.html", {"form": form, "macros": MACROS, **(await _choices(session))})
+
+
+@router.post("/links")
+async def create_link(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    data, raw, errors = await link_form(request)
+    parsed, more = parse(LinkIn, data)
+    errors += more
+    if parsed is not None and not errors:
+        try:
+            link = await campaigns.create_link(session, parsed)
+        except (Invalid, Conflict) as error:
+            errors = [str(error)]
+        else:
+            _saved(request, "Link", await publish(request.app.state.redis, link))
+            return _see_other(f"/links/{link.id}")
+    context = {"form": raw, "errors": errors, "macros": MACROS, **(await _choices(session))}
+    return render(request, "link_form.html", context, status_code=422)
+
+
+async def _link_page(request: Request, session: SessionDep, link: Link, **extra: Any) -> Response:
+    user = request.state.user
+    context: dict[str, Any] = {
+        "link": link,
+        "tracking_url": tracking_url(request, link.slug),
+        "state": await published_state(request.app.state.redis, link),
+        "offer": await session.get(Offer, link.offer_id),
+        "affiliate": await session.get(Affiliate, link.affiliate_id),
+        "macros": MACROS,
+        "form": extra.pop("form", None) or _link_text(link),
+        **extra,
+    }
+    if user.role != "affiliate":
+        context.update(await _choices(session))
+    return render(request, "link.html", context, status_code=422 if extra.get("errors") else 200)
+
+
+@router.get("/links/{link_id}")
+async def link_page(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    return await _link_page(request, session, await campaigns.get_link(session, link_id, user.affiliate_id))
+
+
+@router.post("/links/{link_id}")
+async def update_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    await campaigns.get_link(session, link_id)
+    data, raw, errors = await link_form(request)
+    parsed, more = parse(LinkIn, data)
+    errors += more
+    if parsed is not None and not errors:
+        try:
+            link = await campaigns.replace_link(session, link_id, parsed)
+        except (Invalid, Conflict) as error:
+            errors = [str(error)]
+        else:
+            _saved(request, "Link", await publish(request.app.state.redis, link))
+            return _see_other(f"/links/{link.id}")
+    link = await campaigns.get_link(session, link_id)
+    return await _link_page(request, session, link, form=raw, errors=errors)
+
+
+async def _set_status(request: Request, link_id: int, session: SessionDep, status: str) -> Response:
+    link = await campaigns.set_link_status(session, link_id, status)
+    live = await publish(request.app.state.redis, link)
+    _saved(request, "Paused link" if status == "paused" else "Resumed link", live)
+    return _see_other(f"/links/{link_id}")
+
+
+@router.post("/links/{link_id}/pause")
+async def pause_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    return await _set_status(request, link_id, session, "paused")
+
+
+@router.post("/links/{link_id}/resume")
+async def resume_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    return await _set_status(request, link_id, session, "active")
+
+
+@router.post("/links/{link_id}/delete")
+async def delete_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    slug = await campaigns.delete_link(session, link_id)
+    if await unpublish(request.app.state.redis, slug):
+        flash(request, "Link deleted.")
+    else:
+        flash(request, "Link deleted; trackers keep serving it until the reconciler reaches Redis.", "warning")
+    return _see_other("/links")
+
+
+@router.get("/links/{link_id}/qr.svg")
+async def link_qr(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    """The tracking URL as a QR code (SVG, made here: no third-party service sees the URL)."""
+    link = await campaigns.get_link(session, link_id, user.affiliate_id)
+    buffer = io.BytesIO()
+    segno.make(tracking_url(request, link.slug), error="m").save(buffer, kind="svg", scale=5, border=2, xmldecl=False)
+    return Response(buffer.getvalue(), media_type="image/svg+xml")

@@ -1,0 +1,302 @@
+"""What the manager accepts (validated, with clear 422s) and returns, for the JSON API and the forms alike."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from adclick.core.db.models import MODELS, POSTBACK_STATUSES, ROLES, STATUSES
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Status = Literal["active", "paused", "archived"]
+LinkStatus = Literal["active", "paused"]
+Model = Literal["cpa", "revshare"]
+PostbackStatus = Literal["pending", "approved", "rejected"]
+Role = Literal["admin", "manager", "affiliate"]
+# NUMERIC(18,6): 12 integer digits and 6 decimals; never a float.
+Amount = Annotated[Decimal, Field(ge=0, lt=Decimal(10) ** 12, decimal_places=6, allow_inf_nan=False)]
+Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+SLUG_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+assert set(STATUSES) == {"active", "paused", "archived"} and set(MODELS) == {"cpa", "revshare"}
+assert set(POSTBACK_STATUSES) == {"pending", "approved", "rejected"} and set(ROLES) == {"admin", "manager", "affiliate"}
+
+
+def _email(value: str) -> str:
+    value = value.strip().lower()
+    if len(value) > 320 or not _EMAIL.fullmatch(value):
+        raise ValueError("not an email address")
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# -- advertisers --
+
+
+class AdvertiserIn(Strict):
+    name: Name
+    status: Status = "active"
+
+
+class AdvertiserPatch(Strict):
+    name: Name | None = None
+    status: Status | None = None
+
+
+class AdvertiserOut(Out):
+    id: int
+    name: str
+    status: str
+    token_version: int
+    created_at: datetime
+    postback_token: str
+    postback_url: str
+
+
+# -- affiliates --
+
+
+class AffiliateIn(Strict):
+    name: Name
+    email: Email | None = None
+    status: Status = "active"
+
+
+class AffiliatePatch(Strict):
+    name: Name | None = None
+    email: Email | None = None
+    status: Status | None = None
+
+
+class AffiliateOut(Out):
+    id: int
+    name: str
+    email: str | None
+    status: str
+    created_at: datetime
+
+
+# -- offers --
+
+
+def _check_rates(model: str | None, amount: Decimal | None, what: str) -> None:
+    if model == "revshare" and amount is not None and amount > 100:
+        raise ValueError(f"{what}: a revshare amount is a percentage, at most 100")
+
+
+class OfferIn(Strict):
+    advertiser_id: Id
+    name: Name
+    status: Status = "active"
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "USD"
+    revenue_model: Model = "cpa"
+    revenue_amount: Amount = Decimal(0)
+    payout_model: Model = "cpa"
+    payout_amount: Amount = Decimal(0)
+    attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 720
+    default_status: PostbackStatus = "pending"
+    daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _rates(self) -> OfferIn:
+        _check_rates(self.revenue_model, self.revenue_amount, "revenue")
+        _check_rates(self.payout_model, self.payout_amount, "payout")
+        return self
+
+
+class OfferPatch(Strict):
+    advertiser_id: Id | None = None
+    name: Name | None = None
+    status: Status | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    revenue_model: Model | None = None
+    revenue_amount: Amount | None = None
+    payout_model: Model | None = None
+    payout_amount: Amount | None = None
+    attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] | None = None
+    default_status: PostbackStatus | None = None
+    daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+
+class OfferOut(Out):
+    id: int
+    advertiser_id: int
+    name: str
+    status: str
+    currency: str
+    revenue_model: str
+    revenue_amount: Decimal
+    payout_model: str
+    payout_amount: Decimal
+    attribution_window_hours: int
+    default_status: str
+    daily_cap: int | None
+    created_at: datetime
+
+
+class OverrideIn(Strict):
+    payout_model: Model | None = None
+    payout_amount: Amount | None = None
+    daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _rates(self) -> OverrideIn:
+        _check_rates(self.payout_model, self.payout_amount, "payout")
+        return self
+
+
+class OverrideOut(Out):
+    offer_id: int
+    affiliate_id: int
+    payout_model: str | None
+    payout_amount: Decimal | None
+    daily_cap: int | None
+
+
+# -- links --
+
+Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=8, max_length=2048)]
+
+
+class Destination(Strict):
+    url: Url
+    weight: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+
+
+class Rule(Strict):
+    countries: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]] = Field(default_factory=list)
+    devices: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(default_factory=list)
+    os: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(default_factory=list)
+    url: Url | None = None
+    destinations: list[Destination] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Rule:
+        if self.url is None and not self.destinations:
+            raise ValueError("a rule needs a url or destinations")
+        return self
+
+
+class LinkFields(Strict):
+    """What the tracker serves; `url` may be left out when weighted `destinations` are given."""
+
+    url: Url | None = None
+    destinations: Annotated[list[Destination], Field(max_length=100)] | None = None
+    rules: Annotated[list[Rule], Field(max_length=100)] = Field(default_factory=list)
+    fallback_url: Url | None = None
+    cookie: bool = False
+    status: LinkStatus = "active"
+    expires_at: datetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2026-01-31T23:59:00Z)")
+        return value
+
+
+class LinkIn(LinkFields):
+    offer_id: Id
+    affiliate_id: Id
+    slug: Annotated[str, StringConstraints(pattern=SLUG_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _has_url(self) -> LinkIn:
+        if self.url is None and not self.destinations:
+            raise ValueError("a link needs a url or destinations")
+        return self
+
+
+class LinkPatch(Strict):
+    offer_id: Id | None = None
+    affiliate_id: Id | None = None
+    slug: Annotated[str, StringConstraints(pattern=SLUG_PATTERN)] | None = None
+    url: Url | None = None
+    destinations: Annotated[list[Destination], Field(max_length=100)] | None = None
+    rules: Annotated[list[Rule], Field(max_length=100)] | None = None
+    fallback_url: Url | None = None
+    cookie: bool | None = None
+    status: LinkStatus | None = None
+    expires_at: datetime | None = None
+
+
+class LinkOut(BaseModel):
+    id: int
+    slug: str
+    offer_id: int
+    affiliate_id: int
+    status: str
+    url: str | None
+    destinations: list[dict[str, Any]] | None
+    rules: list[dict[str, Any]]
+    fallback_url: str | None
+    cookie: bool
+    expires_at: datetime | None
+    tracking_url: str
+    created_at: datetime
+    updated_at: datetime
+    live: bool | None = Field(None, description="after a write: whether Redis took the config (false: not yet live)")
+
+
+# -- users and tokens --
+
+
+class UserIn(Strict):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=12, max_length=1024)]
+    role: Role
+    affiliate_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _affiliate(self) -> UserIn:
+        if (self.role == "affiliate") != (self.affiliate_id is not None):
+            raise ValueError("an affiliate user needs an affiliate_id, and only an affiliate user has one")
+        return self
+
+
+class UserPatch(Strict):
+    email: Email | None = None
+    password: Annotated[str, StringConstraints(min_length=12, max_length=1024)] | None = None
+    role: Role | None = None
+    affiliate_id: Id | None = None
+    is_active: bool | None = None
+
+
+class UserOut(Out):
+    id: int
+    email: str
+    role: str
+    affiliate_id: int | None
+    is_active: bool
+    created_at: datetime
+
+
+class TokenIn(Strict):
+    name: Name
+
+
+class TokenOut(Out):
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(description="shown once; only its SHA-256 is stored")

@@ -105,7 +105,9 @@ def test_dev_runs_every_role_on_embedded_servers_with_demo_data(process_guard: P
     if manager_available():
         manager = printed(out, "manager")
         assert manager == f"http://127.0.0.1:{ports['manager']}/"
-        assert "@" in printed(out, "login")
+        email, _, password = printed(out, "login").partition(" / ")
+        assert query(db, "SELECT role, is_active FROM users WHERE email = ?", email) == [("admin", 1)]
+        assert len(password) >= 12
         with urllib.request.urlopen(f"{manager}health", timeout=5) as answer:
             assert answer.status == 200
     else:

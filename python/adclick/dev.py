@@ -390,20 +390,22 @@ def _option(help_text: str, *names: str) -> str | None:
 def create_admin(env: Mapping[str, str], data: Path) -> tuple[str, str] | None:
     """Make the manager's admin login with `adclick create-admin` (once per data directory); None if impossible."""
     help_text = command_help("create-admin", env)
-    if help_text is None or not _option(help_text, "--email") or not _option(help_text, "--password"):
+    if help_text is None or not _option(help_text, "--email"):
         return None
     password_file = data / "admin-password"
     if password_file.exists():
         return ADMIN_EMAIL, password_file.read_text().strip()
     password = secrets.token_urlsafe(12)
-    done = subprocess.run(
-        command("create-admin", "--email", ADMIN_EMAIL, "--password", password),
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv = command("create-admin", "--email", ADMIN_EMAIL)
+    if _option(help_text, "--password-stdin"):  # keeps the password out of the process list
+        argv.append("--password-stdin")
+        stdin = password + "\n"
+    elif _option(help_text, "--password"):
+        argv += ["--password", password]
+        stdin = ""
+    else:
+        return None
+    done = subprocess.run(argv, input=stdin, env=dict(env), capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         say("dev", f"adclick create-admin failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
         return None
@@ -455,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_port(port, proc=roles[-1].proc)
             env["ADCLICK_SQS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
 
+        # The manager shows tracking and postback URLs: make them the ones this run serves.
+        env.setdefault("ADCLICK_MANAGER_TRACKER_BASE_URL", f"http://127.0.0.1:{args.tracker_port}")
+        env.setdefault("ADCLICK_MANAGER_POSTBACK_BASE_URL", f"http://127.0.0.1:{args.postback_port}")
         demo = prepare_data(env, data)
         publish_demo_link(env["ADCLICK_REDIS_URL"])
 

@@ -243,8 +243,9 @@ async def get_link(request: Request, link_id: int, session: SessionDep, user: Cu
 
 @router.patch("/links/{link_id}", response_model=LinkOut)
 async def update_link(request: Request, link_id: int, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
+    previous_slug = (await campaigns.get_link(session, link_id)).slug
     link = await campaigns.update_link(session, link_id, data)
-    return link_out(request, link, await publish(request.app.state.redis, link))
+    return link_out(request, link, await publish(request.app.state.redis, link, previous_slug))
 
 
 @router.post("/links/{link_id}/pause", response_model=LinkOut)

@@ -77,11 +77,20 @@ def check_link_config(config: dict[str, Any]) -> None:
         raise InvalidLinkConfig(str(error).removeprefix("invalid link config: ")) from error
 
 
-async def publish(client: redis.Redis, link: Link) -> bool:
-    """Write and announce a committed link's config; False (logged) if Redis failed, for the reconciler to fix."""
+def _publish(client: redis.Redis, config: dict[str, Any], previous_slug: str | None) -> None:
+    publish_link(client, config)
+    if previous_slug is not None and previous_slug != config["slug"]:
+        _unpublish(client, previous_slug)  # a renamed link must stop answering on its old slug
+
+
+async def publish(client: redis.Redis, link: Link, previous_slug: str | None = None) -> bool:
+    """Write and announce a committed link's config (and drop its old slug after a rename).
+
+    False (logged) if Redis failed: the write stands and the reconciler publishes it later.
+    """
     config = link_config(link)
     try:
-        await anyio.to_thread.run_sync(publish_link, client, config)
+        await anyio.to_thread.run_sync(_publish, client, config, previous_slug)
     except redis.RedisError as error:
         log.warning("link %s saved but not published, Redis failed: %s", link.slug, error)
         return False

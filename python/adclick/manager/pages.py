@@ -429,7 +429,7 @@ async def link_page(request: Request, link_id: int, session: SessionDep, user: C
 
 @router.post("/links/{link_id}")
 async def update_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
-    await campaigns.get_link(session, link_id)
+    previous_slug = (await campaigns.get_link(session, link_id)).slug
     data, raw, errors = await link_form(request)
     parsed, more = parse(LinkIn, data)
     errors += more
@@ -439,7 +439,7 @@ async def update_link(request: Request, link_id: int, session: SessionDep, _user
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            _saved(request, "Link", await publish(request.app.state.redis, link))
+            _saved(request, "Link", await publish(request.app.state.redis, link, previous_slug))
             return _see_other(f"/links/{link.id}")
     link = await campaigns.get_link(session, link_id)
     return await _link_page(request, session, link, form=raw, errors=errors)

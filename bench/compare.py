@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -118,6 +119,45 @@ def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> Load:
         errors=errors,
         raw=out,
     )
+
+
+def run_locust(args: argparse.Namespace, port: int, seconds: float) -> Load:
+    """bench/locustfile.py's TrackerUser in a closed loop (like wrk) for `seconds`, from its per-step table."""
+    seconds = max(seconds, 3.0)  # the table keeps whole seconds after a settle: shorter runs would keep none
+    with tempfile.TemporaryDirectory(prefix="adclick-bench-locust-") as tmp:
+        users = str(args.locust_users)
+        cmd = [str(VENV_BIN / "locust"), "-f", str(BENCH / "locustfile.py"), "--headless", "--only-summary"]
+        cmd += ["--host", f"http://127.0.0.1:{port}", "--csv", f"{tmp}/run", "--slugs", str(args.slugs)]
+        cmd += ["--step-start-users", users, "--step-max-users", users, "--step-users", "0"]
+        cmd += ["--step-seconds", f"{seconds:g}", "--step-settle-seconds", f"{min(2.0, seconds / 4):g}"]
+        # The FastAPI baseline answers GET only: HEAD would count as its errors, not as work done.
+        cmd += ["--user-rps", "0", "--head-share", "0", "--stop-timeout", "2"]
+        if args.locust_processes > 1:
+            cmd += ["--processes", str(args.locust_processes)]
+        cmd.append("TrackerUser")
+        out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 90)
+        steps = Path(f"{tmp}/run_steps.csv")
+        if out.returncode not in (0, 1) or not steps.exists():  # 1: some requests failed, which is a figure
+            raise RuntimeError(f"locust failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+        row = next(csv.DictReader(steps.open()))
+    return Load(
+        rps=float(row["rps"]),
+        p50_ms=float(row["p50_ms"]) if row["p50_ms"] else None,
+        p99_ms=float(row["p99_ms"]) if row["p99_ms"] else None,
+        requests=int(row["requests"]),
+        errors=int(row["failures"]),
+        raw=out.stderr,
+    )
+
+
+def load_generator(args: argparse.Namespace) -> str:
+    if args.locust:
+        return f"Locust (bench/locustfile.py) {args.locust_users} users, {args.locust_processes} process(es)"
+    return f"wrk {args.connections} connections, {args.threads} threads"
+
+
+def run_load(args: argparse.Namespace, port: int, seconds: float) -> Load:
+    return run_locust(args, port, seconds) if args.locust else run_wrk(args, port, seconds)
 
 
 LOADGEN = BENCH / "loadgen"
@@ -405,12 +445,12 @@ def run_target(
             is_tracker = target == "tracker"
 
             print(f"  warm-up {args.warmup:g} s")
-            run_wrk(args, port, args.warmup)
+            run_load(args, port, args.warmup)
             time.sleep(0.5)  # let the warm-up's events ship before the first scrape
             before = scrape(port) if is_tracker else {}
             moto_before = moto_requests(logs)
 
-            peak = run_wrk(args, port, args.duration)
+            peak = run_load(args, port, args.duration)
             res.rps, res.p50_ms, res.p99_ms, res.errors = peak.rps, peak.p50_ms, peak.p99_ms, peak.errors
             print(
                 f"  peak: {peak.rps:,.0f} req/s  p50 {fmt_ms(peak.p50_ms)}  p99 {fmt_ms(peak.p99_ms)}"
@@ -599,6 +639,14 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--only", action="append", default=[], metavar="TARGET", help="run only these targets")
     p.add_argument("--oha", action="store_true", help="use oha, not bench/loadgen, for the constant-rate runs")
+    p.add_argument(
+        "--locust",
+        action="store_true",
+        help="load with bench/locustfile.py (TrackerUser, closed loop) instead of wrk; targets tracker and fastapi "
+        "unless --only/--skip say otherwise; no half-peak or --million runs",
+    )
+    p.add_argument("--locust-users", type=int, default=64, help="Locust users in --locust mode (default 64)")
+    p.add_argument("--locust-processes", type=int, default=1, help="Locust worker processes in --locust mode")
     p.add_argument("--skip-half", action="store_true", help="skip the constant-rate run at half the peak")
     p.add_argument(
         "--million",
@@ -625,6 +673,9 @@ def parse_args() -> argparse.Namespace:
     unknown = (skip | only) - set(TARGETS)
     if unknown:
         p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
+    if args.locust:
+        only = only or ({"tracker", "fastapi"} - skip)
+        args.skip_half, args.million = True, None
     args.targets = [t for t in TARGETS if t not in skip and (not only or t in only)]
     return args
 
@@ -635,7 +686,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, raise_interrupt)
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGHUP, raise_interrupt)
-    if not shutil.which("wrk"):
+    if not args.locust and not shutil.which("wrk"):
         print("wrk not found. Install it: sudo apt-get install -y wrk   (or build from github.com/wg/wrk)")
         return 2
     if not shutil.which("taskset"):
@@ -673,8 +724,7 @@ def main() -> int:
         }
         print(
             f"Redis {redis_url}, SQS {sqs}, {args.slugs} links; server on core {args.server_cpu}, "
-            f"load on core {args.client_cpu}; wrk {args.connections} connections, {args.threads} threads, "
-            f"{args.warmup:g} s warm-up + {args.duration:g} s"
+            f"load on core {args.client_cpu}; {load_generator(args)}, {args.warmup:g} s warm-up + {args.duration:g} s"
         )
         for target in args.targets:
             print(f"\n== {TITLES[target]}")
@@ -695,8 +745,8 @@ def main() -> int:
         "results": [asdict(r) for r in results],
     }
     header = (
-        f"# adclick bench {stamp}\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; wrk "
-        f"{args.connections} connections, {args.threads} threads, {args.duration:g} s per target; server on "
+        f"# adclick bench {stamp}\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; "
+        f"{load_generator(args)}, {args.duration:g} s per target; server on "
         f"core {args.server_cpu}, load on core {args.client_cpu}.\n\n"
     )
     for name in (f"bench-{stamp}", "latest"):

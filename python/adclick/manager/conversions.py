@@ -16,8 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import Annotated, Any, cast
+from urllib.parse import urlencode
 
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,9 +33,21 @@ from adclick.core.db.models import (
     HourlyRollup,
     Offer,
     OfferAffiliateOverride,
+    User,
 )
+from adclick.core.db.session import SessionDep
 from adclick.core.db.upsert import increment, release_cap, take_cap
-from adclick.manager.reports import ReportError, local_midnight, parse_date, parse_zone
+from adclick.manager.deps import CurrentUser, StaffUser
+from adclick.manager.reports import (
+    ReportError,
+    filter_choices,
+    local_midnight,
+    optional_int,
+    parse_date,
+    parse_zone,
+    scope_of,
+)
+from adclick.manager.templating import flash, render
 
 COUNTED = frozenset({"pending", "approved"})
 ACTIONS = ("approve", "reject", "adjust")
@@ -354,3 +370,183 @@ async def edit_conversion(
         await session.rollback()
         raise
     return {"conversion_id": conversion_id, "at": now.isoformat(), "user_id": user_id, "before": before, "after": after}
+
+
+# -- HTTP: JSON API and pages --
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionParams:
+    """List filters as given in the query string (blank values allowed, for HTML forms)."""
+
+    status: str | None = None
+    offer_id: str | None = None
+    affiliate_id: str | None = None
+    link_id: str | None = None
+    txid: str | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+    tz: str | None = None
+
+    def build(self, user: User) -> ConversionFilter:
+        return build_filter(
+            status=self.status or None,
+            offer_id=optional_int(self.offer_id, "offer_id"),
+            affiliate_id=optional_int(self.affiliate_id, "affiliate_id"),
+            link_id=optional_int(self.link_id, "link_id"),
+            txid=(self.txid or "").strip() or None,
+            date_from=self.date_from or None,
+            date_to=self.date_to or None,
+            tz=self.tz or None,
+            scope_affiliate_id=scope_of(user),
+        )
+
+    def query_string(self) -> str:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["from"], values["to"] = values.pop("date_from"), values.pop("date_to")
+        return urlencode({name: value for name, value in values.items() if value})
+
+
+def conversion_params(
+    status: Annotated[str | None, Query(description=", ".join(CONVERSION_STATUSES))] = None,
+    offer_id: str | None = None,
+    affiliate_id: str | None = None,
+    link_id: str | None = None,
+    txid: str | None = None,
+    date_from: Annotated[str | None, Query(alias="from", description="first local day received, YYYY-MM-DD")] = None,
+    date_to: Annotated[str | None, Query(alias="to", description="last local day received, YYYY-MM-DD")] = None,
+    tz: Annotated[str | None, Query(description="IANA time zone of the days, default UTC")] = None,
+) -> ConversionParams:
+    return ConversionParams(status, offer_id, affiliate_id, link_id, txid, date_from, date_to, tz)
+
+
+ConversionParamsDep = Annotated[ConversionParams, Depends(conversion_params)]
+
+
+def filter_or_400(params: ConversionParams, user: User) -> ConversionFilter:
+    try:
+        return params.build(user)
+    except ReportError as error:
+        raise HTTPException(400, str(error)) from None
+
+
+class EditIn(BaseModel):
+    """New values for an edit; money as decimal strings (or numbers), blank or missing: unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revenue: str | int | None = None
+    payout: str | int | None = None
+    amount: str | int | None = None
+    note: Annotated[str | None, Field(max_length=500)] = None
+
+
+@router.get("/api/v1/conversions", tags=["conversions"])
+async def conversions_api(
+    session: SessionDep,
+    user: CurrentUser,
+    params: ConversionParamsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
+    before_id: int | None = None,
+) -> dict[str, Any]:
+    """Newest first; page on with `before_id` = the previous answer's `next_before_id`."""
+    f = filter_or_400(params, user)
+    items, following = await list_conversions(session, f, limit=limit, before_id=before_id)
+    return {"items": items, "next_before_id": following}
+
+
+@router.get("/api/v1/conversions/{conversion_id}", tags=["conversions"])
+async def conversion_api(conversion_id: int, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    try:
+        return await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
+    except ConversionEditError as error:
+        raise HTTPException(error.status, error.message) from None
+
+
+@router.post("/api/v1/conversions/{conversion_id}/{action}", tags=["conversions"])
+async def edit_api(
+    conversion_id: int, action: str, session: SessionDep, user: StaffUser, body: EditIn | None = None
+) -> dict[str, Any]:
+    """`approve`, `reject` (optionally with revenue and payout) or `adjust`; answers the audit entry."""
+    values = body or EditIn()
+    try:
+        return await edit_conversion(
+            session,
+            conversion_id,
+            action,
+            user_id=user.id,
+            revenue=values.revenue,
+            payout=values.payout,
+            amount=values.amount,
+            note=values.note,
+        )
+    except ConversionEditError as error:
+        raise HTTPException(error.status, error.message) from None
+
+
+@router.get("/conversions", include_in_schema=False)
+async def conversions_page(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    params: ConversionParamsDep,
+    before_id: int | None = None,
+) -> Response:
+    errors: list[str] = []
+    items: list[dict[str, Any]] = []
+    following = None
+    try:
+        f = params.build(user)
+    except ReportError as error:
+        errors.append(str(error))
+    else:
+        items, following = await list_conversions(session, f, limit=PAGE_SIZE, before_id=before_id)
+    context = {
+        "params": params,
+        "items": items,
+        "next_before_id": following,
+        "errors": errors,
+        "statuses": CONVERSION_STATUSES,
+        "query_string": params.query_string(),
+        "can_edit": user.role in ("admin", "manager"),
+        **await filter_choices(session, user),
+    }
+    return render(request, "conversions.html", context, status_code=400 if errors else 200)
+
+
+@router.get("/conversions/{conversion_id}", include_in_schema=False)
+async def conversion_page(request: Request, conversion_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    try:
+        conversion = await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
+    except ConversionEditError as error:
+        raise HTTPException(error.status, error.message) from None
+    emails: dict[int, str] = {}
+    user_ids = {entry["user_id"] for entry in conversion["audit"] if entry["user_id"] is not None}
+    if user_ids and user.role != "affiliate":
+        found = await session.execute(select(User.id, User.email).where(User.id.in_(user_ids)))
+        emails = {uid: email for uid, email in found.all()}
+    context = {"c": conversion, "emails": emails, "can_edit": user.role in ("admin", "manager")}
+    return render(request, "conversions_detail.html", context)
+
+
+@router.post("/conversions/{conversion_id}/{action}", include_in_schema=False)
+async def edit_page(
+    request: Request, conversion_id: int, action: str, session: SessionDep, user: StaffUser
+) -> Response:
+    form = await request.form()
+    values = {name: form.get(name) for name in ("revenue", "payout", "amount", "note")}
+    texts = {name: value.strip() if isinstance(value, str) else None for name, value in values.items()}
+    back = form.get("back")
+    target = back if isinstance(back, str) and back.startswith("/conversions") else f"/conversions/{conversion_id}"
+    try:
+        await edit_conversion(session, conversion_id, action, user_id=user.id, **texts)
+    except ConversionEditError as error:
+        if error.status == 404:
+            raise HTTPException(404, error.message) from None
+        flash(request, error.message, "error")
+    else:
+        done = {"approve": "approved", "reject": "rejected", "adjust": "adjusted"}[action]
+        flash(request, f"Conversion {conversion_id} {done}; reports follow.", "success")
+    return RedirectResponse(target, status_code=303)

@@ -18,15 +18,28 @@ import csv
 from collections.abc import AsyncIterator, Iterable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, Table, case, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick.core.db.models import Affiliate, Conversion, Offer
+from adclick.core.db.session import SessionDep, get_engine, session_factory
 from adclick.core.db.types import Money
-from adclick.manager.conversions import ConversionFilter, export_statement
-from adclick.manager.reports import ReportQuery, csv_cells, csv_header, make_row, report_statement
+from adclick.manager.conversions import ConversionFilter, ConversionParamsDep, export_statement, filter_or_400
+from adclick.manager.deps import CurrentUser
+from adclick.manager.reports import (
+    ReportParams,
+    ReportParamsDep,
+    ReportQuery,
+    csv_cells,
+    csv_header,
+    make_row,
+    query_or_400,
+    report_statement,
+)
 
 CHUNK_BYTES = 64 * 1024
 YIELD_PER = 2000
@@ -207,3 +220,59 @@ def filename(kind: str, q: ReportQuery | None = None) -> str:
     if q is None:
         return f"adclick-{kind}.csv"
     return f"adclick-{kind}-{q.date_from.isoformat()}-{q.date_to.isoformat()}.csv"
+
+
+# -- HTTP --
+
+router = APIRouter(tags=["exports"])
+
+
+def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    factory: async_sessionmaker[AsyncSession] | None = getattr(request.app.state, "session_factory", None)
+    return factory if factory is not None else session_factory(get_engine())
+
+
+async def _csv_response(session: AsyncSession, body: AsyncIterator[bytes], name: str) -> StreamingResponse:
+    # The export reads through its own session; end this request's transaction first (on SQLite an open one
+    # would hold the lock the export's BEGIN waits for).
+    await session.close()
+    return StreamingResponse(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/api/v1/exports/report.csv")
+async def report_export(
+    request: Request, session: SessionDep, user: CurrentUser, params: ReportParamsDep
+) -> StreamingResponse:
+    """Every row of a report (same parameters as /api/v1/reports, no row limit) as CSV."""
+    q = query_or_400(params, user)
+    return await _csv_response(session, report_csv(_sessions(request), q), filename("report", q))
+
+
+@router.get("/api/v1/exports/conversions.csv")
+async def conversions_export(
+    request: Request, session: SessionDep, user: CurrentUser, params: ConversionParamsDep
+) -> StreamingResponse:
+    """The conversions matching the filters (same as /api/v1/conversions), oldest first, as CSV."""
+    f = filter_or_400(params, user)
+    return await _csv_response(session, conversions_csv(_sessions(request), f), filename("conversions"))
+
+
+@router.get("/api/v1/exports/payouts.csv")
+async def payouts_export(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    date_from: Annotated[str | None, Query(alias="from")] = None,
+    date_to: Annotated[str | None, Query(alias="to")] = None,
+    tz: str | None = None,
+    affiliate_id: str | None = None,
+    offer_id: str | None = None,
+) -> StreamingResponse:
+    """Payout statement of a period, per affiliate, offer and currency (an affiliate gets its own only)."""
+    params = ReportParams("day", date_from, date_to, tz, offer_id=offer_id, affiliate_id=affiliate_id)
+    q = query_or_400(params, user)
+    return await _csv_response(session, payouts_csv(_sessions(request), q), filename("payouts", q))

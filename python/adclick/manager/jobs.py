@@ -20,15 +20,20 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import FailedJob
-from adclick.core.settings import Settings
-from adclick.core.sqs import SQSClient
+from adclick.core.db.session import SessionDep
+from adclick.core.settings import Settings, get_settings
+from adclick.core.sqs import SQSClient, create_client
+from adclick.manager.deps import StaffUser
+from adclick.manager.templating import flash, render
 
 CLICKS_PREFIX = "c1:"
 PAGE_SIZE = 50
@@ -218,3 +223,135 @@ async def queues_health(client: SQSClient, settings: Settings) -> list[QueueHeal
         out.append(await queue_health(client, name))
         out.append(await queue_health(client, f"{name}-dlq", dead_letter=True))
     return out
+
+
+# -- HTTP: JSON API and pages (staff only) --
+
+router = APIRouter()
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else get_settings()
+
+
+def _http(error: JobError) -> HTTPException:
+    return HTTPException(error.status, error.message)
+
+
+@router.get("/api/v1/jobs", tags=["jobs"])
+async def jobs_api(
+    session: SessionDep,
+    _user: StaffUser,
+    queue: str | None = None,
+    pending_only: bool = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
+    before_id: int | None = None,
+) -> dict[str, Any]:
+    """Failed jobs, newest first; page on with `before_id` = the previous answer's `next_before_id`."""
+    items, following = await list_jobs(
+        session, queue=queue, pending_only=pending_only, limit=limit, before_id=before_id
+    )
+    return {"items": items, "next_before_id": following}
+
+
+@router.get("/api/v1/jobs/{job_id}", tags=["jobs"])
+async def job_api(job_id: int, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
+    """One failed job with its whole error, body and (for packed click messages) the unpacked events."""
+    try:
+        return job_dict(await get_job(session, job_id), full=True)
+    except JobError as error:
+        raise _http(error) from None
+
+
+@router.post("/api/v1/jobs/{job_id}/retry", tags=["jobs"])
+async def retry_api(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
+    settings = _settings(request)
+    try:
+        async with create_client(settings) as client:
+            return await retry_job(session, client, settings, job_id)
+    except JobError as error:
+        raise _http(error) from None
+
+
+@router.delete("/api/v1/jobs/{job_id}", status_code=204, tags=["jobs"])
+async def forget_api(job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    try:
+        await forget_job(session, job_id)
+    except JobError as error:
+        raise _http(error) from None
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/queues", tags=["jobs"])
+async def queues_api(request: Request, _user: StaffUser) -> dict[str, Any]:
+    """Depth, in-flight, delayed and oldest-message age of the clicks and conversions queues and their DLQs."""
+    settings = _settings(request)
+    async with create_client(settings) as client:
+        return {"queues": [health.as_dict() for health in await queues_health(client, settings)]}
+
+
+@router.get("/jobs", include_in_schema=False)
+async def jobs_page(
+    request: Request,
+    session: SessionDep,
+    _user: StaffUser,
+    queue: str | None = None,
+    pending_only: bool = False,
+    before_id: int | None = None,
+) -> Response:
+    settings = _settings(request)
+    items, following = await list_jobs(
+        session, queue=queue or None, pending_only=pending_only, limit=PAGE_SIZE, before_id=before_id
+    )
+    async with create_client(settings) as client:
+        queues = await queues_health(client, settings)
+    context = {
+        "items": items,
+        "next_before_id": following,
+        "queue": queue or "",
+        "pending_only": pending_only,
+        "queues": queues,
+        "counts": await count_jobs(session),
+        "queue_names": [settings.clicks_queue, settings.conversions_queue],
+    }
+    return render(request, "jobs.html", context)
+
+
+@router.get("/jobs/{job_id}", include_in_schema=False)
+async def job_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    try:
+        job = job_dict(await get_job(session, job_id), full=True)
+    except JobError as error:
+        raise _http(error) from None
+    return render(request, "jobs_detail.html", {"job": job})
+
+
+@router.post("/jobs/{job_id}/retry", include_in_schema=False)
+async def retry_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    settings = _settings(request)
+    try:
+        async with create_client(settings) as client:
+            await retry_job(session, client, settings, job_id)
+    except JobError as error:
+        flash(request, error.message, "error")
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+    flash(request, f"Job {job_id} sent back to its queue.", "success")
+    return RedirectResponse("/jobs", status_code=303)
+
+
+@router.post("/jobs/{job_id}/forget", include_in_schema=False)
+async def forget_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+    try:
+        await forget_job(session, job_id)
+    except JobError as error:
+        raise _http(error) from None
+    flash(request, f"Job {job_id} forgotten.", "success")
+    return RedirectResponse("/jobs", status_code=303)
+
+
+@router.post("/jobs/forget-retried", include_in_schema=False)
+async def forget_retried_page(request: Request, session: SessionDep, _user: StaffUser) -> Response:
+    count = await forget_retried(session)
+    flash(request, f"{count} retried job(s) forgotten.", "success")
+    return RedirectResponse("/jobs", status_code=303)

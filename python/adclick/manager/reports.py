@@ -20,14 +20,15 @@ report shows them under "(unknown)". Sums of revenue and payout add offers' amou
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from itertools import pairwise
-from typing import Any, cast
+from typing import Annotated, Any, cast
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy import (
     ColumnElement,
     Date,
@@ -44,8 +45,11 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer
+from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer, User
+from adclick.core.db.session import SessionDep
 from adclick.core.db.types import Money
+from adclick.manager.deps import CurrentUser
+from adclick.manager.templating import render
 
 ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")
 SUB_DIMENSIONS = ("sub1", "sub2", "sub3", "sub4", "sub5")
@@ -658,18 +662,174 @@ def csv_cells(row: ReportRow, q: ReportQuery) -> list[Any]:
     ]
 
 
-__all__: Sequence[str] = (
-    "DIMENSIONS",
-    "Report",
-    "ReportError",
-    "ReportQuery",
-    "ReportRow",
-    "Totals",
-    "build_query",
-    "csv_cells",
-    "csv_header",
-    "make_row",
-    "report_statement",
-    "run_report",
-    "time_series",
+# -- HTTP: JSON API and the report page --
+
+router = APIRouter()
+
+JSON_ROW_LIMIT = 1000
+JSON_MAX_ROW_LIMIT = 10_000
+PAGE_ROW_LIMIT = 1000
+COMMON_ZONES = (
+    "UTC",
+    "America/Sao_Paulo",
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "America/Mexico_City",
+    "Europe/London",
+    "Europe/Berlin",
+    "Europe/Moscow",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Tokyo",
+    "Australia/Sydney",
 )
+DIMENSION_LABELS = {
+    "day": "Day",
+    "hour": "Hour",
+    "offer": "Offer",
+    "affiliate": "Affiliate",
+    "link": "Link",
+    "country": "Country",
+    "device": "Device",
+    **{name: name.capitalize() for name in SUB_DIMENSIONS},
+}
+
+
+def scope_of(user: User) -> int | None:
+    """The affiliate id an affiliate user is confined to (0, matching nothing, if it has none); None for staff."""
+    if user.role == "affiliate":
+        return user.affiliate_id if user.affiliate_id is not None else 0
+    return None
+
+
+def optional_int(value: str | None, name: str) -> int | None:
+    """An id from a query string, where a blank (an HTML form's empty choice) means "any"."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ReportError(f"{name} must be a whole number, got {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportParams:
+    """The query string of a report request, as given (blank values allowed, for HTML forms)."""
+
+    group_by: str | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+    tz: str | None = None
+    offer_id: str | None = None
+    affiliate_id: str | None = None
+    link_id: str | None = None
+    country: str | None = None
+    device: str | None = None
+
+    def query(self, user: User) -> ReportQuery:
+        return build_query(
+            self.group_by or None,
+            self.date_from or None,
+            self.date_to or None,
+            self.tz or None,
+            offer_id=optional_int(self.offer_id, "offer_id"),
+            affiliate_id=optional_int(self.affiliate_id, "affiliate_id"),
+            link_id=optional_int(self.link_id, "link_id"),
+            country=self.country or None,
+            device=self.device or None,
+            scope_affiliate_id=scope_of(user),
+        )
+
+
+def report_params(
+    group_by: Annotated[
+        str | None, Query(description=f"one or more of {', '.join(DIMENSIONS)}, comma-separated")
+    ] = None,
+    date_from: Annotated[str | None, Query(alias="from", description="first local day, YYYY-MM-DD")] = None,
+    date_to: Annotated[str | None, Query(alias="to", description="last local day, YYYY-MM-DD (inclusive)")] = None,
+    tz: Annotated[str | None, Query(description="IANA time zone of the days and hours, default UTC")] = None,
+    offer_id: str | None = None,
+    affiliate_id: str | None = None,
+    link_id: str | None = None,
+    country: str | None = None,
+    device: str | None = None,
+) -> ReportParams:
+    return ReportParams(group_by, date_from, date_to, tz, offer_id, affiliate_id, link_id, country, device)
+
+
+ReportParamsDep = Annotated[ReportParams, Depends(report_params)]
+
+
+def query_or_400(params: ReportParams, user: User) -> ReportQuery:
+    try:
+        return params.query(user)
+    except ReportError as error:
+        raise HTTPException(400, str(error)) from None
+
+
+@router.get("/api/v1/reports", tags=["reports"])
+async def report_api(
+    session: SessionDep,
+    user: CurrentUser,
+    params: ReportParamsDep,
+    limit: Annotated[int, Query(ge=1, le=JSON_MAX_ROW_LIMIT)] = JSON_ROW_LIMIT,
+) -> dict[str, Any]:
+    """Clicks, unique clicks, bots, conversions, conversion rate (%), revenue, payout, profit and EPC per group.
+
+    Money and rates are exact decimal strings. Affiliates get only their own rows. `truncated` says rows were cut
+    at `limit` (the totals still cover everything); the CSV export has every row.
+    """
+    q = query_or_400(params, user)
+    return (await run_report(session, q, limit=limit)).as_dict()
+
+
+@router.get("/api/v1/reports/timeseries", tags=["reports"])
+async def timeseries_api(session: SessionDep, user: CurrentUser, params: ReportParamsDep) -> dict[str, Any]:
+    """Clicks, conversions and revenue per local day (per hour for ranges of up to two days), gaps filled with 0."""
+    q = query_or_400(ReportParams(**{**_params_fields(params), "group_by": "day"}), user)
+    return await time_series(session, q)
+
+
+def _params_fields(params: ReportParams) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+async def filter_choices(session: AsyncSession, user: User) -> dict[str, Any]:
+    """Offers and affiliates for the filter selects (an affiliate user picks among its own links' offers only)."""
+    scope = scope_of(user)
+    offers = select(Offer.id, Offer.name).order_by(Offer.name, Offer.id)
+    if scope is not None:
+        offers = offers.where(Offer.id.in_(select(Link.offer_id).where(Link.affiliate_id == scope)))
+    choices: dict[str, Any] = {"offers": (await session.execute(offers)).all(), "affiliates": []}
+    if scope is None:
+        found = await session.execute(select(Affiliate.id, Affiliate.name).order_by(Affiliate.name, Affiliate.id))
+        choices["affiliates"] = found.all()
+    return choices
+
+
+@router.get("/reports", include_in_schema=False)
+async def reports_page(request: Request, session: SessionDep, user: CurrentUser, params: ReportParamsDep) -> Response:
+    errors: list[str] = []
+    report = None
+    try:
+        q = params.query(user)
+    except ReportError as error:
+        errors.append(str(error))
+        q = None
+    if q is not None:
+        report = await run_report(session, q, limit=PAGE_ROW_LIMIT)
+    query_string = urlencode(q.params()) if q is not None else ""
+    context = {
+        "params": params,
+        "q": q,
+        "report": report,
+        "errors": errors,
+        "dimensions": DIMENSIONS,
+        "dimension_labels": DIMENSION_LABELS,
+        "zones": COMMON_ZONES,
+        "query_string": query_string,
+        "row_limit": PAGE_ROW_LIMIT,
+        **await filter_choices(session, user),
+    }
+    return render(request, "reports.html", context, status_code=400 if errors else 200)

@@ -22,6 +22,10 @@ ROUTERS: list[tuple[str, str]] = [
     ("adclick.manager.access", "router"),
     ("adclick.manager.pages", "router"),
     ("adclick.manager.api", "router"),
+    ("adclick.manager.reports", "router"),
+    ("adclick.manager.exports", "router"),
+    ("adclick.manager.conversions", "router"),
+    ("adclick.manager.jobs", "router"),
 ]
 
 NAV: list[NavItem] = [

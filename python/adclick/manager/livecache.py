@@ -226,7 +226,7 @@ async def rebuild(
                 log.error("link %s (%s) not published: %s", link.id, link.slug, error)
                 continue
             configs.append(config)
-        versions = dict((await session.execute(select(Advertiser.id, Advertiser.token_version))).tuples().all())
+        versions = {row[0]: row[1] for row in await session.execute(select(Advertiser.id, Advertiser.token_version))}
     result.links = len(configs)
     result.written = await anyio.to_thread.run_sync(_converge_links, client, configs, force)
     strays = await anyio.to_thread.run_sync(_find_strays, client, {c["slug"] for c in configs})

@@ -366,7 +366,7 @@ async def links_page(
     if user.role == "affiliate":
         affiliate_id = user.affiliate_id
     rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, (q or "")[:200]), page)
-    offer_names = dict((await session.execute(select(Offer.id, Offer.name))).tuples().all())
+    offer_names = {row[0]: row[1] for row in await session.execute(select(Offer.id, Offer.name))}
     context = {
         "links": rows,
         "total": total,

@@ -106,6 +106,7 @@ class TrackerResult:
     client_bound: bool | None = None
     cpu_ceiling_rps: float | None = None
     locust_processes: int = 1
+    cpu_limit: str = ""
     busy_before: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -143,6 +144,46 @@ class Sampler(threading.Thread):
         (t0, c0, m0), (t1, c1, m1) = inside[0], inside[-1]
         q = histogram_quantile(m0, m1, 0.99)
         return 100 * (c1 - c0) / (t1 - t0), None if q is None else q * 1e3
+
+
+def pod_cpu_limit(objects: list[dict[str, Any]], role: str) -> float | None:
+    """The CPU limit (in cores) of the role's Deployment in the overlay, if it sets one."""
+    for obj in objects:
+        if obj.get("kind") == "Deployment" and role in _name(obj):
+            for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                limit = str(container.get("resources", {}).get("limits", {}).get("cpu", ""))
+                if limit:
+                    return float(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)
+    return None
+
+
+def limit_cpu(pid: int, cores: float) -> str | None:
+    """Hold a process to `cores` of CPU time with a CFS quota, as a pod's limit does; None where cgroups are shut."""
+    period = 100_000
+    quota = max(1000, int(cores * period))
+    for root, files in (
+        (Path("/sys/fs/cgroup/cpu"), {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}),
+        (Path("/sys/fs/cgroup"), {"cpu.max": f"{quota} {period}"}),
+    ):
+        group = root / f"adclick-hpa-tune-{pid}"
+        try:
+            if not (root / next(iter(files))).exists() and not (root / "cgroup.procs").exists():
+                continue
+            group.mkdir(exist_ok=True)
+            for name, value in files.items():
+                (group / name).write_text(value)
+            (group / "cgroup.procs").write_text(str(pid))
+            return str(group)
+        except OSError:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    return None
+
+
+def release_cpu(group: str | None) -> None:
+    if group:
+        with contextlib.suppress(OSError):
+            Path(group).rmdir()
 
 
 def default_locust_processes(client_cpu: str | None) -> int:
@@ -253,6 +294,8 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str], out: Path, logs:
     cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
     cmd += ["--workers", "1"]
     proc = PROCS.start("tracker", pinned(args.tracker_cpu, cmd), logs / "tracker.log", env=env)
+    group = limit_cpu(proc.pid, args.tracker_cpu_limit) if args.tracker_cpu_limit < 1 else None
+    res.cpu_limit = f"{args.tracker_cpu_limit:g} core" + (" (CFS quota)" if group else "")
     try:
         wait_http(port, "/health", proc)
         status, headers, _ = http_get(port, "/c/bench-1?sub1=hpa-tune")
@@ -275,6 +318,7 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str], out: Path, logs:
             raise RuntimeError(f"the tracker exited with {proc.returncode} during the load")
     finally:
         PROCS.stop(proc, grace=15.0)
+        release_cpu(group)
     res.steps = read_steps(steps_csv)
     for s in res.steps:
         s.tracker_cpu_pct, s.engine_p99_ms = sampler.window(*s.window)
@@ -317,6 +361,7 @@ class WorkerResult:
     steps: list[WorkerStep] = field(default_factory=list)
     capacity: float | None = None
     queue_length: int | None = None
+    cpu_limit: str = ""
     busy_before: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -412,6 +457,11 @@ def tune_worker(
     }
     cmd = [str(VENV_BIN / "adclick"), "worker", "--concurrency", str(args.worker_concurrency)]
     proc = PROCS.start("worker", pinned(args.tracker_cpu, cmd), logs / "worker.log", env=wenv)
+    # The pod's CPU limit may be below the one core it is pinned to: hold it there as the kubelet would.
+    group = limit_cpu(proc.pid, args.worker_cpu_limit) if args.worker_cpu_limit < 1 else None
+    res.cpu_limit = f"{args.worker_cpu_limit:g} core" + (
+        " (CFS quota)" if group else " (not enforced: no writable cgroup)" if args.worker_cpu_limit < 1 else ""
+    )
     client = sqs_client(sqs_endpoint)
     messages = ClickMessages(per_message)
     try:
@@ -448,6 +498,7 @@ def tune_worker(
                 break
     finally:
         PROCS.stop(proc, grace=20.0)
+        release_cpu(group)
         if close_db is not None:
             close_db()
         shutil.rmtree(work, ignore_errors=True)
@@ -575,12 +626,14 @@ def locate_worker_trigger(objects: list[dict[str, Any]]) -> Target:
         raise RuntimeError(f"ScaledObject {_name(obj)} has no aws-sqs-queue trigger")
     # The measured messages are click messages: prefer the trigger on the clicks queue when there are several.
     i, trigger = next(((i, t) for i, t in triggers if "click" in json.dumps(t.get("metadata", {}))), triggers[0])
+    # Guard on the trigger's name when it has one: two queue triggers share the type.
+    guard = ("name", trigger["name"]) if trigger.get("name") else ("type", "aws-sqs-queue")
     return Target(
         "ScaledObject",
         _name(obj),
         i,
-        f"/spec/triggers/{i}/type",
-        "aws-sqs-queue",
+        f"/spec/triggers/{i}/{guard[0]}",
+        guard[1],
         f"/spec/triggers/{i}/metadata/queueLength",
         trigger.get("metadata", {}).get("queueLength"),
     )
@@ -672,7 +725,7 @@ def write_overlay(
         t = locate_worker_trigger(objects)
         why = [
             f"Written by `make hpa-tune` ({when}); the run: {shown}",
-            f"One worker process on one core kept up with {worker.capacity:.1f} click messages/s",
+            f"One worker process ({worker.cpu_limit}) kept up with {worker.capacity:.1f} click messages/s",
             f"({worker.events_per_message} clicks each, {worker.database}) with the oldest message under "
             f"{args.max_age_seconds:g} s;",
             f"queueLength = {args.fraction:.0%} of {worker.capacity:.1f}/s x {args.max_age_seconds:g} s = "
@@ -717,7 +770,8 @@ def write_report(
         lines += [
             "## Tracker: one process, one core",
             "",
-            f"`adclick tracker --processes 1 --workers 1` pinned to core {args.tracker_cpu}; Locust "
+            f"`adclick tracker --processes 1 --workers 1` pinned to core {args.tracker_cpu}, CPU limit "
+            f"{tracker.cpu_limit}; Locust "
             f"(bench/locustfile.py, `TrackerUser`, {args.user_rps:g} req/s per user) with {tracker.locust_processes} "
             f"process(es) on core(s) {args.client_cpu}, as are Redis and the SQS endpoint. Each row covers a step's "
             f"last {args.step_seconds - args.settle_seconds:g} s; latencies are Locust's, measured at the client. "
@@ -764,9 +818,10 @@ def write_report(
         lines.append("")
     if worker is not None:
         lines += [
-            "## Worker: one process, one core",
+            "## Worker: one process, one pod's CPU",
             "",
-            f"`adclick worker --concurrency {args.worker_concurrency}` pinned to core {args.tracker_cpu}, on "
+            f"`adclick worker --concurrency {args.worker_concurrency}` pinned to core {args.tracker_cpu}, CPU limit "
+            f"{worker.cpu_limit}, on "
             f"{worker.database}; click messages of {worker.events_per_message} events (what one tracker process "
             f"packs per {FLUSH_SECONDS * 1000:.0f} ms flush at the tracker's target rate). Drain of "
             f"{worker.drain_messages} queued messages: {fmt(worker.drain_rate, ' messages/s', 1)}. Then each step "
@@ -874,6 +929,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--locust-processes", type=int, help="Locust worker processes (default: one per client core)")
     p.add_argument("--tracker-cpu", default="1", help="the pod's core: tracker and worker run here (default 1)")
     p.add_argument("--client-cpu", default="0", help="cores for Locust, Redis, SQS, PostgreSQL (default 0)")
+    p.add_argument("--tracker-cpu-limit", type=float, help="tracker pod's CPU limit (default: from the overlay)")
+    p.add_argument("--worker-cpu-limit", type=float, help="worker pod's CPU limit (default: from the overlay)")
     p.add_argument("--max-age-seconds", type=float, default=60.0, help="bound on the oldest message's age (60)")
     p.add_argument(
         "--events-per-message",
@@ -912,6 +969,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCH / "results" / f"hpa-{stamp}"
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    objects: list[dict[str, Any]] = []
+    with contextlib.suppress(RuntimeError, OSError, yaml.YAMLError):
+        objects = render(args.overlay)
+    for role in ("tracker", "worker"):
+        if getattr(args, f"{role}_cpu_limit") is None:
+            setattr(args, f"{role}_cpu_limit", min(1.0, pod_cpu_limit(objects, role) or 1.0))
     tracker = worker = None
     try:
         print("starting Redis and the SQS endpoint (moto) ...")

@@ -47,6 +47,7 @@ spec:
       metricType: Utilization
       metadata: {value: "80"}
     - type: aws-sqs-queue
+      name: clicks-backlog
       metadata:
         queueURL: https://sqs.us-east-1.amazonaws.com/1/adclick-clicks
         queueLength: "5"
@@ -127,7 +128,7 @@ def test_short_run_writes_patches_report_and_chart(overlay: Path, tmp_path: Path
     assert rps_target > 0
     keda_ops = yaml.safe_load((overlay / "capacity-worker-patch.yaml").read_text())
     # The queue trigger is the second trigger here: the tuner must not patch the CPU one.
-    assert keda_ops[0] == {"op": "test", "path": "/spec/triggers/1/type", "value": "aws-sqs-queue"}
+    assert keda_ops[0] == {"op": "test", "path": "/spec/triggers/1/name", "value": "clicks-backlog"}
     assert keda_ops[1]["path"] == "/spec/triggers/1/metadata/queueLength"
     queue_length = int(keda_ops[1]["value"])
     assert queue_length > 0

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune
+.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,3 +57,13 @@ bench: install ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx (BENCH_AR
 
 hpa-tune: install ## Measure one pod's capacity, write HPA and KEDA targets into k8s/overlays/prod (HPA_ARGS=...)
 	$(BIN)/python bench/hpa_tune.py $(HPA_ARGS)
+
+chaos: install ## Break the whole system under load (15 s outages, restarts, double delivery); zero lost or doubled
+	ADCLICK_CHAOS=full $(BIN)/pytest tests/faults -s
+
+FUZZ_SECONDS ?= 300
+fuzz: ## Fuzz ClickIDs, link configs and URL templates, FUZZ_SECONDS each (stable toolchain, see fuzz/README.md)
+	fuzz/run.sh --seconds $(FUZZ_SECONDS)
+
+soak: install ## The tracker at half its peak for 10 minutes: RSS, p99 per window, every click in SQS (SOAK_ARGS=...)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)

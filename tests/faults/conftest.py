@@ -1,0 +1,56 @@
+"""The whole system for the fault tests, started once per module, and a table of what each scenario counted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from support.database import PostgresServer, unique_name
+from support.procs import ProcessGuard
+from support.servers import RedisServer, SqsServer
+from system import System, Tally, table
+
+TALLIES: list[Tally] = []
+
+
+def full() -> bool:
+    """`make chaos` sets ADCLICK_CHAOS=full: 15-second outages and longer load; `make test` runs the short form."""
+    return os.environ.get("ADCLICK_CHAOS", "short") == "full"
+
+
+@pytest.fixture(scope="module")
+def system(
+    tmp_path_factory: pytest.TempPathFactory,
+    _sqs_server_session: SqsServer,
+    _postgres_server_session: PostgresServer,
+    _postgres_template: str,
+) -> Iterator[System]:
+    postgres = _postgres_server_session
+    if postgres.external:
+        pytest.skip("the fault tests stop PostgreSQL, which they cannot do to ADCLICK_TEST_DATABASE_URL")
+    name = unique_name("adclick_chaos")
+    url = postgres.create_database(name, template=_postgres_template)
+    tmp = tmp_path_factory.mktemp("chaos")
+    with ProcessGuard(tmp) as guard:
+        (tmp / "redis").mkdir()
+        redis = RedisServer(guard, tmp / "redis")
+        redis.start()
+        running = System(guard, redis, _sqs_server_session, postgres, url)
+        try:
+            running.start()
+            yield running
+        finally:
+            _sqs_server_session.resume()
+            if postgres.proc is None:
+                postgres.start()
+            for role in (running.tracker, running.worker, running.postback, running.manager):
+                if role.proc is not None:
+                    role.proc.stop()
+            postgres.drop_database(name)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TALLIES:
+        terminalreporter.section("chaos: what each scenario counted")
+        terminalreporter.write_line(table(TALLIES))

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Affiliate, ApiToken, User
 from adclick.manager.campaigns import Conflict, Invalid, NotFound, _commit
+from adclick.manager.deps import Principal
 from adclick.manager.schemas import UserIn, UserPatch
 from adclick.manager.security import (
     check_new_password,
@@ -65,7 +66,7 @@ async def _other_active_admins(session: AsyncSession, user_id: int) -> int:
     return int(await session.scalar(query) or 0)
 
 
-async def update_user(session: AsyncSession, user_id: int, data: UserPatch, *, acting: User) -> User:
+async def update_user(session: AsyncSession, user_id: int, data: UserPatch, *, acting: Principal) -> User:
     user = await get_user(session, user_id)
     changes = data.model_dump(exclude_unset=True)
     role = changes.get("role") or user.role
@@ -93,7 +94,7 @@ async def update_user(session: AsyncSession, user_id: int, data: UserPatch, *, a
     return user
 
 
-async def delete_user(session: AsyncSession, user_id: int, *, acting: User) -> None:
+async def delete_user(session: AsyncSession, user_id: int, *, acting: Principal) -> None:
     user = await get_user(session, user_id)
     if user.id == acting.id:
         raise Conflict("you cannot delete yourself")
@@ -103,12 +104,12 @@ async def delete_user(session: AsyncSession, user_id: int, *, acting: User) -> N
     await _commit(session, "the user is still referenced")
 
 
-async def list_tokens(session: AsyncSession, user: User) -> list[ApiToken]:
+async def list_tokens(session: AsyncSession, user: Principal) -> list[ApiToken]:
     query = select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
     return list((await session.scalars(query)).all())
 
 
-async def create_token(session: AsyncSession, user: User, name: str) -> tuple[ApiToken, str]:
+async def create_token(session: AsyncSession, user: Principal, name: str) -> tuple[ApiToken, str]:
     """A new token for `user`: the row, and the token itself (shown once, never stored)."""
     token = new_api_token()
     row = ApiToken(user_id=user.id, name=name, token_hash=hash_api_token(token))
@@ -117,7 +118,7 @@ async def create_token(session: AsyncSession, user: User, name: str) -> tuple[Ap
     return row, token
 
 
-async def delete_token(session: AsyncSession, user: User, token_id: int) -> None:
+async def delete_token(session: AsyncSession, user: Principal, token_id: int) -> None:
     row = await session.get(ApiToken, token_id)
     if row is None or row.user_id != user.id:
         raise NotFound(f"token {token_id} not found")

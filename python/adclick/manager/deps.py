@@ -11,6 +11,7 @@ has `user.affiliate_id` set and must be shown only rows with that affiliate id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -24,6 +25,22 @@ from adclick.manager.security import hash_api_token, password_stamp, same_token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_PREFIX = "/api/"
 TOKEN_TOUCH_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The signed-in user, copied out of the ORM row so that a rolled-back session cannot expire it mid-request."""
+
+    id: int
+    email: str
+    role: str
+    affiliate_id: int | None
+    is_active: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user.id, user.email, user.role, user.affiliate_id, user.is_active, user.created_at)
 
 
 class LoginRequired(Exception):
@@ -63,7 +80,7 @@ async def csrf_protect(request: Request) -> None:
         raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
 
 
-async def optional_user(request: Request, session: SessionDep) -> User | None:
+async def optional_user(request: Request, session: SessionDep) -> Principal | None:
     """The signed-in user, by API token on /api or by session cookie; None if nobody (a bad token is a 401)."""
     token = bearer_token(request) if is_api(request) else None
     if token is not None:
@@ -77,12 +94,13 @@ async def optional_user(request: Request, session: SessionDep) -> User | None:
         if found is None or not found[1].is_active:
             raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
         api_token, user = found
-        request.state.user = user
+        principal = Principal.of(user)
+        request.state.user = principal
         now = datetime.now(UTC)
         if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(seconds=TOKEN_TOUCH_SECONDS):
             api_token.last_used_at = now
             await session.commit()
-        return user
+        return principal
     user_id = request.session.get("uid")
     if not isinstance(user_id, int):
         return None
@@ -90,11 +108,12 @@ async def optional_user(request: Request, session: SessionDep) -> User | None:
     if user is None or not user.is_active or request.session.get("pw") != password_stamp(user.password_hash):
         request.session.pop("uid", None)
         return None
-    request.state.user = user
-    return user
+    principal = Principal.of(user)
+    request.state.user = principal
+    return principal
 
 
-async def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
+async def current_user(user: Annotated[Principal | None, Depends(optional_user)]) -> Principal:
     if user is None:
         raise LoginRequired()
     return user
@@ -103,7 +122,7 @@ async def current_user(user: Annotated[User | None, Depends(optional_user)]) -> 
 def require_roles(*roles: str):  # type: ignore[no-untyped-def]
     """A dependency that lets through signed-in users of these roles and answers 403 to the others."""
 
-    async def check(user: Annotated[User, Depends(current_user)]) -> User:
+    async def check(user: Annotated[Principal, Depends(current_user)]) -> Principal:
         if user.role not in roles:
             raise HTTPException(403, "your role may not do this")
         return user
@@ -111,8 +130,8 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
     return check
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
-StaffUser = Annotated[User, Depends(require_roles("admin", "manager"))]
-AdminUser = Annotated[User, Depends(require_roles("admin"))]
+CurrentUser = Annotated[Principal, Depends(current_user)]
+StaffUser = Annotated[Principal, Depends(require_roles("admin", "manager"))]
+AdminUser = Annotated[Principal, Depends(require_roles("admin"))]
 
-__all__ = ["AdminUser", "CurrentUser", "SessionDep", "StaffUser", "csrf_protect", "optional_user"]
+__all__ = ["AdminUser", "CurrentUser", "Principal", "SessionDep", "StaffUser", "csrf_protect", "optional_user"]

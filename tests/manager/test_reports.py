@@ -428,7 +428,7 @@ BAD: list[tuple[Callable[[], Any], str]] = [
     (lambda: build_query("day", "yesterday"), "YYYY-MM-DD"),
     (lambda: build_query("day", tz="Mars/Olympus"), "unknown time zone"),
     (lambda: build_query("day", tz="../../etc/passwd"), "unknown time zone"),
-    (lambda: build_query("day,offer,link,country"), "at most 3"),
+    (lambda: build_query("day,offer,link,country,device"), "at most 4"),
 ]
 
 

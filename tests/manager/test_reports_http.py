@@ -19,6 +19,37 @@ from support.servers import SqsServer
 pytestmark = pytest.mark.anyio
 
 D = Decimal
+L, F, A, N = 303, 403, 401, 404  # as in test_authz: to /login, forbidden, API sign-in needed, not found
+
+# Unknown path parameters are 1: no conversion or job 1 exists, and action "1" is no action (a 400, or on a
+# page a flash and a redirect back), so an allowed caller gets the route's own refusal, a refused one 401/403.
+AUTHZ_MATRIX: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    # reports and exports: every signed-in user (an affiliate sees its own rows)
+    ("GET", "/reports"): (L, 200, 200, 200),
+    ("GET", "/api/v1/reports"): (A, 200, 200, 200),
+    ("GET", "/api/v1/reports/timeseries"): (A, 200, 200, 200),
+    ("GET", "/api/v1/exports/report.csv"): (A, 200, 200, 200),
+    ("GET", "/api/v1/exports/conversions.csv"): (A, 200, 200, 200),
+    ("GET", "/api/v1/exports/payouts.csv"): (A, 200, 200, 200),
+    # conversions: everyone reads (own rows), staff edit
+    ("GET", "/conversions"): (L, 200, 200, 200),
+    ("GET", "/conversions/{conversion_id}"): (L, N, N, N),
+    ("POST", "/conversions/{conversion_id}/{action}"): (L, F, 303, 303),
+    ("GET", "/api/v1/conversions"): (A, 200, 200, 200),
+    ("GET", "/api/v1/conversions/{conversion_id}"): (A, N, N, N),
+    ("POST", "/api/v1/conversions/{conversion_id}/{action}"): (A, F, 400, 400),
+    # failed jobs and queues: staff
+    ("GET", "/jobs"): (L, F, 200, 200),
+    ("GET", "/jobs/{job_id}"): (L, F, N, N),
+    ("POST", "/jobs/{job_id}/retry"): (L, F, 303, 303),
+    ("POST", "/jobs/{job_id}/forget"): (L, F, N, N),
+    ("POST", "/jobs/forget-retried"): (L, F, 303, 303),
+    ("GET", "/api/v1/jobs"): (A, F, 200, 200),
+    ("GET", "/api/v1/jobs/{job_id}"): (A, F, N, N),
+    ("POST", "/api/v1/jobs/{job_id}/retry"): (A, F, N, N),
+    ("DELETE", "/api/v1/jobs/{job_id}"): (A, F, N, N),
+    ("GET", "/api/v1/queues"): (A, F, 200, 200),
+}
 WHEN = datetime(2026, 3, 9, 12, 30, tzinfo=UTC)
 RANGE = {"from": "2026-03-09", "to": "2026-03-09", "tz": "UTC"}
 

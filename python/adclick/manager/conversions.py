@@ -37,7 +37,7 @@ from adclick.core.db.models import (
 )
 from adclick.core.db.session import SessionDep
 from adclick.core.db.upsert import increment, release_cap, take_cap
-from adclick.manager.deps import CurrentUser, StaffUser
+from adclick.manager.deps import CurrentUser, Principal, StaffUser
 from adclick.manager.reports import (
     ReportError,
     filter_choices,
@@ -390,7 +390,7 @@ class ConversionParams:
     date_to: str | None = None
     tz: str | None = None
 
-    def build(self, user: User) -> ConversionFilter:
+    def build(self, user: Principal) -> ConversionFilter:
         return build_filter(
             status=self.status or None,
             offer_id=optional_int(self.offer_id, "offer_id"),
@@ -425,7 +425,7 @@ def conversion_params(
 ConversionParamsDep = Annotated[ConversionParams, Depends(conversion_params)]
 
 
-def filter_or_400(params: ConversionParams, user: User) -> ConversionFilter:
+def filter_or_400(params: ConversionParams, user: Principal) -> ConversionFilter:
     try:
         return params.build(user)
     except ReportError as error:

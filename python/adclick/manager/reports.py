@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any, cast
 from urllib.parse import urlencode
@@ -45,10 +46,10 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer, User
+from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer
 from adclick.core.db.session import SessionDep
 from adclick.core.db.types import Money
-from adclick.manager.deps import CurrentUser
+from adclick.manager.deps import CurrentUser, Principal
 from adclick.manager.templating import render
 
 ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")
@@ -56,7 +57,7 @@ SUB_DIMENSIONS = ("sub1", "sub2", "sub3", "sub4", "sub5")
 DIMENSIONS = ROLLUP_DIMENSIONS + SUB_DIMENSIONS
 TIME_DIMENSIONS = ("day", "hour")
 NAMED_DIMENSIONS = ("offer", "affiliate", "link")
-MAX_GROUPS = 3
+MAX_GROUPS = 4  # hour x link x country x device: the rollups row by row
 RANGE_MAX_DAYS = 400
 SUB_RANGE_MAX_DAYS = 31
 DEFAULT_DAYS = 7
@@ -318,7 +319,8 @@ def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def offset_segments(start: datetime, end: datetime, zone: ZoneInfo) -> list[tuple[datetime, int]]:
+@lru_cache(maxsize=256)
+def offset_segments(start: datetime, end: datetime, zone: ZoneInfo) -> tuple[tuple[datetime, int], ...]:
     """[(first whole UTC hour it applies to, UTC offset in minutes)] for the rollup hours in [start, end)."""
     segments: list[tuple[datetime, int]] = []
     moment = start.replace(minute=0, second=0, microsecond=0)
@@ -328,7 +330,7 @@ def offset_segments(start: datetime, end: datetime, zone: ZoneInfo) -> list[tupl
         if not segments or segments[-1][1] != minutes:
             segments.append((moment, minutes))
         moment += timedelta(hours=1)
-    return segments
+    return tuple(segments)
 
 
 def half_hour_note(q: ReportQuery) -> str | None:
@@ -411,11 +413,22 @@ def _rollup_sums() -> list[ColumnElement[Any]]:
     ]
 
 
-def _with_names(grouped: Select[Any], q: ReportQuery) -> Select[Any]:
+def _window_totals(metrics: dict[str, ColumnElement[Any]]) -> list[ColumnElement[Any]]:
+    """`total_<metric>`: the sum over every group (a window, computed before ORDER BY and LIMIT cut rows)."""
+    out: list[ColumnElement[Any]] = []
+    for name, column in metrics.items():
+        total = func.sum(column).over()
+        out.append((type_coerce(total, Money) if name in ("revenue", "payout") else total).label(f"total_{name}"))
+    return out
+
+
+def _with_names(grouped: Select[Any], q: ReportQuery, totals: bool = False) -> Select[Any]:
     """Wrap a grouped statement, adding offer and affiliate names and link slugs, and order it."""
     inner = grouped.subquery("grouped")
     columns: list[Any] = [inner.c[f"k{i}"] for i in range(len(q.group_by))]
     columns += [inner.c[name] for name in METRICS]
+    if totals:
+        columns += _window_totals({name: inner.c[name] for name in METRICS})
     joined: Any = inner
     for i, dimension in enumerate(q.group_by):
         target = {"offer": (Offer, Offer.name), "affiliate": (Affiliate, Affiliate.name), "link": (Link, Link.slug)}
@@ -432,10 +445,10 @@ def _with_names(grouped: Select[Any], q: ReportQuery) -> Select[Any]:
     return statement.order_by(inner.c.clicks.desc(), *keys)
 
 
-def rollup_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
     keys = [_rollup_key(dimension, q, dialect).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
     grouped = select(*keys, *_rollup_sums()).where(*_rollup_filters(q)).group_by(*_group_positions(len(keys)))
-    return _with_names(grouped, q)
+    return _with_names(grouped, q, totals)
 
 
 def _click_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
@@ -454,7 +467,7 @@ def _click_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-def sub_statement(q: ReportQuery, dialect: str) -> Select[Any]:
+def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
     """Clicks of the range by sub value, full-outer-joined with the range's counted conversions by their click's
     sub value ('' when the value or the click is missing)."""
     c, v = _CLICKS.c, _CONVERSIONS.c
@@ -499,32 +512,25 @@ def sub_statement(q: ReportQuery, dialect: str) -> Select[Any]:
         .subquery("v")
     )
     merged_key = func.coalesce(clicks.c.k, conversions.c.k)
-    statement = select(
-        merged_key.label("k0"),
-        func.coalesce(clicks.c.clicks, 0).label("clicks"),
-        func.coalesce(clicks.c.unique_clicks, 0).label("unique_clicks"),
-        func.coalesce(clicks.c.bot_clicks, 0).label("bot_clicks"),
-        func.coalesce(conversions.c.conversions, 0).label("conversions"),
-        conversions.c.revenue,
-        conversions.c.payout,
-    ).select_from(clicks.join(conversions, clicks.c.k == conversions.c.k, full=True))
+    metrics: dict[str, ColumnElement[Any]] = {
+        "clicks": func.coalesce(clicks.c.clicks, 0),
+        "unique_clicks": func.coalesce(clicks.c.unique_clicks, 0),
+        "bot_clicks": func.coalesce(clicks.c.bot_clicks, 0),
+        "conversions": func.coalesce(conversions.c.conversions, 0),
+        "revenue": conversions.c.revenue,
+        "payout": conversions.c.payout,
+    }
+    columns: list[ColumnElement[Any]] = [merged_key.label("k0"), *(c.label(name) for name, c in metrics.items())]
+    if totals:
+        columns += _window_totals(metrics)
+    statement = select(*columns).select_from(clicks.join(conversions, clicks.c.k == conversions.c.k, full=True))
     return statement.order_by(literal_column("clicks").desc(), literal_column("conversions").desc(), merged_key)
 
 
-def report_statement(q: ReportQuery, dialect: str) -> Select[Any]:
-    """The SELECT behind a report: columns k0.. (keys), the metrics, name0.. (names where a grouping has one)."""
-    return sub_statement(q, dialect) if q.is_sub else rollup_statement(q, dialect)
-
-
-def totals_statement(q: ReportQuery, dialect: str) -> Select[Any]:
-    if q.is_sub:
-        inner = sub_statement(q, dialect).order_by(None).subquery("rows")
-        return select(
-            *[func.sum(inner.c[name]).label(name) for name in METRICS[:4]],
-            type_coerce(func.sum(inner.c.revenue), Money).label("revenue"),
-            type_coerce(func.sum(inner.c.payout), Money).label("payout"),
-        )
-    return select(*_rollup_sums()).where(*_rollup_filters(q))
+def report_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
+    """The SELECT behind a report: columns k0.. (keys), the metrics, name0.. (names where a grouping has one),
+    and with `totals` the sums over every row as total_<metric> (the same on each row)."""
+    return sub_statement(q, dialect, totals) if q.is_sub else rollup_statement(q, dialect, totals)
 
 
 # -- rows --
@@ -566,18 +572,17 @@ def make_row(mapping: Any, q: ReportQuery) -> ReportRow:
 async def run_report(session: AsyncSession, q: ReportQuery, *, limit: int | None = None) -> Report:
     """Run a report; with `limit`, at most that many rows (and `truncated`), the totals still over everything."""
     dialect = _dialect(session)
-    statement = report_statement(q, dialect)
+    statement = report_statement(q, dialect, totals=limit is not None)
     if limit is not None:
         statement = statement.limit(limit + 1)
-    result = await session.execute(statement)
-    rows = [make_row(mapping, q) for mapping in result.mappings()]
-    truncated = limit is not None and len(rows) > limit
-    if truncated:
-        rows = rows[:limit]
-        found = (await session.execute(totals_statement(q, dialect))).mappings().one()
-        totals = Totals.from_mapping(found)
+    mappings = (await session.execute(statement)).mappings().all()
+    rows = [make_row(mapping, q) for mapping in mappings[:limit]]
+    truncated = limit is not None and len(mappings) > limit
+    totals = Totals()
+    if limit is not None and mappings:
+        first = mappings[0]
+        totals = Totals.from_mapping({name: first[f"total_{name}"] for name in METRICS})
     else:
-        totals = Totals()
         for row in rows:
             totals.add(row.totals)
     notes = [note for note in (half_hour_note(q),) if note]
@@ -696,7 +701,7 @@ DIMENSION_LABELS = {
 }
 
 
-def scope_of(user: User) -> int | None:
+def scope_of(user: Principal) -> int | None:
     """The affiliate id an affiliate user is confined to (0, matching nothing, if it has none); None for staff."""
     if user.role == "affiliate":
         return user.affiliate_id if user.affiliate_id is not None else 0
@@ -727,7 +732,7 @@ class ReportParams:
     country: str | None = None
     device: str | None = None
 
-    def query(self, user: User) -> ReportQuery:
+    def query(self, user: Principal) -> ReportQuery:
         return build_query(
             self.group_by or None,
             self.date_from or None,
@@ -761,7 +766,7 @@ def report_params(
 ReportParamsDep = Annotated[ReportParams, Depends(report_params)]
 
 
-def query_or_400(params: ReportParams, user: User) -> ReportQuery:
+def query_or_400(params: ReportParams, user: Principal) -> ReportQuery:
     try:
         return params.query(user)
     except ReportError as error:
@@ -795,7 +800,7 @@ def _params_fields(params: ReportParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in params.__dataclass_fields__}
 
 
-async def filter_choices(session: AsyncSession, user: User) -> dict[str, Any]:
+async def filter_choices(session: AsyncSession, user: Principal) -> dict[str, Any]:
     """Offers and affiliates for the filter selects (an affiliate user picks among its own links' offers only)."""
     scope = scope_of(user)
     offers = select(Offer.id, Offer.name).order_by(Offer.name, Offer.id)

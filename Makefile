@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak
+.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak bench-manager
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ fmt: ## Format Python and Rust sources
 BENCH_MODE ?= wrk
 bench: install ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx (BENCH_ARGS="--duration 5"; BENCH_MODE=locust)
 	$(BIN)/python bench/compare.py $(if $(filter locust,$(BENCH_MODE)),--locust) $(BENCH_ARGS)
+
+bench-manager: install ## Manager on 10M clicks: report p95 per grouping, 1M-row CSV peak RSS (MANAGER_BENCH_ARGS=...)
+	$(BIN)/python bench/manager_bench.py $(MANAGER_BENCH_ARGS)
 
 hpa-tune: install ## Measure one pod's capacity, write HPA and KEDA targets into k8s/overlays/prod (HPA_ARGS=...)
 	$(BIN)/python bench/hpa_tune.py $(HPA_ARGS)

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchkit import (
+
+ROOT_TESTS = Path(__file__).resolve().parent.parent / "tests"
+# The worker phase reuses the test suite's throwaway PostgreSQL and its seed and click-event helpers.
+sys.path.insert(0, str(ROOT_TESTS))
+
+from benchkit import (  # noqa: E402
     AWS_ENV,
     BENCH,
     PROCS,
@@ -367,20 +372,35 @@ class WorkerResult:
 
 
 class ClickMessages:
-    """Fresh `c1:` bodies of `per_message` click events each, with ClickIDs the worker verifies."""
+    """Fresh `c1:` bodies of `per_message` click events each, over the seeded links, with genuine ClickIDs."""
 
-    def __init__(self, per_message: int) -> None:
+    def __init__(self, per_message: int, links: list[tuple[int, int, int]]) -> None:
         from adclick.worker.messages import pack_clicks
-        from worker_bench import click_event
+        from worker.workerkit import T0, UA_A, UA_B, click_event
 
-        self.per_message, self.next, self._event, self._pack = per_message, 0, click_event, pack_clicks
+        self.per_message, self.links, self.next = per_message, links, 0
+        self._event, self._pack, self._t0, self._uas = click_event, pack_clicks, T0, (UA_A, UA_B)
+
+    def event(self, n: int) -> dict[str, Any]:
+        link_id, offer_id, affiliate_id = self.links[n % len(self.links)]
+        # Spread over visitors, countries and hours, so unique-click keys and rollup rows vary as in production.
+        return self._event(
+            link_id,
+            self._t0 + n * 7,
+            offer_id=offer_id,
+            affiliate_id=affiliate_id,
+            ip=f"10.{n % 251}.{(n // 251) % 251}.{n % 7}",
+            ua=self._uas[n % 2],
+            country=("US", "BR", "DE", "IN", "GB", None)[n % 6],
+            device=("smartphone", "desktop", "tablet")[n % 3],
+            bot=n % 50 == 0,
+        )
 
     def take(self, count: int) -> list[str]:
         bodies = []
         for _ in range(count):
-            events = [self._event(n) for n in range(self.next, self.next + self.per_message)]
+            bodies.append(self._pack([self.event(n) for n in range(self.next, self.next + self.per_message)]))
             self.next += self.per_message
-            bodies.append(self._pack(events))
         return bodies
 
 
@@ -411,10 +431,9 @@ def worker_metric(metrics: dict[str, dict[str, float]], name: str, label: str = 
     return sum(v for k, v in metrics.get(name, {}).items() if label in k)
 
 
-def make_database(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
-    """(URL, closer) of a fresh database migrated to head with bench/worker_bench.py's offers and links."""
+def make_database(args: argparse.Namespace, work: Path) -> tuple[str, Any, list[tuple[int, int, int]]]:
+    """(URL, closer, links as (id, offer, affiliate)) of a fresh database, migrated, with an offer and its links."""
     from adclick.core.db.migrate import upgrade
-    from worker_bench import seed_offers
 
     closer: Any = None
     if args.database == "postgres":
@@ -434,8 +453,19 @@ def make_database(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
     else:
         url = f"sqlite+aiosqlite:///{work / 'hpa-tune.db'}"
     upgrade(url)
-    asyncio.run(seed_offers(url))
-    return url, closer
+    return url, closer, asyncio.run(seed_links(url))
+
+
+async def seed_links(url: str) -> list[tuple[int, int, int]]:
+    from adclick.core.db.session import create_engine, session_factory
+    from worker.workerkit import seed
+
+    engine = create_engine(url)
+    try:
+        setups = await seed(session_factory(engine), affiliates=20)
+    finally:
+        await engine.dispose()
+    return [(s.link_id, s.offer_id, s.affiliate_id) for s in setups]
 
 
 def tune_worker(
@@ -443,7 +473,7 @@ def tune_worker(
 ) -> WorkerResult:
     res = WorkerResult(database=args.database, events_per_message=per_message, busy_before=busy())
     work = Path(tempfile.mkdtemp(prefix="adclick-hpa-tune-"))
-    url, close_db = make_database(args, work)
+    url, close_db, links = make_database(args, work)
     health = free_port()
     wenv = {
         **env,
@@ -463,7 +493,7 @@ def tune_worker(
         " (CFS quota)" if group else " (not enforced: no writable cgroup)" if args.worker_cpu_limit < 1 else ""
     )
     client = sqs_client(sqs_endpoint)
-    messages = ClickMessages(per_message)
+    messages = ClickMessages(per_message, links)
     try:
         wait_http(health, "/health", proc, timeout=60)
         queue_url = client.get_queue_url(QueueName=WORKER_CLICKS_QUEUE)["QueueUrl"]

@@ -104,11 +104,11 @@ async def optional_user(request: Request, session: SessionDep) -> Principal | No
     user_id = request.session.get("uid")
     if not isinstance(user_id, int):
         return None
-    user = await session.get(User, user_id)
-    if user is None or not user.is_active or request.session.get("pw") != password_stamp(user.password_hash):
+    row = await session.get(User, user_id)
+    if row is None or not row.is_active or request.session.get("pw") != password_stamp(row.password_hash):
         request.session.pop("uid", None)
         return None
-    principal = Principal.of(user)
+    principal = Principal.of(row)
     request.state.user = principal
     return principal
 

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "ADCLICK_POSTBACK_SECRET must be set to a random value of 32+ characters in production"
                 )
+            # The previous key still verifies ClickIDs, so the public development key there would let anyone mint them.
+            if self.click_previous_secret is not None:
+                secret = self.click_previous_secret.get_secret_value()
+                if not secret or secret == DEFAULT_CLICK_SECRET or len(secret) < 32:
+                    raise ValueError(
+                        "ADCLICK_CLICK_PREVIOUS_SECRET, if set, must be a random value of 32+ characters in production"
+                    )
         if self.click_previous_secret is not None and self.click_previous_key_id == self.click_key_id:
             raise ValueError("ADCLICK_CLICK_PREVIOUS_KEY_ID must differ from ADCLICK_CLICK_KEY_ID")
         return self

@@ -175,7 +175,7 @@ class SqsServer:
             endpoint_url=self.endpoint_url,
             aws_access_key_id=DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-            config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 1}),
+            config=botocore.config.Config(connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 3}),
         )
 
     def create_queue(self, name: str, **attributes: str) -> str:

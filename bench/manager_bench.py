@@ -134,7 +134,7 @@ async def generate(url: str, *, clicks: int, raw_clicks: int, conversions: int) 
                    'pub' || ((g * 31) % 5000), 'creative' || (g % 50),
                    CASE WHEN g % 10 < 3 THEN 'ab' || (g % 3) END,
                    'kw' || ((g * 13) % 20000), 'gclid-' || g, false
-            FROM (SELECT g, 1 + (g * 7919) % {LINKS} AS l FROM generate_series(1, {raw_clicks}) g) s
+            FROM (SELECT g, 1 + (g * 7919) % {LINKS} AS l FROM generate_series(1::bigint, {raw_clicks}) g) s
             """,
             START,
             COUNTRIES,

@@ -446,9 +446,33 @@ def _with_names(grouped: Select[Any], q: ReportQuery, totals: bool = False) -> S
 
 
 def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
+    if "day" in q.group_by:
+        return _with_names(_by_local_day(q, dialect), q, totals)
     keys = [_rollup_key(dimension, q, dialect).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
     grouped = select(*keys, *_rollup_sums()).where(*_rollup_filters(q)).group_by(*_group_positions(len(keys)))
     return _with_names(grouped, q, totals)
+
+
+def _by_local_day(q: ReportQuery, dialect: str) -> Select[Any]:
+    """Group by UTC hour first, then fold the hours into local days: the time zone arithmetic runs once per hour
+    (and other grouping), not once per rollup row."""
+    keys = [
+        (_ROLLUPS.c.hour if dimension == "day" else _rollup_key(dimension, q, dialect)).label(f"k{i}")
+        for i, dimension in enumerate(q.group_by)
+    ]
+    hourly = (
+        select(*keys, *_rollup_sums())
+        .where(*_rollup_filters(q))
+        .group_by(*_group_positions(len(keys)))
+        .subquery("hourly")
+    )
+    outer_keys = [
+        (local_day(hourly.c[f"k{i}"], q, dialect) if dimension == "day" else hourly.c[f"k{i}"]).label(f"k{i}")
+        for i, dimension in enumerate(q.group_by)
+    ]
+    sums = [func.sum(hourly.c[name]).label(name) for name in METRICS[:4]]
+    sums += [type_coerce(func.sum(hourly.c[name]), Money).label(name) for name in METRICS[4:]]
+    return select(*outer_keys, *sums).group_by(*_group_positions(len(outer_keys)))
 
 
 def _click_filters(q: ReportQuery) -> list[ColumnElement[bool]]:

@@ -130,6 +130,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Invalid)
     async def invalid(request: Request, exc: Invalid) -> Response:
+        # The API's 422 has one documented shape (FastAPI's HTTPValidationError), whoever found the problem.
+        if is_api(request):
+            detail = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
         return _error(request, 422, str(exc))
 
     @app.exception_handler(HTTPException)

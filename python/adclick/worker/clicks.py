@@ -1,8 +1,9 @@
 """Clicks into the database: bulk insert-or-ignore by ClickID, the unique flag from Redis, hourly rollups.
 
 Per batch, in one transaction: insert every click (a ClickID already stored is skipped, so a redelivered
-message adds nothing), ask Redis once (one pipeline) which of the really inserted clicks are the first of their
-link + IP + User-Agent in the unique window, flag those, and add the inserted clicks to the rollups.
+message adds nothing), ask Redis once (one pipeline of SET NX EX scripts) which of the really inserted clicks
+are the first of their link + IP + User-Agent in the unique window, flag those, and add the inserted clicks to
+the rollups. (The script touches many keys, so on Redis Cluster it would need the keys in one hash slot.)
 
 The unique key's value is the ClickID that took it, and "the key holds my ClickID" counts as taking it: if the
 worker dies after Redis answered but before the commit, the retry gets the same answer, so a crash or a
@@ -13,13 +14,14 @@ Bot clicks are never unique and take no key.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from sqlalchemy import Table, update
+from sqlalchemy import Table, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick.core.db.models import Click, HourlyRollup
@@ -73,25 +75,88 @@ def click_row(event: ClickEvent) -> dict[str, Any]:
     }
 
 
+# For each key: take it (SET NX EX) for this ClickID, or find whether it already holds this ClickID. One script
+# call answers a few thousand clicks: a pipeline of two commands per click costs more in the client than in Redis.
+FIRST_IN_WINDOW = """
+local window = ARGV[1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local click_id = ARGV[i + 1]
+  if redis.call('SET', key, click_id, 'NX', 'EX', window) then
+    out[i] = 1
+  elseif redis.call('GET', key) == click_id then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+SCRIPT_CHUNK = 2000  # keys per script call, so Redis never runs one script for long
+
+
 async def first_in_window(redis: aioredis.Redis, events: Sequence[ClickEvent], window_seconds: int) -> set[str]:
-    """ClickIDs that are the first of their (link, IP, UA) in the window, in one pipeline round trip."""
+    """ClickIDs that are the first of their (link, IP, UA) in the window: one pipeline (one round trip) per batch."""
     candidates = [event for event in events if not event.bot]
     if not candidates:
         return set()
+    script = redis.register_script(FIRST_IN_WINDOW)
     async with redis.pipeline(transaction=False) as pipe:
-        for event in candidates:
-            key = unique_key(event)
-            pipe.set(key, event.click_id, nx=True, ex=window_seconds)
-            pipe.get(key)
+        for start in range(0, len(candidates), SCRIPT_CHUNK):
+            chunk = candidates[start : start + SCRIPT_CHUNK]
+            await script(
+                keys=[unique_key(event) for event in chunk],
+                args=[window_seconds, *(event.click_id for event in chunk)],
+                client=pipe,
+            )
         replies = await pipe.execute()
-    unique: set[str] = set()
-    for index, event in enumerate(candidates):
-        holder = replies[2 * index + 1]
-        if isinstance(holder, bytes):
-            holder = holder.decode()
-        if holder == event.click_id:
-            unique.add(event.click_id)
-    return unique
+    flags = [flag for reply in replies for flag in reply]
+    return {event.click_id for event, flag in zip(candidates, flags, strict=True) if flag == 1}
+
+
+# Column name -> PostgreSQL array type, in table order: the whole batch goes in as one array per column.
+_PG_COLUMNS = {
+    "click_id": "varchar",
+    "ts": "timestamptz",
+    "link_id": "bigint",
+    "offer_id": "integer",
+    "affiliate_id": "integer",
+    "ip": "varchar",
+    "ua": "text",
+    "referer": "text",
+    "country": "char(2)",
+    "device": "varchar",
+    "os": "varchar",
+    "bot": "boolean",
+    "unique": "boolean",
+    "sub1": "text",
+    "sub2": "text",
+    "sub3": "text",
+    "sub4": "text",
+    "sub5": "text",
+    "params": "jsonb",
+    "dest": "smallint",
+    "fallback": "boolean",
+}
+_PG_NAMES = ", ".join('"' + name + '"' for name in _PG_COLUMNS)
+_PG_ARRAYS = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
+_PG_INSERT = text(
+    f"INSERT INTO clicks ({_PG_NAMES}) SELECT * FROM unnest({_PG_ARRAYS}) ON CONFLICT DO NOTHING RETURNING click_id"
+)
+
+
+async def insert_clicks_postgresql(session: AsyncSession, rows: list[dict[str, Any]]) -> list[str]:
+    """insert_ignore for clicks on PostgreSQL, as one INSERT ... SELECT FROM unnest(arrays) statement.
+
+    Same result as `upsert.insert_ignore` (which the other databases use), several times faster for thousands
+    of rows: one array per column instead of one bound parameter per value. Rows go in ClickID order, so two
+    workers inserting overlapping batches lock the same keys in the same order.
+    """
+    rows = sorted(rows, key=lambda row: row["click_id"])
+    arrays: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _PG_COLUMNS}
+    arrays["params"] = [None if value is None else json.dumps(value) for value in arrays["params"]]
+    result = await session.execute(_PG_INSERT, arrays)
+    return [row[0] for row in result.all()]
 
 
 def rollup_rows(events: Sequence[ClickEvent], unique: set[str]) -> list[dict[str, Any]]:
@@ -133,8 +198,12 @@ async def store_clicks(
     counts = ClickCounts(duplicates=len(events) - len(by_id))
     if not by_id:
         return counts
-    inserted_rows = await insert_ignore(session, Click, [click_row(event) for event in by_id.values()])
-    inserted = [by_id[row[0]] for row in inserted_rows]
+    rows = [click_row(event) for event in by_id.values()]
+    if session.get_bind().dialect.name == "postgresql":
+        inserted_ids = await insert_clicks_postgresql(session, rows)
+    else:
+        inserted_ids = [row[0] for row in await insert_ignore(session, Click, rows)]
+    inserted = [by_id[click_id] for click_id in inserted_ids]
     counts.inserted = len(inserted)
     counts.duplicates += len(by_id) - len(inserted)
     if not inserted:
@@ -175,9 +244,9 @@ class ClickHandler(BatchHandler[ClickBatch]):
         events: list[ClickEvent] = []
         for message, batch in items:
             events += batch.events
-            for index, (text, error) in enumerate(batch.invalid):
+            for index, (event_text, error) in enumerate(batch.invalid):
                 key = f"{message.message_id}#{index}"
-                applied.failures.append(Failure(message, f"invalid click event: {error}", key=key, body=text))
+                applied.failures.append(Failure(message, f"invalid click event: {error}", key=key, body=event_text))
         counts = await store_clicks(session, self.redis, events, self.window)
         applied.processed = {
             "click": counts.inserted,

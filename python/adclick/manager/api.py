@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
@@ -38,6 +38,12 @@ from adclick.manager.schemas import (
     UserOut,
     UserPatch,
 )
+
+# Ids in paths and filters are bounded like the columns they look up, so an out-of-range number is a 422, not a
+# database overflow (a 500).
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+LinkId = Annotated[int, Path(ge=1, le=2**40 - 1)]
+IdFilter = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
@@ -105,19 +111,19 @@ async def create_advertiser(request: Request, data: AdvertiserIn, session: Sessi
 
 
 @router.get("/advertisers/{advertiser_id}", response_model=AdvertiserOut)
-async def get_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def get_advertiser(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     return advertiser_out(request, await campaigns.get_advertiser(session, advertiser_id))
 
 
 @router.patch("/advertisers/{advertiser_id}", response_model=AdvertiserOut)
 async def update_advertiser(
-    request: Request, advertiser_id: int, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
+    request: Request, advertiser_id: RowId, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
 ) -> Any:
     return advertiser_out(request, await campaigns.update_advertiser(session, advertiser_id, data))
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
-async def rotate_token(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def rotate_token(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     """Bump the token version (revoking older tokens) and tell the postback role through Redis."""
     advertiser = await campaigns.rotate_token(session, advertiser_id)
     live = await publish_token_version(request.app.state.redis, advertiser)
@@ -125,7 +131,7 @@ async def rotate_token(request: Request, advertiser_id: int, session: SessionDep
 
 
 @router.delete("/advertisers/{advertiser_id}", status_code=204)
-async def delete_advertiser(advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_advertiser(advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_advertiser(session, advertiser_id)
     return Response(status_code=204)
 
@@ -145,17 +151,17 @@ async def create_affiliate(data: AffiliateIn, session: SessionDep, _user: StaffU
 
 
 @router.get("/affiliates/{affiliate_id}", response_model=AffiliateOut)
-async def get_affiliate(affiliate_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def get_affiliate(affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     return await campaigns.get_affiliate(session, affiliate_id)
 
 
 @router.patch("/affiliates/{affiliate_id}", response_model=AffiliateOut)
-async def update_affiliate(affiliate_id: int, data: AffiliatePatch, session: SessionDep, _user: StaffUser) -> Any:
+async def update_affiliate(affiliate_id: RowId, data: AffiliatePatch, session: SessionDep, _user: StaffUser) -> Any:
     return await campaigns.update_affiliate(session, affiliate_id, data)
 
 
 @router.delete("/affiliates/{affiliate_id}", status_code=204)
-async def delete_affiliate(affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_affiliate(affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_affiliate(session, affiliate_id)
     return Response(status_code=204)
 
@@ -164,7 +170,7 @@ async def delete_affiliate(affiliate_id: int, session: SessionDep, _user: StaffU
 
 
 @router.get("/offers")
-async def list_offers(session: SessionDep, _user: StaffUser, page: PageNo = 1, advertiser_id: int | None = None) -> Any:
+async def list_offers(session: SessionDep, _user: StaffUser, page: PageNo = 1, advertiser_id: IdFilter = None) -> Any:
     query = select(Offer).order_by(Offer.id)
     if advertiser_id is not None:
         query = query.where(Offer.advertiser_id == advertiser_id)
@@ -178,35 +184,35 @@ async def create_offer(data: OfferIn, session: SessionDep, _user: StaffUser) -> 
 
 
 @router.get("/offers/{offer_id}", response_model=OfferOut)
-async def get_offer(offer_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def get_offer(offer_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     return await campaigns.get_offer(session, offer_id)
 
 
 @router.patch("/offers/{offer_id}", response_model=OfferOut)
-async def update_offer(offer_id: int, data: OfferPatch, session: SessionDep, _user: StaffUser) -> Any:
+async def update_offer(offer_id: RowId, data: OfferPatch, session: SessionDep, _user: StaffUser) -> Any:
     return await campaigns.update_offer(session, offer_id, data)
 
 
 @router.delete("/offers/{offer_id}", status_code=204)
-async def delete_offer(offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_offer(offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_offer(session, offer_id)
     return Response(status_code=204)
 
 
 @router.get("/offers/{offer_id}/overrides", response_model=list[OverrideOut])
-async def list_overrides(offer_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def list_overrides(offer_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     return await campaigns.list_overrides(session, offer_id)
 
 
 @router.put("/offers/{offer_id}/overrides/{affiliate_id}", response_model=OverrideOut)
 async def put_override(
-    offer_id: int, affiliate_id: int, data: OverrideIn, session: SessionDep, _user: StaffUser
+    offer_id: RowId, affiliate_id: RowId, data: OverrideIn, session: SessionDep, _user: StaffUser
 ) -> Any:
     return await campaigns.put_override(session, offer_id, affiliate_id, data)
 
 
 @router.delete("/offers/{offer_id}/overrides/{affiliate_id}", status_code=204)
-async def delete_override(offer_id: int, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_override(offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_override(session, offer_id, affiliate_id)
     return Response(status_code=204)
 
@@ -220,8 +226,8 @@ async def list_links(
     session: SessionDep,
     user: CurrentUser,
     page: PageNo = 1,
-    offer_id: int | None = None,
-    affiliate_id: int | None = None,
+    offer_id: IdFilter = None,
+    affiliate_id: IdFilter = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
     if user.role == "affiliate":
@@ -237,31 +243,31 @@ async def create_link(request: Request, data: LinkIn, session: SessionDep, _user
 
 
 @router.get("/links/{link_id}", response_model=LinkOut)
-async def get_link(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Any:
+async def get_link(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Any:
     return link_out(request, await campaigns.get_link(session, link_id, user.affiliate_id))
 
 
 @router.patch("/links/{link_id}", response_model=LinkOut)
-async def update_link(request: Request, link_id: int, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
+async def update_link(request: Request, link_id: LinkId, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
     previous_slug = (await campaigns.get_link(session, link_id)).slug
     link = await campaigns.update_link(session, link_id, data)
     return link_out(request, link, await publish(request.app.state.redis, link, previous_slug))
 
 
 @router.post("/links/{link_id}/pause", response_model=LinkOut)
-async def pause_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def pause_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
     link = await campaigns.set_link_status(session, link_id, "paused")
     return link_out(request, link, await publish(request.app.state.redis, link))
 
 
 @router.post("/links/{link_id}/resume", response_model=LinkOut)
-async def resume_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Any:
+async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
     link = await campaigns.set_link_status(session, link_id, "active")
     return link_out(request, link, await publish(request.app.state.redis, link))
 
 
 @router.delete("/links/{link_id}", status_code=204)
-async def delete_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     slug = await campaigns.delete_link(session, link_id)
     await unpublish(request.app.state.redis, slug)
     return Response(status_code=204)
@@ -282,17 +288,17 @@ async def create_user(data: UserIn, session: SessionDep, _user: AdminUser) -> An
 
 
 @router.get("/users/{user_id}", response_model=UserOut)
-async def get_user(user_id: int, session: SessionDep, _user: AdminUser) -> Any:
+async def get_user(user_id: RowId, session: SessionDep, _user: AdminUser) -> Any:
     return await accounts.get_user(session, user_id)
 
 
 @router.patch("/users/{user_id}", response_model=UserOut)
-async def update_user(user_id: int, data: UserPatch, session: SessionDep, admin: AdminUser) -> Any:
+async def update_user(user_id: RowId, data: UserPatch, session: SessionDep, admin: AdminUser) -> Any:
     return await accounts.update_user(session, user_id, data, acting=admin)
 
 
 @router.delete("/users/{user_id}", status_code=204)
-async def delete_user(user_id: int, session: SessionDep, admin: AdminUser) -> Response:
+async def delete_user(user_id: RowId, session: SessionDep, admin: AdminUser) -> Response:
     await accounts.delete_user(session, user_id, acting=admin)
     return Response(status_code=204)
 
@@ -309,6 +315,6 @@ async def create_token(data: TokenIn, session: SessionDep, user: CurrentUser) ->
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-async def delete_token(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+async def delete_token(token_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     await accounts.delete_token(session, user, token_id)
     return Response(status_code=204)

@@ -81,8 +81,14 @@ class Applied:
     processed: dict[str, int] = field(default_factory=dict)  # metric "processed" by kind, counted after commit
 
 
+class RetryBatch(Exception):
+    """Raised by a handler when the batch lost a race (another worker stored the same key): run it again."""
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether the error is about reaching the database or Redis (retry later) rather than about the data."""
+    if isinstance(error, RetryBatch):
+        return True
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return True
     if isinstance(error, redis.exceptions.BusyLoadingError | redis.exceptions.TryAgainError):

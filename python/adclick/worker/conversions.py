@@ -17,6 +17,7 @@ Rules (each message is one postback, see docs/contracts.md):
   rollups; a change between counting and not counting takes or gives back the cap slots and moves the rollups.
 - `created_at` is when the postback was received (not when the worker got to it) and `updated_at` when the
   postback that last changed the row was received: that is how a redelivery is told from a new postback.
+- Links and offer terms are cached for `TERMS_TTL_SECONDS`: a changed payout applies within that delay.
 - Conversions roll up by hour x link with country and device '' (the click may not have arrived, and a later
   status change must find the same row).
 """
@@ -24,6 +25,7 @@ Rules (each message is one postback, see docs/contracts.md):
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,18 +46,22 @@ from adclick.core.db.models import (
     OfferAffiliateOverride,
 )
 from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
-from adclick.worker.batches import Applied, BatchHandler, Failure, Received
+from adclick.worker.batches import Applied, BatchHandler, Failure, Received, RetryBatch
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
 from adclick.worker.messages import ConversionEvent, decode_conversion
 
 COUNTED = frozenset({"pending", "approved"})
+# Links, offers and overrides are read once per this many seconds per link, not once per batch: a change to an
+# offer's terms reaches conversions within this delay. A link unknown to the database is never cached.
+TERMS_TTL_SECONDS = 10.0
+TERMS_CACHE_MAX = 100_000
 ROLLUP_KEY = ("hour", "link_id", "country", "device")
 ROLLUP_DELTAS = ("conversions", "revenue", "payout")
 _ZERO = Decimal(0)
 
 
-class ConcurrentConversion(Exception):
+class ConcurrentConversion(RetryBatch):
     """Another worker stored the same (offer, txid) while this batch ran: retry the batch, it will see it."""
 
 
@@ -106,7 +112,7 @@ class Terms:
 class Stored:
     """The columns of a stored conversion that a later postback for its txid needs."""
 
-    id: int
+    id: int | None  # None: inserted at the end of this batch
     offer_id: int
     txid: str
     link_id: int
@@ -145,24 +151,30 @@ class ConversionHandler(BatchHandler[ConversionEvent]):
     ) -> None:
         super().__init__(sessions, queue, metrics)
         self.codec = codec
+        self.terms_cache: dict[int, tuple[float, Terms]] = {}
 
     def decode(self, body: str) -> ConversionEvent:
         return decode_conversion(body)
 
     async def apply(self, session: AsyncSession, items: list[tuple[Received, ConversionEvent]]) -> Applied:
-        return await _Batch(session, self.codec).run(items)
+        return await _Batch(session, self.codec, self.terms_cache).run(items)
 
 
 class _Batch:
     """One transaction's worth of conversions."""
 
-    def __init__(self, session: AsyncSession, codec: _native.ClickIdCodec) -> None:
+    def __init__(
+        self, session: AsyncSession, codec: _native.ClickIdCodec, terms_cache: dict[int, tuple[float, Terms]]
+    ) -> None:
         self.session = session
         self.codec = codec
+        self.terms_cache = terms_cache
         self.applied = Applied()
         self.rejections: list[dict[str, Any]] = []
         self.rollups: list[dict[str, Any]] = []
         self.known: dict[tuple[int, str], Stored] = {}
+        self.new_rows: dict[tuple[int, str], dict[str, Any]] = {}  # inserted in one statement at the end
+        self.audits: list[tuple[tuple[int, str], dict[str, Any]]] = []
         self.counts: dict[str, int] = {}
 
     def count(self, kind: str) -> None:
@@ -178,6 +190,7 @@ class _Batch:
                 "txid": event.txid,
                 "click_id": event.click_id,
                 "conversion_id": fields.get("conversion_id"),
+                "_key": fields.get("key"),
                 "payload": {
                     "detail": detail[:500],
                     "event": event.event,
@@ -218,15 +231,49 @@ class _Batch:
         await self._load_existing(attributable)
         for item in attributable:
             await self._one(item)
+        await self._insert_new()
         await increment(self.session, HourlyRollup, ROLLUP_KEY, self.rollups, ROLLUP_DELTAS)
+        for rejection in self.rejections:
+            key = rejection.pop("_key")
+            if rejection["conversion_id"] is None and key is not None:
+                rejection["conversion_id"] = self.known[key].id
         await insert_ignore(self.session, ConversionRejection, self.rejections)
         self.applied.processed = dict(self.counts)
         return self.applied
 
+    async def _insert_new(self) -> None:
+        """The batch's new conversions in one statement, then the audit rows of their status changes."""
+        if self.new_rows:
+            table = _CONVERSIONS
+            returned = await insert_ignore(
+                self.session,
+                Conversion,
+                list(self.new_rows.values()),
+                returning=[table.c.id, table.c.offer_id, table.c.txid],
+            )
+            if len(returned) < len(self.new_rows):
+                raise ConcurrentConversion(f"{len(self.new_rows) - len(returned)} conversions stored meanwhile")
+            for conversion_id, offer_id, txid in cast(list[tuple[int, int, str]], returned):
+                self.known[(offer_id, txid)].id = conversion_id
+        if self.audits:
+            rows = [{**values, "conversion_id": self.known[key].id} for key, values in self.audits]
+            await self.session.execute(insert(ConversionAudit), rows)
+
     async def _load_terms(self, items: Sequence[Item]) -> None:
-        link_ids = sorted({item.link_id for item in items})
-        if not link_ids:
-            return
+        """Each item's link -> offer, affiliate and override; from the handler's short-lived cache when it can."""
+        now = time.monotonic()
+        cache = self.terms_cache
+        wanted = sorted({item.link_id for item in items if cache.get(item.link_id, (0.0, None))[0] <= now})
+        if wanted:
+            for link_id, terms in (await self._query_terms(wanted)).items():
+                cache[link_id] = (now + TERMS_TTL_SECONDS, terms)
+            if len(cache) > TERMS_CACHE_MAX:
+                cache.clear()
+        for item in items:
+            cached = cache.get(item.link_id)
+            item.terms = cached[1] if cached is not None else None
+
+    async def _query_terms(self, link_ids: list[int]) -> dict[int, Terms]:
         links = {
             row.id: row
             for row in (
@@ -249,13 +296,15 @@ class _Batch:
                 )
             )
             overrides = {(o.offer_id, o.affiliate_id): o for o in found.scalars()}
-        for item in items:
-            link = links.get(item.link_id)
-            if link is None or link.offer_id not in offers:
-                continue
-            item.terms = Terms(
+        # Detached copies: the cache outlives this session.
+        self.session.expunge_all()
+        return {
+            link.id: Terms(
                 link.id, offers[link.offer_id], link.affiliate_id, overrides.get((link.offer_id, link.affiliate_id))
             )
+            for link in links.values()
+            if link.offer_id in offers
+        }
 
     async def _load_existing(self, items: Sequence[Item]) -> None:
         keys = sorted({(item.terms.offer.id, item.event.txid) for item in items if item.terms is not None})
@@ -326,11 +375,9 @@ class _Batch:
             "created_at": when,
             "updated_at": when,
         }
-        inserted = await insert_ignore(self.session, Conversion, [row], returning=[_CONVERSIONS.c.id])
-        if not inserted:
-            raise ConcurrentConversion(f"offer {terms.offer.id} txid {event.txid!r} was stored by another worker")
+        self.new_rows[(terms.offer.id, event.txid)] = row
         conversion = Stored(
-            id=inserted[0][0],
+            id=None,
             offer_id=terms.offer.id,
             txid=event.txid,
             link_id=terms.link_id,
@@ -401,8 +448,14 @@ class _Batch:
             why = "same status" if new == existing.status or new is None else "older than the last change"
             if existing.status == "capped":
                 why = "the conversion was capped"
+            key = (existing.offer_id, existing.txid)
             self.reject(
-                item, "duplicate", f"txid seen before ({why})", offer_id=terms.offer.id, conversion_id=existing.id
+                item,
+                "duplicate",
+                f"txid seen before ({why})",
+                offer_id=terms.offer.id,
+                conversion_id=existing.id,
+                key=key,
             )
             return
         before = {"status": existing.status, "revenue": str(existing.revenue), "payout": str(existing.payout)}
@@ -414,16 +467,18 @@ class _Batch:
         elif counts_now and not was_counted:
             if not await self._take_caps(terms, existing.created_at):
                 new, revenue, payout = "capped", _ZERO, _ZERO
-        await self.session.execute(
-            update(Conversion)
-            .where(Conversion.id == existing.id)
-            .values(status=new, revenue=revenue, payout=payout, updated_at=when)
-        )
+        key = (existing.offer_id, existing.txid)
+        if existing.id is None:  # stored by this very batch: change the row before it is inserted
+            self.new_rows[key].update(status=new, revenue=revenue, payout=payout, updated_at=when)
+        else:
+            await self.session.execute(
+                update(Conversion)
+                .where(Conversion.id == existing.id)
+                .values(status=new, revenue=revenue, payout=payout, updated_at=when)
+            )
         existing.status, existing.revenue, existing.payout, existing.updated_at = new, revenue, payout, when
         if counts_now and not was_counted and new != "capped":
             self._roll(existing, 1)
         after = {"status": new, "revenue": str(revenue), "payout": str(payout), "txid": event.txid}
-        await self.session.execute(
-            insert(ConversionAudit).values(conversion_id=existing.id, user_id=None, at=when, before=before, after=after)
-        )
+        self.audits.append((key, {"user_id": None, "at": when, "before": before, "after": after}))
         self.count("status_change")

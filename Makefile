@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak bench-manager
+.PHONY: help install build dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak bench-manager bench-worker
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: install ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx (BENCH_AR
 
 bench-manager: install ## Manager on 10M clicks: report p95 per grouping, 1M-row CSV peak RSS (MANAGER_BENCH_ARGS=...)
 	$(BIN)/python bench/manager_bench.py $(MANAGER_BENCH_ARGS)
+
+bench-worker: install ## One worker into PostgreSQL: clicks/s and conversions/s beside a naive ORM loop (WORKER_BENCH_ARGS=...)
+	$(BIN)/python bench/worker_bench.py $(WORKER_BENCH_ARGS)
 
 hpa-tune: install ## Measure one pod's capacity, write HPA and KEDA targets into k8s/overlays/prod (HPA_ARGS=...)
 	$(BIN)/python bench/hpa_tune.py $(HPA_ARGS)

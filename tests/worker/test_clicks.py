@@ -173,3 +173,25 @@ async def wait_dead_lettered(worker: InProcessWorker, expected: int) -> None:
         return visible + in_flight >= expected
 
     await wait_for(moved, within=60, message=f"{expected} messages in the dead-letter queue")
+
+
+async def test_nul_bytes_from_a_query_string_do_not_poison_the_message(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions)
+    dirty = click_event(setup.link_id, T0, ua="Mozilla\x00/5.0")
+    dirty["sub1"] = "a\x00b"
+    dirty["params"] = {"k\x00": "v\x00"}
+    clean = click_event(setup.link_id, T0 + 1, ip="192.0.2.1")
+    await worker.send("clicks", [pack_clicks([dirty, clean])])
+    await worker.run_until_drained("clicks")
+
+    async with db_engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(Click.ua, Click.sub1, Click.params).where(Click.click_id == dirty["click_id"])
+            )
+        ).one()
+    assert tuple(row) == ("Mozilla/5.0", "ab", {"k": "v"})
+    assert await count(db_engine, Click) == 2
+    assert await failed_jobs(db_engine) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from adclick.core.db.models import Click, ConversionAudit, DailyCap
+from adclick.core.db.models import Click, ConversionAudit, DailyCap, OfferAffiliateOverride
 from adclick.worker.messages import pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -178,8 +178,6 @@ async def test_revenue_and_payout_follow_the_most_specific_rule(
         payout_amount=D("5"),
     )
     async with worker.sessions() as session, session.begin():
-        from adclick.core.db.models import OfferAffiliateOverride
-
         session.add(
             OfferAffiliateOverride(
                 offer_id=special.offer_id,
@@ -237,8 +235,6 @@ async def test_daily_caps_hold_with_consumers_racing(
         worker.sessions, affiliates=2, daily_cap=7, payout_amount=D("2"), revenue_amount=D("3"), override=None
     )
     async with worker.sessions() as session, session.begin():
-        from adclick.core.db.models import OfferAffiliateOverride
-
         session.add(
             OfferAffiliateOverride(offer_id=capped_one.offer_id, affiliate_id=capped_one.affiliate_id, daily_cap=3)
         )
@@ -313,3 +309,27 @@ async def test_unknown_link_is_recorded_and_left_on_the_queue(worker: InProcessW
     assert (job.queue, job.receive_count) == ("conversions", 1)
     assert "link 987654" in job.error
     assert await worker.queue_counts("conversions") == (0, 1)  # in flight: SQS will redeliver it
+
+
+async def test_one_poison_message_does_not_block_the_rest_of_its_batch(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, revenue_model="revshare", revenue_amount=D("10"), payout_amount=D("1"))
+    click_id = CODEC.generate(setup.link_id, T0)
+    # 10 % of 50 trillion does not fit the money columns (NUMERIC(18,6)): the insert fails, not the decoding.
+    poison = conversion_body(click_id, "HUGE", amount="50000000000000")
+    good = [conversion_body(click_id, f"OK-{i}", amount="100") for i in range(9)]
+    await worker.send("conversions", [*good[:4], poison, *good[4:]])
+    worker.start()
+
+    async def settled() -> bool:
+        return len(await conversions(db_engine)) == 9 and bool(await failed_jobs(db_engine))
+
+    await wait_for(settled, message="the nine good conversions stored and the poison one recorded")
+    await worker.stop()
+    assert sorted(c.txid for c in await conversions(db_engine)) == [f"OK-{i}" for i in range(9)]
+    (job,) = await failed_jobs(db_engine)
+    assert job.body == poison and "out of range" in job.error
+    assert await worker.queue_counts("conversions") == (0, 1)  # left for SQS to redeliver, then dead-letter
+    totals = await rollup_totals(db_engine)
+    assert (totals["conversions"], totals["revenue"]) == (9, D("90"))

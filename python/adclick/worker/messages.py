@@ -50,7 +50,18 @@ def _text(value: Any, name: str, limit: int = MAX_TEXT) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(f"{name} must be text, not {type(value).__name__}")
-    return value[:limit]
+    # PostgreSQL text and jsonb cannot hold NUL: one `%00` in a query string would otherwise poison the whole
+    # message, and every click packed with it.
+    return (value.replace("\x00", "") if "\x00" in value else value)[:limit]
+
+
+def _clean_params(params: dict[str, Any]) -> dict[str, Any]:
+    if not any("\x00" in key or (isinstance(value, str) and "\x00" in value) for key, value in params.items()):
+        return params
+    return {
+        key.replace("\x00", ""): value.replace("\x00", "") if isinstance(value, str) else value
+        for key, value in params.items()
+    }
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,7 +135,7 @@ def parse_click(text: str) -> ClickEvent:
         os=_text(data.get("os"), "os", 32),
         bot=bool(data.get("bot", False)),
         subs=tuple(_text(data.get(key), key) for key in _SUB_KEYS),
-        params=params or None,
+        params=_clean_params(params) if params else None,
         dest=dest if isinstance(dest, int) and not isinstance(dest, bool) and 0 <= dest < 32768 else None,
         fallback=bool(data.get("fallback", False)),
     )
@@ -190,8 +201,8 @@ def decode_conversion(body: str) -> ConversionEvent:
     if not isinstance(data, dict):
         raise UndecodableMessage("a conversion message must be a JSON object")
     try:
-        click_id = data.get("click_id")
-        if not isinstance(click_id, str) or not click_id:
+        click_id = _text(data.get("click_id"), "click_id", 255)
+        if not click_id:
             raise InvalidEvent("click_id missing")
         txid = _text(data.get("txid"), "txid", 255) or click_id
         received_at = _int(data.get("received_at"), "received_at")
@@ -204,11 +215,12 @@ def decode_conversion(body: str) -> ConversionEvent:
         amount = data.get("amount")
         if amount is not None and not isinstance(amount, str):
             raise InvalidEvent("amount must be a decimal string or null")
+        amount = _text(amount, "amount", 64)
         params = data.get("params")
         if params is not None and not isinstance(params, dict):
             raise InvalidEvent("params must be an object")
         return ConversionEvent(
-            click_id=click_id[:255],
+            click_id=click_id,
             txid=txid,
             event=_text(data.get("event"), "event", 64) or "conversion",
             amount=amount,
@@ -217,7 +229,7 @@ def decode_conversion(body: str) -> ConversionEvent:
             advertiser_id=_int(data.get("advertiser_id"), "advertiser_id", optional=True),
             received_at_ms=received_at,
             source=_text(data.get("source"), "source", 16),
-            params=params or None,
+            params=_clean_params(params) if params else None,
         )
     except InvalidEvent as error:
         raise UndecodableMessage(str(error)) from None

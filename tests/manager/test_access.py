@@ -10,7 +10,7 @@ import pytest
 from adclick.core.db.models import User
 from adclick.core.settings import ManagerSettings
 from adclick.manager.security import verify_password
-from conftest import PASSWORD, Manager, form
+from conftest import PASSWORD, Manager, csrf_of, form
 from sqlalchemy import select
 
 pytestmark = pytest.mark.anyio
@@ -31,8 +31,6 @@ async def test_sign_in_and_out(manager: Manager) -> None:
     assert (await client.post("/logout", data=form(client))).status_code == 403
     page = await client.get("/offers")
     assert page.status_code == 200 and "manager@example.com" in page.text
-    from conftest import csrf_of
-
     client.csrf = csrf_of(page.text)  # type: ignore[attr-defined]
     assert (await client.post("/logout", data=form(client))).status_code == 303
     assert (await client.get("/offers")).status_code == 303

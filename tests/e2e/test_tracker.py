@@ -213,27 +213,28 @@ def test_unknown_slugs_get_404_and_junk_floods_stay_off_redis(tracker: TrackerPr
 
 
 def test_sqs_outage_under_load_loses_no_click(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
+    # An SQS endpoint of its own: frozen for 10 s mid-load, it must not take other tests' endpoint with it.
+    sqs = SqsServer(process_guard)
+    sqs.start()
+    queue = sqs.create_queue("adclick-clicks")
+    env = {**adclick_env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
+    tracker = TrackerProc(process_guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
     publish_link(redis_server.client(), link())
     with Load(tracker.port, "summer") as load:
         time.sleep(1.0)
-        sqs_server.pause()
+        sqs.pause()
         try:
             time.sleep(10.0)
         finally:
-            sqs_server.resume()
+            sqs.resume()
         time.sleep(1.0)
     assert load.errors == 0 and set(load.statuses) == {302}
     assert len(load.answered) > 200
     m = tracker.metrics()
     assert m["adclick_spilled_messages_total"] >= 1, "an outage of 10 s must have spilled to Redis"
-    events = collect_events(sqs_server, clicks_queue, load.answered, timeout=60)
+    events = collect_events(sqs, queue, load.answered, timeout=90)
     ids = [e["click_id"] for e in events]
     assert load.answered <= set(ids)
 

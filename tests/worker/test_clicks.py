@@ -11,6 +11,7 @@ from adclick.worker.clicks import first_in_window, store_clicks
 from adclick.worker.messages import decode_clicks, pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.servers import RedisServer
 from workerkit import (
     HOUR_MS,
     T0,
@@ -24,6 +25,7 @@ from workerkit import (
     packed,
     rollup_totals,
     seed,
+    wait_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -166,8 +168,6 @@ async def test_undecodable_message_is_recorded_each_time_then_dead_lettered(
 
 
 async def wait_dead_lettered(worker: InProcessWorker, expected: int) -> None:
-    from workerkit import wait_for
-
     async def moved() -> bool:
         visible, in_flight = await worker.queue_counts("clicks-dlq")
         return visible + in_flight >= expected
@@ -194,4 +194,27 @@ async def test_nul_bytes_from_a_query_string_do_not_poison_the_message(
         ).one()
     assert tuple(row) == ("Mozilla/5.0", "ab", {"k": "v"})
     assert await count(db_engine, Click) == 2
+    assert await failed_jobs(db_engine) == []
+
+
+async def test_redis_down_holds_the_batch_until_it_returns(
+    worker: InProcessWorker, db_engine: AsyncEngine, redis_server: RedisServer
+) -> None:
+    (setup,) = await seed(worker.sessions)
+    events = [click_event(setup.link_id, T0 + i, ip=f"192.0.2.{i}") for i in range(20)]
+    redis_server.stop()
+    await worker.send("clicks", [pack_clicks(events)])
+    worker.start()
+
+    async def retried() -> bool:
+        return metric(worker.metrics, "adclick_worker_batch_retries_total", queue="clicks") >= 2
+
+    await wait_for(retried, message="the batch retried while Redis is down")
+    assert await count(db_engine, Click) == 0  # nothing half-done: no clicks without their unique flags
+    assert await worker.queue_counts("clicks") == (0, 1)  # held by the worker, not redelivered
+    redis_server.start()
+    await wait_for(lambda: worker.drained("clicks"), message="the batch stored once Redis is back")
+    await worker.stop()
+    assert await click_ids(db_engine) == sorted(event["click_id"] for event in events)
+    assert (await rollup_totals(db_engine))["unique_clicks"] == 20
     assert await failed_jobs(db_engine) == []

@@ -92,7 +92,7 @@ async def test_forged_clickid_is_rejected_once_and_never_retried(
     assert [c.txid for c in await conversions(db_engine)] == ["OK-1"]
     assert sorted(await rejections(db_engine)) == [("forged", "F-1"), ("forged", "F-2"), ("forged", "F-3")]
     assert await failed_jobs(db_engine) == []
-    assert metric(worker.metrics, "adclick_worker_processed_total", kind="rejected:forged") >= 3
+    assert metric(worker.metrics, "adclick_worker_conversions_rejected_total", reason="forged") == 3
     totals = await rollup_totals(db_engine)
     assert (totals["conversions"], totals["payout"]) == (1, D("2"))
 

@@ -217,6 +217,8 @@ class BatchHandler(ABC, Generic[T]):
         for kind, count in applied.processed.items():
             if count:
                 self.metrics.processed.labels(kind).inc(count)
+                if kind.startswith("rejected:"):
+                    self.metrics.rejected.labels(kind.partition(":")[2]).inc(count)
         recorded = len(failures) + len(applied.failures)
         if recorded:
             self.metrics.failed.labels(self.queue).inc(recorded)

@@ -205,7 +205,6 @@ class _Batch:
                 "created_at": event.received_at,
             }
         )
-        self.count(f"rejected:{reason}")
 
     async def run(self, pairs: list[tuple[Received, ConversionEvent]]) -> Applied:
         items: list[Item] = []
@@ -237,7 +236,10 @@ class _Batch:
             key = rejection.pop("_key")
             if rejection["conversion_id"] is None and key is not None:
                 rejection["conversion_id"] = self.known[key].id
-        await insert_ignore(self.session, ConversionRejection, self.rejections)
+        # A redelivered rejected message inserts nothing (same fingerprint): count only what was recorded.
+        table = cast(Table, ConversionRejection.__table__)
+        for (reason,) in await insert_ignore(self.session, table, self.rejections, returning=[table.c.reason]):
+            self.count(f"rejected:{reason}")
         self.applied.processed = dict(self.counts)
         return self.applied
 

@@ -239,8 +239,11 @@ async def test_daily_caps_hold_with_consumers_racing(
             OfferAffiliateOverride(offer_id=capped_one.offer_id, affiliate_id=capped_one.affiliate_id, daily_cap=3)
         )
     day = T0 + HOUR_MS
-    bodies = [conversion_body(CODEC.generate(capped_one.link_id, T0), f"A-{i}", received_at=day + i) for i in range(8)]
-    bodies += [conversion_body(CODEC.generate(other.link_id, T0), f"B-{i}", received_at=day + i) for i in range(8)]
+    # Enough postbacks that both consumers hold a batch at once (a batch takes up to 100 messages).
+    bodies = [
+        conversion_body(CODEC.generate(capped_one.link_id, T0), f"A-{i}", received_at=day + i) for i in range(150)
+    ]
+    bodies += [conversion_body(CODEC.generate(other.link_id, T0), f"B-{i}", received_at=day + i) for i in range(150)]
     # The next UTC day has fresh slots.
     next_day = T0 + 26 * HOUR_MS
     bodies += [conversion_body(CODEC.generate(other.link_id, T0), f"N-{i}", received_at=next_day + i) for i in range(2)]
@@ -250,7 +253,7 @@ async def test_daily_caps_hold_with_consumers_racing(
     stored = await conversions(db_engine)
     paid = [c for c in stored if c.status != "capped"]
     capped = [c for c in stored if c.status == "capped"]
-    assert len(stored) == 18
+    assert len(stored) == 302
     assert len([c for c in paid if not c.txid.startswith("N-")]) == 7  # exactly the offer cap
     assert len([c for c in paid if c.txid.startswith("A-")]) == 3  # exactly the affiliate cap
     assert len([c for c in paid if c.txid.startswith("N-")]) == 2

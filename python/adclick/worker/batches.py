@@ -149,6 +149,7 @@ class BatchHandler(ABC, Generic[T]):
     """Decode, apply in one transaction, split on failure. Subclasses say how to decode and how to apply."""
 
     kind: str = ""
+    max_messages: int = 10  # messages per transaction when there is a backlog (SQS hands out 10 per receive)
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], queue: str, metrics: WorkerMetrics) -> None:
         self.sessions = sessions

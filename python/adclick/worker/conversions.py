@@ -141,6 +141,7 @@ class ConversionHandler(BatchHandler[ConversionEvent]):
     """The `conversions` queue: one postback per message."""
 
     kind = "conversions"
+    max_messages = 100  # one postback per message: share a transaction's fixed cost among more of them
 
     def __init__(
         self,

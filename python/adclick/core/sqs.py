@@ -84,6 +84,27 @@ async def _create_queue(client: SQSClient, name: str, attributes: dict[str, str]
     return url
 
 
+_NO_QUEUE_ERRORS = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+def is_missing_queue(error: ClientError) -> bool:
+    """Whether SQS refused a call because the queue does not exist (its two spellings of that code)."""
+    details = error.response.get("Error", {})
+    return bool({details.get("Code"), details.get("QueryErrorCode")} & _NO_QUEUE_ERRORS)
+
+
+async def queue_url(client: SQSClient, settings: Settings, kind: str) -> str:
+    """The URL of the `clicks` or `conversions` queue; in a fresh environment (dev, tests) it creates the queues."""
+    name = {"clicks": settings.clicks_queue, "conversions": settings.conversions_queue}[kind]
+    try:
+        response = await client.get_queue_url(QueueName=name)
+        return str(response["QueueUrl"])
+    except ClientError as error:
+        if not is_missing_queue(error):
+            raise
+        return (await ensure_queues(client, settings))[kind]
+
+
 async def ensure_queues(client: SQSClient, settings: Settings) -> dict[str, str]:
     """Create the clicks and conversions queues, each with a `-dlq` dead-letter queue; safe to repeat.
 

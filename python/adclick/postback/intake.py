@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from adclick import _native
 from adclick.core.settings import PostbackSettings
-from adclick.core.sqs import SQSClient, create_client, ensure_queues
+from adclick.core.sqs import SQSClient, create_client, is_missing_queue, queue_url
 from adclick.postback.tokens import TokenError, verify_token
 
 log = logging.getLogger("adclick.postback")
@@ -51,7 +51,6 @@ MAX_AMOUNT_DECIMALS = 6
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
-_NO_QUEUE_ERRORS = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
 class Rejected(Exception):
@@ -442,15 +441,7 @@ class Intake:
                 client = self._sqs_client
         assert client is not None
         if self._queue_url is None:
-            try:
-                response = await client.get_queue_url(QueueName=self.settings.conversions_queue)
-                self._queue_url = str(response["QueueUrl"])
-            except ClientError as error:
-                details = error.response.get("Error", {})
-                if not {details.get("Code"), details.get("QueryErrorCode")} & _NO_QUEUE_ERRORS:
-                    raise
-                # A fresh environment (dev, tests): create the queues with their dead-letter queues.
-                self._queue_url = (await ensure_queues(client, self.settings))["conversions"]
+            self._queue_url = await queue_url(client, self.settings, "conversions")
         return client, self._queue_url
 
     async def _send(self, body: str) -> None:
@@ -466,8 +457,7 @@ class Intake:
                     continue
                 failure: Exception = error
             except ClientError as error:
-                details = error.response.get("Error", {})
-                if {details.get("Code"), details.get("QueryErrorCode")} & _NO_QUEUE_ERRORS:
+                if is_missing_queue(error):
                     self._queue_url = None
                 failure = error
             except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:

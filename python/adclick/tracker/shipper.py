@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from adclick.core.settings import TrackerSettings
-from adclick.core.sqs import SendOutcome, SQSClient, create_client, ensure_queues, send_batches
+from adclick.core.sqs import SendOutcome, SQSClient, create_client, queue_url, send_batches
 
 log = logging.getLogger("adclick.tracker.shipper")
 
@@ -45,7 +45,6 @@ REPLAY_IDLE_SECONDS = 1.0
 SPILL_CHUNK = 100  # bodies per RPUSH, to bound one command's size
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 DROP_REASONS = ("rejected", "overflow", "shutdown")
-_NO_QUEUE_ERRORS = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 # Trim what was replayed and put back what SQS did not take, only if we still hold the lock: a holder whose
 # lock expired must not trim entries another replayer may have already taken and trimmed.
@@ -181,15 +180,7 @@ class Shipper:
                     self._sqs_client = await self._resources.enter_async_context(create_client(self.settings))
             client = self._sqs_client
         if self._queue_url is None:
-            try:
-                response = await client.get_queue_url(QueueName=self.settings.clicks_queue)
-                self._queue_url = str(response["QueueUrl"])
-            except ClientError as error:
-                details = error.response.get("Error", {})
-                if not {details.get("Code"), details.get("QueryErrorCode")} & _NO_QUEUE_ERRORS:
-                    raise
-                # A fresh environment (dev, tests): create the queues with their dead-letter queues.
-                self._queue_url = (await ensure_queues(client, self.settings))["clicks"]
+            self._queue_url = await queue_url(client, self.settings, "clicks")
         return client, self._queue_url
 
     def _redis(self) -> aioredis.Redis:

@@ -150,29 +150,32 @@ def export_statement(f: ConversionFilter) -> Select[Any]:
     return listing_statement(f).order_by(None).order_by(_CONVERSIONS.c.created_at, _CONVERSIONS.c.id)
 
 
+CONVERSION_COLUMNS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "status",
+    "offer_id",
+    "offer_name",
+    "affiliate_id",
+    "affiliate_name",
+    "advertiser_id",
+    "link_id",
+    "txid",
+    "click_id",
+    "event",
+    "amount",
+    "currency",
+    "revenue",
+    "payout",
+)
+
+
 def as_dict(row: Any) -> dict[str, Any]:
     """A JSON-ready conversion: money as exact decimal strings, times as ISO 8601 UTC."""
     m = row._mapping if hasattr(row, "_mapping") else row
     out: dict[str, Any] = {}
-    for name in (
-        "id",
-        "created_at",
-        "updated_at",
-        "status",
-        "offer_id",
-        "offer_name",
-        "affiliate_id",
-        "affiliate_name",
-        "advertiser_id",
-        "link_id",
-        "txid",
-        "click_id",
-        "event",
-        "amount",
-        "currency",
-        "revenue",
-        "payout",
-    ):
+    for name in CONVERSION_COLUMNS:
         value = m.get(name)
         if isinstance(value, Decimal):
             value = str(value)

@@ -28,7 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adclick.core.db.models import Affiliate, Conversion, Offer
 from adclick.core.db.session import SessionDep, get_engine, session_factory
 from adclick.core.db.types import Money
-from adclick.manager.conversions import ConversionFilter, ConversionParamsDep, export_statement, filter_or_400
+from adclick.manager.conversions import (
+    CONVERSION_COLUMNS,
+    ConversionFilter,
+    ConversionParamsDep,
+    export_statement,
+    filter_or_400,
+)
 from adclick.manager.deps import CurrentUser
 from adclick.manager.reports import (
     ReportParams,
@@ -45,25 +51,6 @@ CHUNK_BYTES = 64 * 1024
 YIELD_PER = 2000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-CONVERSION_COLUMNS = (
-    "id",
-    "created_at",
-    "updated_at",
-    "status",
-    "offer_id",
-    "offer_name",
-    "affiliate_id",
-    "affiliate_name",
-    "advertiser_id",
-    "link_id",
-    "txid",
-    "click_id",
-    "event",
-    "amount",
-    "currency",
-    "revenue",
-    "payout",
-)
 PAYOUT_COLUMNS = (
     "period_start",
     "period_end",

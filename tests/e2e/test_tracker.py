@@ -394,9 +394,11 @@ def test_metrics_expose_outcomes_latency_cache_and_shipping(
     request(tracker.port, "GET", "/c/bad%25")
 
     def shipped() -> bool:
-        return tracker.metrics().get("adclick_sqs_messages_sent_total", 0) >= 1
+        # The ten clicks may span two flush cycles on a slow machine: wait for the buffer to empty too.
+        m = tracker.metrics()
+        return m.get("adclick_sqs_messages_sent_total", 0) >= 1 and m.get("adclick_event_buffer_depth") == 0
 
-    wait_until(shipped, timeout=10, message="a message shipped")
+    wait_until(shipped, timeout=10, message="every buffered click shipped")
     m = tracker.metrics()
     assert m['adclick_click_requests_total{outcome="redirect"}'] == 10
     assert m['adclick_click_requests_total{outcome="not_found"}'] == 1

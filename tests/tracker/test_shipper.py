@@ -132,7 +132,8 @@ def test_batching_keeps_every_body_within_limits(sizes: list[int], limit: int) -
 def test_ensure_queues_creates_dead_letter_queues_and_is_idempotent(
     adclick_env: dict[str, str], sqs_server: SqsServer
 ) -> None:
-    settings = settings_for(adclick_env, sqs_max_receives=4)
+    # Not a timeout test: moto's first calls (creating its backend) can take longer than the 0.5 s default here.
+    settings = settings_for(adclick_env, sqs_max_receives=4, sqs_timeout_seconds=10)
 
     async def scenario() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         async with create_client(settings) as client:

@@ -170,15 +170,24 @@ class Shipper:
         self._sqs_down = True
         self._next_probe = time.monotonic() + PROBE_INTERVAL_SECONDS
 
-    # -- clients, opened lazily on the running loop (after any fork) --
+    # -- clients, opened on the running loop (after any fork) --
 
-    async def _sqs(self) -> tuple[SQSClient, str]:
+    async def open(self) -> None:
+        """Create the SQS client now (no network call: botocore only loads its service model), so the
+        process's long-lived heap exists before the tracker freezes it for the garbage collector."""
+        await self._sqs_client_or_open()
+
+    async def _sqs_client_or_open(self) -> SQSClient:
         client: SQSClient = self._sqs_client
         if client is None:
             async with self._sqs_open_lock:  # the ship and replay tasks may both get here first
                 if self._sqs_client is None:
                     self._sqs_client = await self._resources.enter_async_context(create_client(self.settings))
             client = self._sqs_client
+        return client
+
+    async def _sqs(self) -> tuple[SQSClient, str]:
+        client = await self._sqs_client_or_open()
         if self._queue_url is None:
             self._queue_url = await queue_url(client, self.settings, "clicks")
         return client, self._queue_url

@@ -1,11 +1,9 @@
 """Conversions in the manager: list and filter them; approve, reject or adjust one, audited, with rollups following.
 
-An edit is one transaction: lock the conversion row, change it, move the hourly rollup by the difference between
-what the conversion counted before and what it counts now, take or give back daily-cap slots, write an audit row
-(who, when, before, after). What counts follows the worker (adclick.worker.conversions): `pending` and `approved`
-add one conversion and their revenue and payout to the rollup row (hour the conversion was received, its link,
-country and device ''), `rejected` and `capped` add nothing; a counted conversion holds a slot of each daily cap
-(the offer's, and the affiliate's on the offer) for the UTC day it was received.
+An edit is one transaction: lock the conversion row, change it, move the rollups by the difference between what
+the conversion counted before and what it counts now, take or give back daily-cap slots, write an audit row (who,
+when, before, after). What counts, and where, is the rule the worker applies too (adclick.core.counting); an edit
+that would count the conversion again over a full daily cap is refused (409) and changes nothing.
 
 `updated_at` becomes the time of the edit, so the worker treats a postback received before the edit as older
 than the manager's decision (a `duplicate` rejection) and a later one as a new status change.
@@ -25,18 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adclick.core.counting import Cap, Standing, add_to_rollups, cap_day, caps_of, move_caps, rollup_change
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
     Conversion,
     ConversionAudit,
-    HourlyRollup,
     Offer,
     OfferAffiliateOverride,
     User,
 )
 from adclick.core.db.session import SessionDep
-from adclick.core.db.upsert import increment, release_cap, take_cap
 from adclick.manager.deps import CurrentUser, Principal, StaffUser
 from adclick.manager.reports import (
     ReportError,
@@ -49,10 +46,7 @@ from adclick.manager.reports import (
 )
 from adclick.manager.templating import flash, render
 
-COUNTED = frozenset({"pending", "approved"})
 ACTIONS = ("approve", "reject", "adjust")
-ROLLUP_KEY = ("hour", "link_id", "country", "device")
-ROLLUP_DELTAS = ("conversions", "revenue", "payout")
 MONEY_LIMIT = Decimal(10) ** 12
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -233,40 +227,12 @@ def parse_money(value: Any, name: str) -> Decimal | None:
     return amount.quantize(Decimal("1e-6"))  # as the database returns it, so before and after compare
 
 
-async def _take_caps(session: AsyncSession, conversion: Conversion) -> None:
+async def _caps(session: AsyncSession, conversion: Conversion) -> list[Cap]:
     offer = await session.get(Offer, conversion.offer_id)
-    day = conversion.created_at.date()
-    wanted: list[tuple[str, int, int]] = []
-    if offer is not None and offer.daily_cap is not None:
-        wanted.append(("offer", 0, offer.daily_cap))
+    override = None
     if conversion.affiliate_id is not None:
         override = await session.get(OfferAffiliateOverride, (conversion.offer_id, conversion.affiliate_id))
-        if override is not None and override.daily_cap is not None:
-            wanted.append(("affiliate_offer", conversion.affiliate_id, override.daily_cap))
-    for scope, affiliate_id, cap in wanted:
-        if not await take_cap(
-            session, scope=scope, offer_id=conversion.offer_id, affiliate_id=affiliate_id, day=day, cap=cap
-        ):
-            which = "the offer's" if scope == "offer" else "the affiliate's"
-            # The caller rolls the transaction back, which gives back any slot taken before this one.
-            raise ConversionEditError(409, f"{which} daily cap ({cap}) for {day} is full: nothing was changed")
-
-
-async def _release_caps(session: AsyncSession, conversion: Conversion) -> None:
-    offer = await session.get(Offer, conversion.offer_id)
-    day = conversion.created_at.date()
-    if offer is not None and offer.daily_cap is not None:
-        await release_cap(session, scope="offer", offer_id=conversion.offer_id, affiliate_id=0, day=day)
-    if conversion.affiliate_id is not None:
-        override = await session.get(OfferAffiliateOverride, (conversion.offer_id, conversion.affiliate_id))
-        if override is not None and override.daily_cap is not None:
-            await release_cap(
-                session,
-                scope="affiliate_offer",
-                offer_id=conversion.offer_id,
-                affiliate_id=conversion.affiliate_id,
-                day=day,
-            )
+    return caps_of(offer, override, conversion.affiliate_id)
 
 
 def _snapshot(conversion: Conversion) -> dict[str, Any]:
@@ -275,31 +241,6 @@ def _snapshot(conversion: Conversion) -> dict[str, Any]:
         "amount": None if conversion.amount is None else str(conversion.amount),
         "revenue": str(conversion.revenue),
         "payout": str(conversion.payout),
-    }
-
-
-def rollup_delta(conversion: Conversion, before: dict[str, Any]) -> dict[str, Any] | None:
-    """The rollup row change that moves it from what `before` counted to what the conversion counts now."""
-    was = before["status"] in COUNTED
-    now = conversion.status in COUNTED
-    conversions = int(now) - int(was)
-    revenue = (conversion.revenue if now else Decimal(0)) - (Decimal(before["revenue"]) if was else Decimal(0))
-    payout = (conversion.payout if now else Decimal(0)) - (Decimal(before["payout"]) if was else Decimal(0))
-    if not conversions and not revenue and not payout:
-        return None
-    return {
-        "hour": conversion.created_at.replace(minute=0, second=0, microsecond=0),
-        "link_id": conversion.link_id,
-        "country": "",
-        "device": "",
-        "offer_id": conversion.offer_id,
-        "affiliate_id": conversion.affiliate_id,
-        "clicks": 0,
-        "unique_clicks": 0,
-        "bot_clicks": 0,
-        "conversions": conversions,
-        "revenue": revenue,
-        "payout": payout,
     }
 
 
@@ -341,11 +282,12 @@ async def edit_conversion(
             status = "approved" if action == "approve" else "rejected"
             if conversion.status == status:
                 raise ConversionEditError(409, f"conversion {conversion_id} is already {status}")
-        was_counted, counts_now = conversion.status in COUNTED, status in COUNTED
-        if counts_now and not was_counted:
-            await _take_caps(session, conversion)
-        elif was_counted and not counts_now:
-            await _release_caps(session, conversion)
+        standing = Standing(conversion.status, conversion.revenue, conversion.payout)
+        day = cap_day(conversion.created_at)
+        caps = await _caps(session, conversion)
+        full = await move_caps(session, conversion.offer_id, day, caps, conversion.status, status)
+        if full is not None:
+            raise ConversionEditError(409, f"{full.describe()} for {day} is full: nothing was changed")
         conversion.status = status
         if new_revenue is not None:
             conversion.revenue = new_revenue
@@ -360,9 +302,9 @@ async def edit_conversion(
             after["note"] = note
         if after == {**before, "action": action}:
             raise ConversionEditError(409, "nothing to change: the conversion already has these values")
-        delta = rollup_delta(conversion, before)
+        delta = rollup_change(conversion, standing, Standing(conversion.status, conversion.revenue, conversion.payout))
         if delta is not None:
-            await increment(session, HourlyRollup, ROLLUP_KEY, delta, ROLLUP_DELTAS)
+            await add_to_rollups(session, [delta])
         await session.execute(
             insert(ConversionAudit).values(
                 conversion_id=conversion.id, user_id=user_id, at=now, before=before, after=after

@@ -3,7 +3,8 @@
 Per batch, in one transaction: insert every click (a ClickID already stored is skipped, so a redelivered
 message adds nothing), ask Redis once (one pipeline of SET NX EX scripts) which of the really inserted clicks
 are the first of their link + IP + User-Agent in the unique window, flag those, and add the inserted clicks to
-the rollups. (The script touches many keys, so on Redis Cluster it would need the keys in one hash slot.)
+the rollups (adclick.core.counting). (The script touches many keys, so on Redis Cluster it would need the keys in
+one hash slot.)
 
 The unique key's value is the ClickID that took it, and "the key holds my ClickID" counts as taking it: if the
 worker dies after Redis answered but before the commit, the retry gets the same answer, so a crash or a
@@ -24,15 +25,14 @@ import redis.asyncio as aioredis
 from sqlalchemy import Table, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adclick.core.db.models import Click, HourlyRollup
-from adclick.core.db.upsert import increment, insert_ignore
+from adclick.core.counting import add_to_rollups
+from adclick.core.db.models import Click
+from adclick.core.db.upsert import insert_ignore
 from adclick.worker.batches import Applied, BatchHandler, Failure, Received
 from adclick.worker.health import WorkerMetrics
 from adclick.worker.messages import ClickBatch, ClickEvent, decode_clicks, ms_to_datetime
 
 UNIQUE_KEY_PREFIX = "adclick:uniq:"
-ROLLUP_KEY = ("hour", "link_id", "country", "device")
-ROLLUP_DELTAS = ("clicks", "unique_clicks", "bot_clicks")
 _UPDATE_CHUNK = 1000
 
 
@@ -173,9 +173,6 @@ def rollup_rows(events: Sequence[ClickEvent], unique: set[str]) -> list[dict[str
                 "clicks": 1,
                 "unique_clicks": 1 if event.click_id in unique else 0,
                 "bot_clicks": 1 if event.bot else 0,
-                "conversions": 0,
-                "revenue": 0,
-                "payout": 0,
             }
         )
     return rows
@@ -215,7 +212,7 @@ async def store_clicks(
     for start in range(0, len(ordered), _UPDATE_CHUNK):
         chunk = ordered[start : start + _UPDATE_CHUNK]
         await session.execute(update(table).where(table.c.click_id.in_(chunk)).values(unique=True))
-    await increment(session, HourlyRollup, ROLLUP_KEY, rollup_rows(inserted, unique), ROLLUP_DELTAS)
+    await add_to_rollups(session, rollup_rows(inserted, unique))
     return counts
 
 

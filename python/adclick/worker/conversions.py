@@ -11,15 +11,12 @@ Rules (each message is one postback, see docs/contracts.md):
   is a `duplicate` rejection, unless it carries a different status and is newer than the last one applied:
   then it changes the conversion's status (approval, chargeback), adjusts caps and rollups, and is audited.
 - Revenue and payout by the rules, most specific first (per-affiliate override, then the offer).
-- Status from the postback, else the offer's default. `pending` and `approved` count: they take a slot of each
-  daily cap (offer, and affiliate on the offer; UTC day of the conversion) and add to the rollups. Over a cap
-  the conversion is stored `capped` with revenue and payout 0. `rejected` and `capped` add nothing to the
-  rollups; a change between counting and not counting takes or gives back the cap slots and moves the rollups.
+- Status from the postback, else the offer's default. What counts, in the rollups and the daily caps, is the
+  rule of adclick.core.counting, shared with the manager's edits. Over a cap the conversion is stored `capped`
+  with revenue and payout 0, and a status change that would count again over a full cap makes it `capped` too.
 - `created_at` is when the postback was received (not when the worker got to it) and `updated_at` when the
   postback that last changed the row was received: that is how a redelivery is told from a new postback.
 - Links and offer terms are cached for `TERMS_TTL_SECONDS`: a changed payout applies within that delay.
-- Conversions roll up by hour x link with country and device '' (the click may not have arrived, and a later
-  status change must find the same row).
 """
 
 from __future__ import annotations
@@ -36,28 +33,33 @@ from sqlalchemy import Table, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
+from adclick.core.counting import (
+    Cap,
+    Standing,
+    add_to_rollups,
+    cap_day,
+    caps_of,
+    move_caps,
+    rollup_change,
+)
 from adclick.core.db.models import (
     Conversion,
     ConversionAudit,
     ConversionRejection,
-    HourlyRollup,
     Link,
     Offer,
     OfferAffiliateOverride,
 )
-from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
+from adclick.core.db.upsert import insert_ignore
 from adclick.worker.batches import Applied, BatchHandler, Failure, Received, RetryBatch
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
 from adclick.worker.messages import ConversionEvent, decode_conversion
 
-COUNTED = frozenset({"pending", "approved"})
 # Links, offers and overrides are read once per this many seconds per link, not once per batch: a change to an
 # offer's terms reaches conversions within this delay. A link unknown to the database is never cached.
 TERMS_TTL_SECONDS = 10.0
 TERMS_CACHE_MAX = 100_000
-ROLLUP_KEY = ("hour", "link_id", "country", "device")
-ROLLUP_DELTAS = ("conversions", "revenue", "payout")
 _ZERO = Decimal(0)
 
 
@@ -67,10 +69,6 @@ class ConcurrentConversion(RetryBatch):
 
 def fingerprint(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(slots=True)
@@ -98,14 +96,8 @@ class Terms:
         assert rule is not None
         return rule
 
-    def caps(self) -> list[tuple[str, int, int]]:
-        """(scope, affiliate id, cap) to take, offer-wide first: every worker locks cap rows in the same order."""
-        caps: list[tuple[str, int, int]] = []
-        if self.offer.daily_cap is not None:
-            caps.append(("offer", 0, self.offer.daily_cap))
-        if self.override is not None and self.override.daily_cap is not None:
-            caps.append(("affiliate_offer", self.affiliate_id, self.override.daily_cap))
-        return caps
+    def caps(self) -> list[Cap]:
+        return caps_of(self.offer, self.override, self.affiliate_id)
 
 
 @dataclass(slots=True)
@@ -232,7 +224,7 @@ class _Batch:
         for item in attributable:
             await self._one(item)
         await self._insert_new()
-        await increment(self.session, HourlyRollup, ROLLUP_KEY, self.rollups, ROLLUP_DELTAS)
+        await add_to_rollups(self.session, self.rollups)
         for rejection in self.rejections:
             key = rejection.pop("_key")
             if rejection["conversion_id"] is None and key is not None:
@@ -359,7 +351,7 @@ class _Batch:
             params["sale_amount"], params["sale_currency"], stored_amount = event.amount, event.currency, None
         status = event.status or terms.offer.default_status
         when = event.received_at
-        if status in COUNTED and not await self._take_caps(terms, when):
+        if await move_caps(self.session, terms.offer.id, cap_day(when), terms.caps(), None, status) is not None:
             status, revenue, payout = "capped", _ZERO, _ZERO
         row = {
             "offer_id": terms.offer.id,
@@ -392,50 +384,13 @@ class _Batch:
             updated_at=when,
         )
         self.known[(terms.offer.id, event.txid)] = conversion
-        if status in COUNTED:
-            self._roll(conversion, 1)
+        self._roll(conversion, None, Standing(status, revenue, payout))
         self.count("conversion" if status != "capped" else "capped")
 
-    async def _take_caps(self, terms: Terms, when: datetime) -> bool:
-        """Take a slot of every cap that applies, or none: False when one of them is full."""
-        day = when.date()
-        taken: list[tuple[str, int]] = []
-        for scope, affiliate_id, cap in terms.caps():
-            ok = await take_cap(
-                self.session, scope=scope, offer_id=terms.offer.id, affiliate_id=affiliate_id, day=day, cap=cap
-            )
-            if not ok:
-                for got_scope, got_affiliate in taken:
-                    await release_cap(
-                        self.session, scope=got_scope, offer_id=terms.offer.id, affiliate_id=got_affiliate, day=day
-                    )
-                return False
-            taken.append((scope, affiliate_id))
-        return True
-
-    async def _release_caps(self, terms: Terms, when: datetime) -> None:
-        for scope, affiliate_id, _cap in terms.caps():
-            await release_cap(
-                self.session, scope=scope, offer_id=terms.offer.id, affiliate_id=affiliate_id, day=when.date()
-            )
-
-    def _roll(self, conversion: Stored, sign: int) -> None:
-        self.rollups.append(
-            {
-                "hour": hour_of(conversion.created_at),
-                "link_id": conversion.link_id,
-                "country": "",
-                "device": "",
-                "offer_id": conversion.offer_id,
-                "affiliate_id": conversion.affiliate_id,
-                "clicks": 0,
-                "unique_clicks": 0,
-                "bot_clicks": 0,
-                "conversions": sign,
-                "revenue": conversion.revenue * sign,
-                "payout": conversion.payout * sign,
-            }
-        )
+    def _roll(self, conversion: Stored, before: Standing | None, after: Standing) -> None:
+        row = rollup_change(conversion, before, after)
+        if row is not None:
+            self.rollups.append(row)
 
     async def _again(self, item: Item, existing: Stored) -> None:
         """A postback for a txid already stored: a redelivery, a duplicate, or a status change."""
@@ -462,14 +417,11 @@ class _Batch:
             )
             return
         before = {"status": existing.status, "revenue": str(existing.revenue), "payout": str(existing.payout)}
-        was_counted, counts_now = existing.status in COUNTED, new in COUNTED
+        standing = Standing(existing.status, existing.revenue, existing.payout)
         revenue, payout = existing.revenue, existing.payout
-        if was_counted and not counts_now:
-            self._roll(existing, -1)
-            await self._release_caps(terms, existing.created_at)
-        elif counts_now and not was_counted:
-            if not await self._take_caps(terms, existing.created_at):
-                new, revenue, payout = "capped", _ZERO, _ZERO
+        day = cap_day(existing.created_at)
+        if await move_caps(self.session, terms.offer.id, day, terms.caps(), existing.status, new) is not None:
+            new, revenue, payout = "capped", _ZERO, _ZERO
         key = (existing.offer_id, existing.txid)
         if existing.id is None:  # stored by this very batch: change the row before it is inserted
             self.new_rows[key].update(status=new, revenue=revenue, payout=payout, updated_at=when)
@@ -480,8 +432,7 @@ class _Batch:
                 .values(status=new, revenue=revenue, payout=payout, updated_at=when)
             )
         existing.status, existing.revenue, existing.payout, existing.updated_at = new, revenue, payout, when
-        if counts_now and not was_counted and new != "capped":
-            self._roll(existing, 1)
+        self._roll(existing, standing, Standing(new, revenue, payout))
         after = {"status": new, "revenue": str(revenue), "payout": str(payout), "txid": event.txid}
         self.audits.append((key, {"user_id": None, "at": when, "before": before, "after": after}))
         self.count("status_change")

@@ -8,7 +8,8 @@ generates, in SQL (generate_series, nothing crosses the wire):
   combinations present each hour, 1-15 clicks each);
 - a representative raw click sample (default 1,000,000 clicks, 10%) with sub1-sub5 of realistic cardinality
   (sub1: 5,000 publishers, sub2: 50 creatives, sub3: mostly empty, sub4: 20,000 keywords, sub5: unique per click);
-- 100,000 conversions on sampled clicks (approved, pending, rejected), added to the rollups as the worker does.
+- 100,000 conversions on sampled clicks (approved, pending, rejected), added to the rollups as the worker does;
+- the rollups' projections by hour x link and by hour x country x device, summed from them as the worker keeps them.
 
 Then it runs `adclick manager` (uvicorn, one process) on that database and, over HTTP with an API token:
 
@@ -169,11 +170,28 @@ async def generate(url: str, *, clicks: int, raw_clicks: int, conversions: int) 
         )
         log(f"  conversions in {time.monotonic() - started:.1f} s")
         started = time.monotonic()
+        # The worker adds every event to hourly_rollups and to its projections (adclick.core.counting), whose rows
+        # are sums of hourly_rollups rows: the same sums, made in one pass here.
+        counters = "clicks, unique_clicks, bot_clicks, conversions, revenue, payout"
+        sums = "sum(clicks), sum(unique_clicks), sum(bot_clicks), sum(conversions), sum(revenue), sum(payout)"
+        await conn.execute(
+            f"INSERT INTO hourly_link_rollups (hour, link_id, offer_id, affiliate_id, {counters}) "
+            f"SELECT hour, link_id, coalesce(offer_id, 0), coalesce(affiliate_id, 0), {sums} "
+            "FROM hourly_rollups GROUP BY 1, 2, 3, 4"
+        )
+        await conn.execute(
+            f"INSERT INTO hourly_country_device_rollups (hour, country, device, {counters}) "
+            f"SELECT hour, country, device, {sums} FROM hourly_rollups GROUP BY 1, 2, 3"
+        )
+        log(f"  rollup projections in {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
         await conn.execute("VACUUM ANALYZE")
         log(f"  vacuum analyze in {time.monotonic() - started:.1f} s")
         made = await conn.fetchrow(
             "SELECT (SELECT sum(clicks) FROM hourly_rollups) AS clicks, (SELECT count(*) FROM hourly_rollups) AS "
-            "rollup_rows, (SELECT count(*) FROM clicks) AS raw_clicks, (SELECT count(*) FROM conversions) AS "
+            "rollup_rows, (SELECT count(*) FROM hourly_link_rollups) AS link_rollup_rows, "
+            "(SELECT count(*) FROM hourly_country_device_rollups) AS country_device_rollup_rows, "
+            "(SELECT count(*) FROM clicks) AS raw_clicks, (SELECT count(*) FROM conversions) AS "
             "conversions, pg_database_size(current_database()) AS bytes"
         )
         return {key: int(value) for key, value in dict(made).items()}
@@ -290,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 generate(url, clicks=args.clicks, raw_clicks=args.raw_clicks, conversions=args.conversions)
             )
             log(
-                f"  rollups: {made['clicks']:,} clicks in {made['rollup_rows']:,} rows;"
+                f"  rollups: {made['clicks']:,} clicks in {made['rollup_rows']:,} rows (by link"
+                f" {made['link_rollup_rows']:,}, by country and device {made['country_device_rollup_rows']:,});"
                 f" raw clicks {made['raw_clicks']:,}; conversions {made['conversions']:,};"
                 f" database {made['bytes'] / 1e9:.2f} GB"
             )

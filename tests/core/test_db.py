@@ -13,20 +13,32 @@ from typing import Any
 
 import pytest
 from adclick.core.db.migrate import alembic_config, include_object_for, upgrade
-from adclick.core.db.models import Advertiser, Base, Click, Conversion, DailyCap, HourlyRollup, Offer
+from adclick.core.db.models import (
+    Advertiser,
+    Base,
+    Click,
+    Conversion,
+    DailyCap,
+    HourlyLinkRollup,
+    HourlyRollup,
+    Offer,
+)
 from adclick.core.db.session import create_engine, session_factory
 from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from support.database import PostgresServer, unique_name
+from support.rollups import projection_mismatches
 
 pytestmark = pytest.mark.anyio
 
+D = Decimal
 HOUR = datetime(2026, 3, 1, 12, tzinfo=UTC)
 ROLLUP_KEY = ["hour", "link_id", "country", "device"]
 
@@ -113,6 +125,81 @@ def test_migrate_command_builds_an_empty_database_and_is_repeatable(
         assert (tmp_path / "not/yet/there/adclick.db").is_file()
 
 
+def _fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/adclick.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = unique_name("adclick_migrate")
+    request.addfinalizer(lambda: server.drop_database(name))
+    return server.create_database(name)
+
+
+async def _insert_hourly_rollups(url: str, rows: list[dict[str, Any]]) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            metrics = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
+            await connection.execute(
+                insert(HourlyRollup.__table__), [{**dict.fromkeys(metrics, 0), **row} for row in rows]
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _projections(url: str) -> tuple[dict[str, Any], dict[tuple[Any, ...], tuple[int, Decimal]]]:
+    engine = create_engine(url)
+    try:
+        mismatches = await projection_mismatches(engine)
+        async with engine.connect() as connection:
+            found = await connection.execute(
+                select(
+                    HourlyLinkRollup.hour,
+                    HourlyLinkRollup.link_id,
+                    HourlyLinkRollup.offer_id,
+                    HourlyLinkRollup.affiliate_id,
+                    HourlyLinkRollup.clicks,
+                    HourlyLinkRollup.revenue,
+                )
+            )
+            by_link = {tuple(row[:4]): (row.clicks, row.revenue) for row in found}
+        return mismatches, by_link
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _fresh_url(backend, tmp_path, request)
+    upgrade(url, "0001_initial")
+    later, zero = HOUR + timedelta(hours=1), HOUR + timedelta(hours=2)
+    rows = [
+        rollup(affiliate_id=3, clicks=5, unique_clicks=3, bot_clicks=1),
+        rollup(affiliate_id=3, country="DE", device="desktop", clicks=2, unique_clicks=2),
+        # The link's conversions named another offer than its clicks: they stay apart, as in hourly_rollups.
+        rollup(affiliate_id=3, offer_id=8, country="", device="", conversions=2, revenue=D("10.5"), payout=D("4.25")),
+        rollup(link_id=43, offer_id=None, affiliate_id=None, clicks=1),
+        rollup(hour=later, affiliate_id=3, clicks=4),
+        rollup(hour=zero, affiliate_id=3, country="", device=""),  # a conversion counted, then taken back
+    ]
+    asyncio.run(_insert_hourly_rollups(url, rows))
+    upgrade(url)
+    mismatches, by_link = asyncio.run(_projections(url))
+    assert mismatches == {}
+    assert by_link == {
+        (HOUR, 42, 7, 3): (7, D(0)),
+        (HOUR, 42, 8, 3): (0, D("10.5")),
+        (HOUR, 43, 0, 0): (1, D(0)),  # 0: no offer, no affiliate
+        (later, 42, 7, 3): (4, D(0)),
+        (zero, 42, 7, 3): (0, D(0)),
+    }
+    # Down and up again: the projections are dropped and filled anew.
+    command.downgrade(alembic_config(url), "0001_initial")
+    upgrade(url)
+    assert asyncio.run(_projections(url)) == (mismatches, by_link)
+
+
 def test_migrate_command_reports_an_unreachable_database(postgres_server: PostgresServer) -> None:
     url = postgres_server.url(unique_name("adclick_missing"))
     done = _migrate_command(url)
@@ -136,6 +223,7 @@ async def test_insert_ignore_returns_only_new_rows(db_session: AsyncSession) -> 
 
 
 async def test_increment_adds_to_existing_rows_and_sums_repeated_keys(db_session: AsyncSession) -> None:
+    table = HourlyRollup.__table__
     written = await increment(
         db_session,
         HourlyRollup,
@@ -146,15 +234,18 @@ async def test_increment_adds_to_existing_rows_and_sums_repeated_keys(db_session
             rollup(country="DE", clicks=1),
         ],
         ["clicks", "unique_clicks", "bot_clicks", "revenue"],
+        returning=[table.c.country, table.c.clicks],
     )
-    assert written == 2
-    await increment(
+    assert sorted((row.country, row.clicks) for row in written) == [("DE", 1), ("US", 2)]
+    again = await increment(
         db_session,
         HourlyRollup,
         ROLLUP_KEY,
         rollup(offer_id=99, clicks=5, revenue=Decimal("0.1"), payout=Decimal("1")),
         ["clicks", "revenue"],
+        returning=[table.c.offer_id, table.c.clicks],
     )
+    assert [(row.offer_id, row.clicks) for row in again] == [(7, 7)]  # as stored after the write
     await db_session.commit()
 
     us = (await db_session.execute(select(HourlyRollup).where(HourlyRollup.country == "US"))).scalar_one()

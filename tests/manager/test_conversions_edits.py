@@ -19,6 +19,7 @@ from adclick.manager.conversions import (
 from adclick.manager.reports import build_query, run_report
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from support.rollups import projection_mismatches
 from test_reports import seed_campaigns, seed_events
 
 pytestmark = pytest.mark.anyio
@@ -101,6 +102,7 @@ async def test_reject_approve_and_adjust_move_the_rollups_and_are_audited(db_ses
     }
     assert entry["after"]["status"] == "rejected" and entry["after"]["note"].startswith("fraud")
     assert await rollup(db_session) == (1, D("10.50"), D("7.25"))
+    assert await projection_mismatches(db_session) == {}
 
     await edit_conversion(db_session, 3, "approve", user_id=user_id)
     assert await rollup(db_session) == (2, D("21.00"), D("14.50"))
@@ -119,6 +121,7 @@ async def test_reject_approve_and_adjust_move_the_rollups_and_are_audited(db_ses
     assert await rollup(db_session) == (3, D("33.00"), D("22.50"))
 
     assert await rollup(db_session) == await counted_sums(db_session) == await report_totals(db_session)
+    assert await projection_mismatches(db_session) == {}
     trail = await audits(db_session, 1)
     assert [(a.before["status"], a.after["status"], a.after["action"]) for a in trail] == [
         ("approved", "rejected", "reject"),
@@ -178,6 +181,7 @@ async def test_approving_takes_a_daily_cap_slot_and_rejecting_gives_it_back(db_s
     assert await used() == 2
     assert (await status_of(db_session, 3)).status == "approved"
     assert await rollup(db_session) == await counted_sums(db_session) == (2, D("21.00"), D("14.50"))
+    assert await projection_mismatches(db_session) == {}
 
 
 async def test_list_filters_pages_and_scopes(db_session: AsyncSession) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from adclick.core.db.models import Advertiser, Affiliate, Click, Conversion, HourlyRollup, Link, Offer
-from adclick.core.db.upsert import increment
+from adclick.core.counting import add_to_rollups
+from adclick.core.db.models import Advertiser, Affiliate, Click, Conversion, Link, Offer
 from adclick.manager.reports import ReportError, ReportQuery, build_query, run_report, time_series
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -103,13 +103,7 @@ async def seed_events(session: AsyncSession, clicks: list[dict[str, Any]], conve
         await session.execute(insert(Click), clicks)
     if conversions:
         await session.execute(insert(Conversion), conversions)
-    await increment(
-        session,
-        HourlyRollup,
-        ("hour", "link_id", "country", "device"),
-        rollups,
-        ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout"),
-    )
+    await add_to_rollups(session, rollups)
     await session.commit()
     return Seeded(clicks, conversions)
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from adclick.core.db.models import Click, Conversion, FailedJob, HourlyRollup, Link
-from adclick.core.db.upsert import increment
+from adclick.core.counting import add_to_rollups
+from adclick.core.db.models import Click, Conversion, FailedJob, Link
 from conftest import Manager, form
 from sqlalchemy import insert, select
 from support.servers import SqsServer
@@ -84,13 +84,7 @@ async def traffic(manager: Manager) -> dict[str, int]:
                          "offer_id": ids["offer"], "affiliate_id": affiliate, "clicks": clicks,
                          "unique_clicks": clicks, "bot_clicks": 0, "conversions": 1, "revenue": D("9"),
                          "payout": D("4")})  # fmt: skip
-        await increment(
-            session,
-            HourlyRollup,
-            ("hour", "link_id", "country", "device"),
-            rows,
-            ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout"),
-        )
+        await add_to_rollups(session, rows)
         await session.commit()
         found = await session.execute(select(Conversion.link_id, Conversion.id))
         return {f"conversion_{link}": cid for link, cid in found.all()}

@@ -11,6 +11,7 @@ from adclick.worker.clicks import first_in_window, store_clicks
 from adclick.worker.messages import decode_clicks, pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.rollups import projection_mismatches
 from support.servers import RedisServer
 from workerkit import (
     HOUR_MS,
@@ -100,6 +101,7 @@ async def test_rollups_split_by_hour_link_country_and_device(worker: InProcessWo
         (hour, "US", "smartphone", 2),
         (next_hour, "", "smartphone", 1),
     ]
+    assert await projection_mismatches(db_engine) == {}
 
 
 async def test_unique_decision_survives_a_crash_between_redis_and_commit(

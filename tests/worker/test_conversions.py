@@ -10,6 +10,7 @@ from adclick.core.db.models import Click, ConversionAudit, DailyCap, OfferAffili
 from adclick.worker.messages import pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.rollups import projection_mismatches
 from workerkit import (
     CODEC,
     FORGER,
@@ -22,6 +23,7 @@ from workerkit import (
     count,
     failed_jobs,
     metric,
+    packed,
     rejections,
     rollup_totals,
     seed,
@@ -149,6 +151,7 @@ async def test_later_postback_changes_status_and_moves_the_rollups(
         await worker.run_until_drained("conversions")
         totals = await rollup_totals(db_engine)
         assert (totals["conversions"], totals["revenue"], totals["payout"]) == expected, status
+        assert await projection_mismatches(db_engine) == {}, status
     # A stale postback (older than the last change) does not roll the status back.
     await worker.send("conversions", [conversion_body(click_id, "TX", received_at=T0 + 2500, status="rejected")])
     await worker.run_until_drained("conversions")
@@ -261,6 +264,7 @@ async def test_daily_caps_hold_with_consumers_racing(
     assert all(c.payout == D("2") for c in paid)
     totals = await rollup_totals(db_engine)
     assert (totals["conversions"], totals["payout"], totals["revenue"]) == (9, D("18"), D("27"))
+    assert await projection_mismatches(db_engine) == {}
     async with db_engine.connect() as connection:
         used = dict(
             ((row.scope, str(row.day)), row.used)
@@ -336,3 +340,43 @@ async def test_one_poison_message_does_not_block_the_rest_of_its_batch(
     assert await worker.queue_counts("conversions") == (0, 1)  # left for SQS to redeliver, then dead-letter
     totals = await rollup_totals(db_engine)
     assert (totals["conversions"], totals["revenue"]) == (9, D("90"))
+
+
+async def test_rollup_projections_sum_like_hourly_rollups_after_clicks_conversions_and_status_changes(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    first, second = await seed(
+        worker.sessions, affiliates=2, daily_cap=3, payout_amount=D("2.5"), revenue_amount=D("4"), override=None
+    )
+    # Clicks over three hours and two links, some naming no offer (a link config without one), some bots.
+    clicks = [
+        click_event(setup.link_id, T0 + n * 700_000, country=country, device=device, bot=n % 5 == 0,
+                    ip=f"192.0.2.{n}", offer_id=setup.offer_id if n % 3 else None,
+                    affiliate_id=setup.affiliate_id if n % 3 else None)
+        for n, (setup, country, device) in enumerate(
+            [(first, "US", "smartphone"), (second, "BR", "desktop"), (first, None, "tablet")] * 6
+        )
+    ]  # fmt: skip
+    await worker.send("clicks", packed(clicks, per_message=5))
+    bodies = [
+        conversion_body(clicks[n]["click_id"], f"T{n}", received_at=T0 + HOUR_MS + n * 1000, status=status)
+        for n, status in enumerate(["approved", None, "pending", "rejected", "approved", "approved"])
+    ]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained(clicks=2, conversions=2)
+    assert await projection_mismatches(db_engine) == {}
+
+    # Approvals, chargebacks, approvals over the full cap (which store the conversion capped).
+    later = T0 + 2 * HOUR_MS
+    changes = ["T2:approved", "T0:rejected", "T3:approved", "T4:rejected", "T4:approved", "T1:approved"]
+    for n, change in enumerate(changes):
+        txid, status = change.split(":")
+        body = conversion_body(clicks[int(txid[1:])]["click_id"], txid, received_at=later + n * 1000, status=status)
+        await worker.send("conversions", [body])
+        await worker.run_until_drained("conversions")
+        assert await projection_mismatches(db_engine) == {}, change
+    stored = await conversions(db_engine)
+    assert {"approved", "rejected", "capped"} <= {c.status for c in stored}
+    counted = [c for c in stored if c.status in ("pending", "approved")]
+    totals = await rollup_totals(db_engine)
+    assert (totals["clicks"], totals["conversions"], totals["revenue"]) == (18, len(counted), D(4) * len(counted))

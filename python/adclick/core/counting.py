@@ -1,7 +1,16 @@
 """What clicks and conversions count towards, in one place for the worker and the manager: rollups and daily caps.
 
 Rollups. Every event adds to `hourly_rollups` (hour x link x country x device; a row's offer and affiliate are
-those of its first event), in the transaction that stores the event (`add_to_rollups`).
+those of its first event) and, in the same transaction, to two projections of it that reports read when they can,
+because they are far smaller:
+- `hourly_link_rollups`: hour x link x offer x affiliate (reports by day, hour, offer, affiliate, link);
+- `hourly_country_device_rollups`: hour x country x device (reports by day, hour, country, device).
+A projection row is exactly the sum of the `hourly_rollups` rows it stands for: `add_to_rollups` writes
+`hourly_rollups` first, reads back the offer and affiliate each written row holds (RETURNING), and projects those,
+so a link whose offer changed within an hour, or a click and a conversion that name different offers, sum the same
+way in every table. In `hourly_link_rollups` offer and affiliate are part of the key and 0 stands for none.
+Every writer goes through the tables in one order (`ROLLUPS_WRITE_ORDER`), keys sorted within each, so concurrent
+transactions cannot deadlock; the smallest and most contended table comes last and holds its row locks the least.
 
 Conversions. `pending` and `approved` count: they add one conversion and their revenue and payout to the rollups
 at the hour the conversion was received, under its link with country and device '' (the click may not have
@@ -18,31 +27,103 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from adclick.core.db.models import HourlyRollup, Offer, OfferAffiliateOverride
+from sqlalchemy import Table
+
+from adclick.core.db.models import (
+    HourlyCountryDeviceRollup,
+    HourlyLinkRollup,
+    HourlyRollup,
+    Offer,
+    OfferAffiliateOverride,
+)
 from adclick.core.db.upsert import Executor, increment, release_cap, take_cap
 
 COUNTED = frozenset({"pending", "approved"})
 METRICS = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
-ROLLUP_KEY = ("hour", "link_id", "country", "device")
+NO_ID = 0  # offer or affiliate "none" in the key of hourly_link_rollups
 _ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """A rollup table: its key columns and the report dimensions (day and hour come from `hour`) it holds."""
+
+    table: Table
+    key: tuple[str, ...]
+    dimensions: frozenset[str]
+
+
+HOURLY = Rollup(
+    cast(Table, HourlyRollup.__table__),
+    ("hour", "link_id", "country", "device"),
+    frozenset({"day", "hour", "offer", "affiliate", "link", "country", "device"}),
+)
+BY_LINK = Rollup(
+    cast(Table, HourlyLinkRollup.__table__),
+    ("hour", "link_id", "offer_id", "affiliate_id"),
+    frozenset({"day", "hour", "offer", "affiliate", "link"}),
+)
+BY_COUNTRY_DEVICE = Rollup(
+    cast(Table, HourlyCountryDeviceRollup.__table__),
+    ("hour", "country", "device"),
+    frozenset({"day", "hour", "country", "device"}),
+)
+ROLLUPS_WRITE_ORDER = (HOURLY, BY_LINK, BY_COUNTRY_DEVICE)
+ROLLUPS_BY_SIZE = (BY_COUNTRY_DEVICE, BY_LINK, HOURLY)  # fewest rows first: a report reads the first that fits
 
 
 def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-async def add_to_rollups(executor: Executor, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Add events to the rollups, in the caller's transaction.
+def _fine_key(hour: datetime, link_id: int, country: str | None, device: str | None) -> tuple[Any, ...]:
+    # CHAR(2) comes back blank-padded from PostgreSQL ('' as '  '): compare countries without the padding.
+    return hour, link_id, (country or "").rstrip(), device or ""
 
-    Each row is one event (or a sum of events): `hour`, `link_id`, `country`, `device`, `offer_id`, `affiliate_id`
-    and any of METRICS (missing ones add 0). Rows that add nothing are skipped.
+
+async def add_to_rollups(executor: Executor, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Add events to every rollup table, in the caller's transaction.
+
+    Each row is one event (or a sum of events) at the finest grain: `hour`, `link_id`, `country`, `device`,
+    `offer_id`, `affiliate_id` and any of METRICS (missing ones add 0). Rows that add nothing are skipped.
     """
     batch = [row for row in rows if any(row.get(name) for name in METRICS)]
-    if batch:
-        deltas = [name for name in METRICS if any(name in row for row in batch)]
-        await increment(executor, HourlyRollup, ROLLUP_KEY, batch, deltas)
+    if not batch:
+        return
+    deltas = [name for name in METRICS if any(name in row for row in batch)]
+    table = HOURLY.table
+    stored = await increment(
+        executor,
+        table,
+        HOURLY.key,
+        batch,
+        deltas,
+        returning=[*(table.c[name] for name in HOURLY.key), table.c.offer_id, table.c.affiliate_id],
+    )
+    owners = {
+        _fine_key(row.hour, row.link_id, row.country, row.device): (row.offer_id, row.affiliate_id) for row in stored
+    }
+    by_link: list[dict[str, Any]] = []
+    by_country_device: list[dict[str, Any]] = []
+    for row in batch:
+        offer_id, affiliate_id = owners[_fine_key(row["hour"], row["link_id"], row["country"], row["device"])]
+        values = {name: row.get(name, 0) for name in deltas}
+        by_link.append(
+            {
+                "hour": row["hour"],
+                "link_id": row["link_id"],
+                "offer_id": NO_ID if offer_id is None else offer_id,
+                "affiliate_id": NO_ID if affiliate_id is None else affiliate_id,
+                **values,
+            }
+        )
+        by_country_device.append(
+            {"hour": row["hour"], "country": row["country"] or "", "device": row["device"] or "", **values}
+        )
+    await increment(executor, BY_LINK.table, BY_LINK.key, by_link, deltas)
+    await increment(executor, BY_COUNTRY_DEVICE.table, BY_COUNTRY_DEVICE.key, by_country_device, deltas)
 
 
 # -- conversions --

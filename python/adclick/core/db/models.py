@@ -251,8 +251,23 @@ class DailyCap(Base):
     used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
-class HourlyRollup(Base):
-    """Counters by hour x link x country x device, incremented in the transaction that stores the events."""
+class RollupCounters:
+    """The counters every rollup table carries (a mixin: each table gets its own columns)."""
+
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    unique_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    conversions: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+    payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+
+
+class HourlyRollup(RollupCounters, Base):
+    """Counters by hour x link x country x device, incremented in the transaction that stores the events.
+
+    `offer_id` and `affiliate_id` are those of the row's first event. adclick.core.counting writes this table and
+    its two smaller projections below; reports read the smallest one that holds what they ask for.
+    """
 
     __tablename__ = "hourly_rollups"
     __table_args__ = (
@@ -266,12 +281,35 @@ class HourlyRollup(Base):
     device: Mapped[str] = mapped_column(String(32), primary_key=True, default="", server_default="")
     offer_id: Mapped[int | None] = mapped_column(Integer)
     affiliate_id: Mapped[int | None] = mapped_column(Integer)
-    clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    unique_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    conversions: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
-    payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
+
+
+class HourlyLinkRollup(RollupCounters, Base):
+    """`hourly_rollups` summed over country and device: hour x link, keyed by the rows' offer and affiliate too.
+
+    Offer and affiliate are in the key (0 for a NULL in `hourly_rollups`), so a link whose rows name different
+    offers sums exactly as `hourly_rollups` does.
+    """
+
+    __tablename__ = "hourly_link_rollups"
+    __table_args__ = (
+        Index("ix_hourly_link_rollups_offer_id_hour", "offer_id", "hour"),
+        Index("ix_hourly_link_rollups_affiliate_id_hour", "affiliate_id", "hour"),
+    )
+
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    link_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    offer_id: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default=text("0"))
+    affiliate_id: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default=text("0"))
+
+
+class HourlyCountryDeviceRollup(RollupCounters, Base):
+    """`hourly_rollups` summed over links (and so offers and affiliates): hour x country x device."""
+
+    __tablename__ = "hourly_country_device_rollups"
+
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    country: Mapped[str] = mapped_column(CHAR(2), primary_key=True, default="", server_default="")
+    device: Mapped[str] = mapped_column(String(32), primary_key=True, default="", server_default="")
 
 
 class FailedJob(Base):

@@ -76,11 +76,14 @@ async def increment(
     key_cols: Sequence[str],
     values: Mapping[str, Any] | Iterable[Mapping[str, Any]],
     deltas: Sequence[str],
-) -> int:
+    *,
+    returning: Sequence[Column[Any]] | None = None,
+) -> list[Row[Any]]:
     """Upsert-add: insert each row, or add its `deltas` columns to the stored row with the same `key_cols`.
 
     Rows with equal keys are summed first (one statement may not update a row twice on PostgreSQL); other
-    columns are set only when the row is new. Returns the number of distinct keys written.
+    columns are set only when the row is new. With `returning`, returns those columns of every row written (as
+    stored after the write, in no particular order); else an empty list.
     """
     target = _table(table)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -93,15 +96,17 @@ async def increment(
             for name in deltas:
                 existing[name] += row.get(name, 0)
     if not merged:
-        return 0
+        return []
     batch = [merged[key] for key in sorted(merged)]
     insert = _insert(executor, target)
     statement = insert.on_conflict_do_update(
         index_elements=[target.c[name] for name in key_cols],
         set_={name: target.c[name] + insert.excluded[name] for name in deltas},
     )
-    await executor.execute(statement, batch)
-    return len(batch)
+    if returning is None:
+        await executor.execute(statement, batch)
+        return []
+    return list((await executor.execute(statement.returning(*returning), batch)).all())
 
 
 async def take_cap(executor: Executor, *, scope: str, offer_id: int, affiliate_id: int, day: date, cap: int) -> bool:

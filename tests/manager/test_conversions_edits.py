@@ -70,8 +70,8 @@ async def counted_sums(session: AsyncSession) -> tuple[int, Decimal, Decimal]:
     return len(rows), sum((r.revenue for r in rows), D(0)), sum((r.payout for r in rows), D(0))
 
 
-async def report_totals(session: AsyncSession) -> tuple[int, Decimal, Decimal]:
-    totals = (await run_report(session, build_query("offer", "2026-03-09", "2026-03-09", "UTC"))).totals
+async def report_totals(session: AsyncSession, group_by: str = "offer") -> tuple[int, Decimal, Decimal]:
+    totals = (await run_report(session, build_query(group_by, "2026-03-09", "2026-03-09", "UTC"))).totals
     return totals.conversions, totals.revenue, totals.payout
 
 
@@ -121,7 +121,9 @@ async def test_reject_approve_and_adjust_move_the_rollups_and_are_audited(db_ses
     assert await rollup(db_session) == (3, D("33.00"), D("22.50"))
 
     assert await rollup(db_session) == await counted_sums(db_session) == await report_totals(db_session)
+    # Every rollup table followed: reports by offer (hour x link) and by device (hour x country x device) agree.
     assert await projection_mismatches(db_session) == {}
+    assert await report_totals(db_session, "device") == await report_totals(db_session)
     trail = await audits(db_session, 1)
     assert [(a.before["status"], a.after["status"], a.after["action"]) for a in trail] == [
         ("approved", "rejected", "reject"),

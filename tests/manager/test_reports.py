@@ -3,6 +3,7 @@ conversions, days follow the chosen time zone, sub-id groupings read raw clicks,
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -13,9 +14,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from adclick.core.counting import add_to_rollups
+from adclick.core.counting import HOURLY, ROLLUPS_BY_SIZE, add_to_rollups
 from adclick.core.db.models import Advertiser, Affiliate, Click, Conversion, Link, Offer
-from adclick.manager.reports import ReportError, ReportQuery, build_query, run_report, time_series
+from adclick.manager.reports import (
+    ROLLUP_DIMENSIONS,
+    ReportError,
+    ReportQuery,
+    build_query,
+    choose_rollup,
+    dimensions_of,
+    run_report,
+    time_series,
+)
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -280,6 +290,80 @@ async def test_every_grouping_equals_the_sums_of_the_raw_events(
         assert got(report) == want, group_by
         assert {name: getattr(report.totals, name) for name in METRIC_NAMES} == summed(want.values()), group_by
         assert report.totals.clicks > 100 and report.totals.conversions > 20  # the range really holds data
+
+
+# Every rollup grouping of one or two dimensions, and some of three and four.
+ROLLUP_GROUPINGS = [
+    ",".join(names)
+    for size in (1, 2)
+    for names in itertools.combinations(ROLLUP_DIMENSIONS, size)
+    if not {"day", "hour"} <= set(names)
+] + ["day,offer,affiliate", "hour,country,device", "offer,link,device", "day,link,country,device"]
+ROLLUP_FILTERS: list[dict[str, Any]] = [
+    {},
+    {"offer_id": 1},
+    {"affiliate_id": 2},
+    {"link_id": 13},
+    {"country": "BR"},
+    {"device": "desktop"},
+    {"offer_id": 1, "device": "smartphone"},
+    {"scope_affiliate_id": 0},  # an affiliate user without an affiliate: nothing
+]
+
+
+def as_compared(report: Any) -> tuple[Any, ...]:
+    rows = [(row.keys, row.labels, row.names, row.totals) for row in report.rows]
+    return rows, report.totals, report.truncated, report.notes
+
+
+async def add_uneven_rollups(session: AsyncSession) -> None:
+    """Rollup rows of the kind real traffic makes besides the seeded ones: clicks whose event named no offer or
+    affiliate, and a conversion that named another offer than its link's clicks (its link moved offers)."""
+    moment = T0 + timedelta(hours=30, minutes=5)
+    base = {"hour": hour_of(moment), "link_id": 11, "country": "US", "device": "desktop"}
+    conversion = {"country": "", "device": "", "conversions": 1, "revenue": D("4.20"), "payout": D("1.10")}
+    rows = [
+        {**base, "offer_id": None, "affiliate_id": None, "clicks": 3, "unique_clicks": 2},
+        {**base, "link_id": 12, "offer_id": None, "affiliate_id": 2, "clicks": 2, "bot_clicks": 1},
+        {**base, **conversion, "offer_id": 3, "affiliate_id": 1},
+    ]
+    await add_to_rollups(session, rows)
+    await session.commit()
+
+
+@pytest.mark.parametrize(
+    ("group_by", "filters", "table"),
+    [
+        ("day", {}, "hourly_country_device_rollups"),
+        ("hour,device", {"country": "BR"}, "hourly_country_device_rollups"),
+        ("day,offer", {}, "hourly_link_rollups"),
+        ("link", {"scope_affiliate_id": 3}, "hourly_link_rollups"),
+        ("country", {"scope_affiliate_id": 3}, "hourly_rollups"),
+        ("offer,country", {}, "hourly_rollups"),
+    ],
+)
+def test_reports_read_the_smallest_rollup_that_holds_them(group_by: str, filters: dict[str, Any], table: str) -> None:
+    assert choose_rollup(build_query(group_by, "2026-03-01", "2026-03-07", "UTC", **filters)).table.name == table
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata", "America/New_York"])
+async def test_every_rollup_that_holds_a_report_gives_the_same_report(
+    db_session: AsyncSession, seeded: Seeded, tz: str
+) -> None:
+    await add_uneven_rollups(db_session)
+    compared = 0
+    for group_by in ROLLUP_GROUPINGS:
+        for filters in ROLLUP_FILTERS:
+            q = build_query(group_by, FIRST.isoformat(), LAST.isoformat(), tz, **filters)
+            holding = [rollup for rollup in ROLLUPS_BY_SIZE if dimensions_of(q) <= rollup.dimensions]
+            assert choose_rollup(q) == holding[0] and holding[-1] == HOURLY
+            for limit in (None, 5):
+                reports = [as_compared(await run_report(db_session, q, limit=limit, rollup=r)) for r in holding]
+                assert all(report == reports[-1] for report in reports), (group_by, filters, limit)
+                compared += len(holding) - 1
+            if filters == {} and tz == "UTC":
+                assert reports[-1][1].clicks > 100  # the range really holds data
+    assert compared > 100
 
 
 async def test_totals_are_the_same_for_every_grouping_and_derive_rates(

@@ -1,8 +1,11 @@
 """Reports: clicks, conversions and money grouped by time or dimension, in any IANA time zone, with totals.
 
-Rollup groupings (day, hour, offer, affiliate, link, country, device; up to three at once) read
-`hourly_rollups`. Sub-id groupings (sub1..sub5, one at a time) read raw clicks and the conversions of the
-range, over at most `SUB_RANGE_MAX_DAYS` days.
+Rollup groupings (day, hour, offer, affiliate, link, country, device; up to four at once) read the rollup table
+with the fewest rows that holds every grouping and filter of the request (`choose_rollup`): hour x country x
+device, else hour x link, else `hourly_rollups` itself. The smaller tables are exact projections of
+`hourly_rollups` (adclick.core.counting), so a report sums the same whichever table serves it. Sub-id groupings
+(sub1..sub5, one at a time) read raw clicks and the conversions of the range, over at most `SUB_RANGE_MAX_DAYS`
+days.
 
 Time zones: a range is whole local days [from 00:00, to + 1 day 00:00) in the chosen zone. Rollups are hourly in
 UTC and each rollup hour counts in the local day (and is labelled with the local hour) where it starts. In every
@@ -37,6 +40,7 @@ from sqlalchemy import (
     String,
     Table,
     case,
+    false,
     func,
     literal,
     literal_column,
@@ -46,7 +50,8 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.db.models import Affiliate, Click, Conversion, HourlyRollup, Link, Offer
+from adclick.core.counting import COUNTED, NO_ID, ROLLUPS_BY_SIZE, Rollup
+from adclick.core.db.models import Affiliate, Click, Conversion, Link, Offer
 from adclick.core.db.session import SessionDep
 from adclick.core.db.types import Money
 from adclick.manager.deps import CurrentUser, Principal
@@ -61,12 +66,19 @@ MAX_GROUPS = 4  # hour x link x country x device: the rollups row by row
 RANGE_MAX_DAYS = 400
 SUB_RANGE_MAX_DAYS = 31
 DEFAULT_DAYS = 7
-COUNTED_STATUSES = ("pending", "approved")  # what the worker adds to the rollups
+COUNTED_STATUSES = tuple(sorted(COUNTED))  # what adds to the rollups
+# A report filter -> the ReportQuery field that holds it.
+FILTER_DIMENSIONS = {
+    "offer": "offer_id",
+    "affiliate": "affiliate_id",
+    "link": "link_id",
+    "country": "country",
+    "device": "device",
+}
 METRICS = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
 UNKNOWN_LABEL = "(unknown)"
 NONE_LABEL = "(none)"
 
-_ROLLUPS = cast(Table, HourlyRollup.__table__)
 _CLICKS = cast(Table, Click.__table__)
 _CONVERSIONS = cast(Table, Conversion.__table__)
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
@@ -370,29 +382,35 @@ def _group_positions(count: int) -> list[ColumnElement[Any]]:
     return [literal_column(str(position)) for position in range(1, count + 1)]
 
 
-def _rollup_key(dimension: str, q: ReportQuery, dialect: str) -> ColumnElement[Any]:
-    r = _ROLLUPS.c
+def dimensions_of(q: ReportQuery) -> set[str]:
+    """What a rollup must hold to answer the report: its groupings and the dimensions it filters on."""
+    return set(q.group_by) | {name for name, field in FILTER_DIMENSIONS.items() if getattr(q, field) is not None}
+
+
+def choose_rollup(q: ReportQuery) -> Rollup:
+    """The rollup table with the fewest rows that holds every grouping and filter of the report."""
+    wanted = dimensions_of(q)
+    return next(rollup for rollup in ROLLUPS_BY_SIZE if wanted <= rollup.dimensions)
+
+
+def _rollup_key(dimension: str, q: ReportQuery, dialect: str, rollup: Rollup) -> ColumnElement[Any]:
+    r = rollup.table.c
     if dimension == "day":
         return local_day(r.hour, q, dialect)
-    return {
-        "hour": r.hour,
-        "offer": r.offer_id,
-        "affiliate": r.affiliate_id,
-        "link": r.link_id,
-        "country": r.country,
-        "device": r.device,
-    }[dimension]
+    if dimension in ("offer", "affiliate"):
+        # hourly_link_rollups keys "none" as 0 where hourly_rollups has NULL: read both as NULL.
+        return func.nullif(r[f"{dimension}_id"], NO_ID)
+    return r[{"hour": "hour", "link": "link_id", "country": "country", "device": "device"}[dimension]]
 
 
-def _rollup_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
-    r = _ROLLUPS.c
+def _rollup_filters(q: ReportQuery, rollup: Rollup) -> list[ColumnElement[bool]]:
+    r = rollup.table.c
     where: list[ColumnElement[bool]] = [r.hour >= q.start, r.hour < q.end]
-    if q.offer_id is not None:
-        where.append(r.offer_id == q.offer_id)
-    if q.affiliate_id is not None:
-        where.append(r.affiliate_id == q.affiliate_id)
-    if q.link_id is not None:
-        where.append(r.link_id == q.link_id)
+    for name in ("offer_id", "affiliate_id", "link_id"):
+        wanted = getattr(q, name)
+        if wanted is not None:
+            # No offer, affiliate or link has id 0 or less (an affiliate user without an affiliate asks for 0).
+            where.append(r[name] == wanted if wanted > NO_ID else false())
     if q.country is not None:
         where.append(r.country == q.country)
     if q.device is not None:
@@ -400,8 +418,8 @@ def _rollup_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-def _rollup_sums() -> list[ColumnElement[Any]]:
-    r = _ROLLUPS.c
+def _rollup_sums(rollup: Rollup) -> list[ColumnElement[Any]]:
+    r = rollup.table.c
     return [
         func.sum(r.clicks).label("clicks"),
         func.sum(r.unique_clicks).label("unique_clicks"),
@@ -445,24 +463,30 @@ def _with_names(grouped: Select[Any], q: ReportQuery, totals: bool = False) -> S
     return statement.order_by(inner.c.clicks.desc(), *keys)
 
 
-def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
+def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False, rollup: Rollup | None = None) -> Select[Any]:
+    """A report from the rollups: `rollup` (a table that holds the groupings and filters), else `choose_rollup`."""
+    rollup = rollup or choose_rollup(q)
+    if not dimensions_of(q) <= rollup.dimensions:
+        raise ValueError(f"{rollup.table.name} does not hold {', '.join(sorted(dimensions_of(q)))}")
     if "day" in q.group_by:
-        return _with_names(_by_local_day(q, dialect), q, totals)
-    keys = [_rollup_key(dimension, q, dialect).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
-    grouped = select(*keys, *_rollup_sums()).where(*_rollup_filters(q)).group_by(*_group_positions(len(keys)))
+        return _with_names(_by_local_day(q, dialect, rollup), q, totals)
+    keys = [_rollup_key(dimension, q, dialect, rollup).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
+    grouped = (
+        select(*keys, *_rollup_sums(rollup)).where(*_rollup_filters(q, rollup)).group_by(*_group_positions(len(keys)))
+    )
     return _with_names(grouped, q, totals)
 
 
-def _by_local_day(q: ReportQuery, dialect: str) -> Select[Any]:
+def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
     """Group by UTC hour first, then fold the hours into local days: the time zone arithmetic runs once per hour
     (and other grouping), not once per rollup row."""
     keys = [
-        (_ROLLUPS.c.hour if dimension == "day" else _rollup_key(dimension, q, dialect)).label(f"k{i}")
+        (rollup.table.c.hour if dimension == "day" else _rollup_key(dimension, q, dialect, rollup)).label(f"k{i}")
         for i, dimension in enumerate(q.group_by)
     ]
     hourly = (
-        select(*keys, *_rollup_sums())
-        .where(*_rollup_filters(q))
+        select(*keys, *_rollup_sums(rollup))
+        .where(*_rollup_filters(q, rollup))
         .group_by(*_group_positions(len(keys)))
         .subquery("hourly")
     )
@@ -551,10 +575,11 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
     return statement.order_by(literal_column("clicks").desc(), literal_column("conversions").desc(), merged_key)
 
 
-def report_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[Any]:
+def report_statement(q: ReportQuery, dialect: str, totals: bool = False, rollup: Rollup | None = None) -> Select[Any]:
     """The SELECT behind a report: columns k0.. (keys), the metrics, name0.. (names where a grouping has one),
-    and with `totals` the sums over every row as total_<metric> (the same on each row)."""
-    return sub_statement(q, dialect, totals) if q.is_sub else rollup_statement(q, dialect, totals)
+    and with `totals` the sums over every row as total_<metric> (the same on each row). `rollup` picks the table
+    of a rollup report (tests compare them); by default the smallest that holds the report."""
+    return sub_statement(q, dialect, totals) if q.is_sub else rollup_statement(q, dialect, totals, rollup)
 
 
 # -- rows --
@@ -593,10 +618,15 @@ def make_row(mapping: Any, q: ReportQuery) -> ReportRow:
     return ReportRow(keys, labels, Totals.from_mapping(mapping), names)
 
 
-async def run_report(session: AsyncSession, q: ReportQuery, *, limit: int | None = None) -> Report:
-    """Run a report; with `limit`, at most that many rows (and `truncated`), the totals still over everything."""
+async def run_report(
+    session: AsyncSession, q: ReportQuery, *, limit: int | None = None, rollup: Rollup | None = None
+) -> Report:
+    """Run a report; with `limit`, at most that many rows (and `truncated`), the totals still over everything.
+
+    `rollup` makes a rollup report read that table (it must hold the groupings); by default `choose_rollup` picks.
+    """
     dialect = _dialect(session)
-    statement = report_statement(q, dialect, totals=limit is not None)
+    statement = report_statement(q, dialect, totals=limit is not None, rollup=rollup)
     if limit is not None:
         statement = statement.limit(limit + 1)
     mappings = (await session.execute(statement)).mappings().all()

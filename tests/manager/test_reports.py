@@ -26,7 +26,7 @@ from adclick.manager.reports import (
     run_report,
     time_series,
 )
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 pytestmark = pytest.mark.anyio
@@ -364,6 +364,17 @@ async def test_every_rollup_that_holds_a_report_gives_the_same_report(
             if filters == {} and tz == "UTC":
                 assert reports[-1][1].clicks > 100  # the range really holds data
     assert compared > 100
+
+
+async def test_report_queries_are_planned_for_their_own_range_without_jit(db_session: AsyncSession) -> None:
+    await run_report(db_session, build_query("day", "2026-03-08", "2026-03-10", "UTC"))
+    if db_session.get_bind().dialect.name != "postgresql":
+        return
+    # Settings of the report's transaction only (a generic plan of a month-long range walks the whole index).
+    shown = [await db_session.scalar(text(f"SHOW {name}")) for name in ("plan_cache_mode", "jit", "work_mem")]
+    assert shown == ["force_custom_plan", "off", "32MB"]
+    await db_session.rollback()
+    assert await db_session.scalar(text("SHOW plan_cache_mode")) == "auto"
 
 
 async def test_totals_are_the_same_for_every_grouping_and_derive_rates(

@@ -43,6 +43,7 @@ from adclick.manager.reports import (
     csv_cells,
     csv_header,
     make_row,
+    prepare_report_transaction,
     query_or_400,
     report_statement,
 )
@@ -127,6 +128,7 @@ async def report_csv(sessions: async_sessionmaker[AsyncSession], q: ReportQuery)
     """Every row of a report (no row limit) as CSV."""
     async with sessions() as session:
         dialect = session.get_bind().dialect.name
+        await prepare_report_transaction(session)
 
         async def rows() -> AsyncIterator[list[Any]]:
             async for mapping in _stream(session, report_statement(q, dialect)):

@@ -48,6 +48,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.counting import COUNTED, NO_ID, ROLLUPS_BY_SIZE, Rollup
@@ -329,6 +330,24 @@ class Report:
 
 def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
+
+
+# A report binds its time range. After five runs PostgreSQL may switch a prepared statement to a generic plan, costed
+# for a range of unknown width (a fraction of a percent of the rows): on a month of rollups that walks the whole
+# primary key index in one process instead of scanning in parallel, several times slower. So every report is planned
+# for its own range. Its hash aggregates get room (a month by hour and offer is ~15k groups, which sort on disk at
+# the default 4 MB), and no JIT: a sub-id report's row estimates are far too high, and compiling its plan took a
+# second of a 5-second report, for nothing back.
+_REPORT_SETTINGS = sql_text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('work_mem', '32MB', true),"
+    " set_config('jit', 'off', true)"
+)
+
+
+async def prepare_report_transaction(session: AsyncSession) -> None:
+    """Settings for the report queries of this transaction (PostgreSQL; they end with it)."""
+    if _dialect(session) == "postgresql":
+        await session.execute(_REPORT_SETTINGS)
 
 
 @lru_cache(maxsize=256)
@@ -626,6 +645,7 @@ async def run_report(
     `rollup` makes a rollup report read that table (it must hold the groupings); by default `choose_rollup` picks.
     """
     dialect = _dialect(session)
+    await prepare_report_transaction(session)
     statement = report_statement(q, dialect, totals=limit is not None, rollup=rollup)
     if limit is not None:
         statement = statement.limit(limit + 1)

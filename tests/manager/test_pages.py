@@ -83,7 +83,7 @@ async def test_a_link_saved_while_redis_is_down_is_committed_not_yet_live_then_r
         done = await anyio.run_process([sys.executable, "-m", "adclick.cli", "cache-rebuild"], env=env, check=False)
     assert done.returncode == 0, done.stderr.decode()
     assert "1 stray keys deleted" in done.stdout.decode()
-    assert json.loads(redis.get("adclick:link:offline")) == link_config(saved)
+    assert json.loads(redis.get("adclick:link:offline")) == link_config(saved, parents_active=True)
     assert redis.get("adclick:link:stray") is None
     assert "live: trackers serve this version" in (await client.get(reply.headers["location"])).text
 
@@ -114,7 +114,7 @@ async def test_the_managers_reconciler_publishes_what_redis_missed(manager: Mana
                 if redis.get("adclick:link:late") is not None:
                     break
                 await asyncio.sleep(0.1)
-            assert json.loads(redis.get("adclick:link:late")) == link_config(link)
+            assert json.loads(redis.get("adclick:link:late")) == link_config(link, parents_active=True)
     finally:
         await engine.dispose()
 

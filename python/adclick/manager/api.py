@@ -15,7 +15,7 @@ from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
 from adclick.manager import accounts, campaigns
 from adclick.manager.deps import AdminUser, CurrentUser, SessionDep, StaffUser
-from adclick.manager.livecache import publish, publish_token_version, unpublish
+from adclick.manager.livecache import publish, publish_links_of, publish_token_version, unpublish
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserOut,
@@ -55,7 +55,7 @@ def postback_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/postback?{fields}&token={token}"
 
 
-def advertiser_out(request: Request, advertiser: Advertiser) -> AdvertiserOut:
+def advertiser_out(request: Request, advertiser: Advertiser, live: bool | None = None) -> AdvertiserOut:
     settings = request.app.state.settings
     token = make_token(settings.postback_secret.get_secret_value(), advertiser.id, advertiser.token_version)
     return AdvertiserOut(
@@ -66,6 +66,7 @@ def advertiser_out(request: Request, advertiser: Advertiser) -> AdvertiserOut:
         created_at=advertiser.created_at,
         postback_token=token,
         postback_url=postback_url(settings.manager_postback_base_url, token),
+        live=live,
     )
 
 
@@ -85,6 +86,11 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
         live=live,
         **fields,
     )
+
+
+def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
+    """What of an advertiser, affiliate or offer decides whether its links are served."""
+    return row.status == "active", getattr(row, "advertiser_id", None)
 
 
 def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
@@ -119,7 +125,13 @@ async def get_advertiser(request: Request, advertiser_id: RowId, session: Sessio
 async def update_advertiser(
     request: Request, advertiser_id: RowId, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
 ) -> Any:
-    return advertiser_out(request, await campaigns.update_advertiser(session, advertiser_id, data))
+    """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
+    before = serving(await campaigns.get_advertiser(session, advertiser_id))
+    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
+    live = None
+    if serving(advertiser) != before:
+        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    return advertiser_out(request, advertiser, live)
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
@@ -156,8 +168,16 @@ async def get_affiliate(affiliate_id: RowId, session: SessionDep, _user: StaffUs
 
 
 @router.patch("/affiliates/{affiliate_id}", response_model=AffiliateOut)
-async def update_affiliate(affiliate_id: RowId, data: AffiliatePatch, session: SessionDep, _user: StaffUser) -> Any:
-    return await campaigns.update_affiliate(session, affiliate_id, data)
+async def update_affiliate(
+    request: Request, affiliate_id: RowId, data: AffiliatePatch, session: SessionDep, _user: StaffUser
+) -> Any:
+    """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
+    before = serving(await campaigns.get_affiliate(session, affiliate_id))
+    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
+    live = None
+    if serving(affiliate) != before:
+        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
+    return AffiliateOut.model_validate(affiliate).model_copy(update={"live": live})
 
 
 @router.delete("/affiliates/{affiliate_id}", status_code=204)
@@ -189,8 +209,16 @@ async def get_offer(offer_id: RowId, session: SessionDep, _user: StaffUser) -> A
 
 
 @router.patch("/offers/{offer_id}", response_model=OfferOut)
-async def update_offer(offer_id: RowId, data: OfferPatch, session: SessionDep, _user: StaffUser) -> Any:
-    return await campaigns.update_offer(session, offer_id, data)
+async def update_offer(
+    request: Request, offer_id: RowId, data: OfferPatch, session: SessionDep, _user: StaffUser
+) -> Any:
+    """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
+    before = serving(await campaigns.get_offer(session, offer_id))
+    offer = await campaigns.update_offer(session, offer_id, data)
+    live = None
+    if serving(offer) != before:
+        live = await publish_links_of(request.app.state.redis, session, offer_id=offer_id)
+    return OfferOut.model_validate(offer).model_copy(update={"live": live})
 
 
 @router.delete("/offers/{offer_id}", status_code=204)
@@ -239,7 +267,7 @@ async def list_links(
 @router.post("/links", status_code=201, response_model=LinkOut)
 async def create_link(request: Request, data: LinkIn, session: SessionDep, _user: StaffUser) -> Any:
     link = await campaigns.create_link(session, data)
-    return link_out(request, link, await publish(request.app.state.redis, link))
+    return link_out(request, link, await publish(request.app.state.redis, session, link))
 
 
 @router.get("/links/{link_id}", response_model=LinkOut)
@@ -251,19 +279,19 @@ async def get_link(request: Request, link_id: LinkId, session: SessionDep, user:
 async def update_link(request: Request, link_id: LinkId, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
     previous_slug = (await campaigns.get_link(session, link_id)).slug
     link = await campaigns.update_link(session, link_id, data)
-    return link_out(request, link, await publish(request.app.state.redis, link, previous_slug))
+    return link_out(request, link, await publish(request.app.state.redis, session, link, previous_slug))
 
 
 @router.post("/links/{link_id}/pause", response_model=LinkOut)
 async def pause_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
     link = await campaigns.set_link_status(session, link_id, "paused")
-    return link_out(request, link, await publish(request.app.state.redis, link))
+    return link_out(request, link, await publish(request.app.state.redis, session, link))
 
 
 @router.post("/links/{link_id}/resume", response_model=LinkOut)
 async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
     link = await campaigns.set_link_status(session, link_id, "active")
-    return link_out(request, link, await publish(request.app.state.redis, link))
+    return link_out(request, link, await publish(request.app.state.redis, session, link))
 
 
 @router.delete("/links/{link_id}", status_code=204)

@@ -285,7 +285,7 @@ async def _apply(session: AsyncSession, link: Link, data: LinkIn) -> Link:
     session.add(link)
     try:
         await session.flush()
-        check_link_config(link_config(link))
+        check_link_config(link_config(link, parents_active=True))  # validity only
     except InvalidLinkConfig as error:
         await session.rollback()
         raise Invalid(str(error)) from error

@@ -2,6 +2,11 @@
 
 A link write commits first and then publishes; if Redis is down the write stands and the reconciler
 (`adclick cache-rebuild`, and a loop inside the manager) brings Redis back in line with the database.
+
+A link is served (`"status": "active"` in its config) only while the link, its offer, the offer's advertiser and
+its affiliate are all active; otherwise trackers get it as paused (its fallback URL, or a 404). Writers publish
+what the database holds after their commit, so a cascade from an offer, affiliate or advertiser and the reconciler
+compute the same status.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +22,12 @@ import anyio
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
-from adclick.core.db.models import Advertiser, Link
-from adclick.core.links import INVALIDATE_CHANNEL, LINK_KEY_PREFIX, link_key, publish_link
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.core.links import INVALIDATE_CHANNEL, LINK_KEY_PREFIX, link_key
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,12 @@ def redis_client(url: str, timeout_ms: int) -> redis.Redis:
     )
 
 
-def link_config(link: Link) -> dict[str, Any]:
-    """The v1 Redis config of a link row (docs/contracts.md); rotation replaces the single URL when present."""
+def link_config(link: Link, *, parents_active: bool) -> dict[str, Any]:
+    """The v1 Redis config of a link row (docs/contracts.md); rotation replaces the single URL when present.
+
+    `parents_active`: whether its offer, the offer's advertiser and its affiliate are all active; if not, the
+    link is published paused whatever its own status.
+    """
     extra = dict(link.config or {})
     config: dict[str, Any] = {
         "v": 1,
@@ -56,7 +65,7 @@ def link_config(link: Link) -> dict[str, Any]:
         "slug": link.slug,
         "offer_id": link.offer_id,
         "affiliate_id": link.affiliate_id,
-        "status": link.status,
+        "status": link.status if parents_active else "paused",
         "expires_at": int(link.expires_at.timestamp()) if link.expires_at is not None else None,
     }
     if extra.get("destinations"):
@@ -77,41 +86,125 @@ def check_link_config(config: dict[str, Any]) -> None:
         raise InvalidLinkConfig(str(error).removeprefix("invalid link config: ")) from error
 
 
-def _publish(client: redis.Redis, config: dict[str, Any], previous_slug: str | None) -> None:
-    publish_link(client, config)
-    if previous_slug is not None and previous_slug != config["slug"]:
-        _unpublish(client, previous_slug)  # a renamed link must stop answering on its old slug
+def serving_query(where: ColumnElement[bool] | None = None) -> Select[Link, str, str, str]:
+    """Links (all, or those matching `where`) with the statuses of their offer, advertiser and affiliate.
+
+    One statement, so PostgreSQL reads it from one snapshot; outer joins, so a missing parent pauses a link
+    rather than hiding it. Rows already in the session are refreshed: a publish must send what the database
+    holds now, not what this session last saw.
+    """
+    query = (
+        select(Link, Offer.status, Advertiser.status, Affiliate.status)
+        .outerjoin(Offer, Offer.id == Link.offer_id)
+        .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
+        .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
+        .order_by(Link.id)
+        .execution_options(populate_existing=True)
+    )
+    return query if where is None else query.where(where)
 
 
-async def publish(client: redis.Redis, link: Link, previous_slug: str | None = None) -> bool:
+def held_by(offer: str | None, advertiser: str | None, affiliate: str | None) -> list[str]:
+    """Which parents keep a link from being served: e.g. ['offer', 'affiliate']; empty when all are active."""
+    statuses = {"offer": offer, "advertiser": advertiser, "affiliate": affiliate}
+    return [name for name, status in statuses.items() if status != "active"]
+
+
+async def serving_configs(session: AsyncSession, where: ColumnElement[bool] | None = None) -> list[dict[str, Any]]:
+    """The configs trackers should serve for the links matching `where`, as the database holds them now."""
+    rows = await session.execute(serving_query(where))
+    return [link_config(link, parents_active=not held_by(*statuses)) for link, *statuses in rows]
+
+
+async def serving_config(session: AsyncSession, link: Link) -> tuple[dict[str, Any], list[str]]:
+    """The config trackers should serve for `link` (as this session holds it), and the parents that pause it."""
+    query = (
+        select(Offer.status, Advertiser.status, Affiliate.status)
+        .select_from(Link)
+        .outerjoin(Offer, Offer.id == Link.offer_id)
+        .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
+        .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
+        .where(Link.id == link.id)
+    )
+    statuses = (await session.execute(query)).one_or_none()
+    held = held_by(*statuses) if statuses is not None else ["offer", "advertiser", "affiliate"]
+    return link_config(link, parents_active=not held), held
+
+
+def _body(config: dict[str, Any]) -> str:
+    return json.dumps(config, separators=(",", ":"), ensure_ascii=False)
+
+
+def _set_links(client: redis.Redis, writes: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """SET (or DEL, for None) and announce each slug's config."""
+    for chunk in _chunks(writes, BATCH):
+        with client.pipeline(transaction=True) as pipe:
+            for slug, config in chunk:
+                if config is None:
+                    pipe.delete(link_key(slug))
+                else:
+                    pipe.set(link_key(slug), _body(config))
+                pipe.publish(INVALIDATE_CHANNEL, slug)
+            pipe.execute()
+
+
+async def _sync(
+    client: redis.Redis, session: AsyncSession, where: ColumnElement[bool], slugs: Collection[str] = ()
+) -> bool:
+    """Publish what the database holds now for the links matching `where`, and delete those of `slugs` it has not.
+
+    False (logged) if Redis failed: the database stands and the reconciler publishes it later.
+    """
+    configs = await serving_configs(session, where)
+    found = {config["slug"] for config in configs}
+    writes: list[tuple[str, dict[str, Any] | None]] = [(config["slug"], config) for config in configs]
+    writes += [(slug, None) for slug in dict.fromkeys(slugs) if slug not in found]
+    try:
+        await anyio.to_thread.run_sync(_set_links, client, writes)
+    except redis.RedisError as error:
+        log.warning("%d link(s) saved but not published, Redis failed: %s", len(writes), error)
+        return False
+    return True
+
+
+async def publish(client: redis.Redis, session: AsyncSession, link: Link, previous_slug: str | None = None) -> bool:
     """Write and announce a committed link's config (and drop its old slug after a rename).
 
     False (logged) if Redis failed: the write stands and the reconciler publishes it later.
     """
-    config = link_config(link)
-    try:
-        await anyio.to_thread.run_sync(_publish, client, config, previous_slug)
-    except redis.RedisError as error:
-        log.warning("link %s saved but not published, Redis failed: %s", link.slug, error)
-        return False
-    return True
-
-
-def _unpublish(client: redis.Redis, slug: str) -> None:
-    with client.pipeline(transaction=True) as pipe:
-        pipe.delete(link_key(slug))
-        pipe.publish(INVALIDATE_CHANNEL, slug)
-        pipe.execute()
+    slugs = [link.slug] if previous_slug is None else [link.slug, previous_slug]
+    return await _sync(client, session, Link.slug.in_(slugs), slugs)
 
 
 async def unpublish(client: redis.Redis, slug: str) -> bool:
     """Remove a deleted link's config; False if Redis failed (the reconciler deletes it later)."""
+    deletes: list[tuple[str, dict[str, Any] | None]] = [(slug, None)]
     try:
-        await anyio.to_thread.run_sync(_unpublish, client, slug)
+        await anyio.to_thread.run_sync(_set_links, client, deletes)
     except redis.RedisError as error:
         log.warning("link %s deleted but still in Redis, Redis failed: %s", slug, error)
         return False
     return True
+
+
+async def publish_links_of(
+    client: redis.Redis,
+    session: AsyncSession,
+    *,
+    offer_id: int | None = None,
+    affiliate_id: int | None = None,
+    advertiser_id: int | None = None,
+) -> bool:
+    """Republish every link of an offer, affiliate or advertiser whose status changed; False if Redis failed."""
+    if offer_id is not None:
+        where = Link.offer_id == offer_id
+    elif affiliate_id is not None:
+        where = Link.affiliate_id == affiliate_id
+    elif advertiser_id is not None:
+        where = Link.offer_id.in_(select(Offer.id).where(Offer.advertiser_id == advertiser_id))
+    else:
+        raise TypeError("publish_links_of needs offer_id, affiliate_id or advertiser_id")
+    return await _sync(client, session, where)
 
 
 def advertiser_key(advertiser_id: int) -> str:
@@ -129,16 +222,16 @@ async def publish_token_version(client: redis.Redis, advertiser: Advertiser) -> 
     return True
 
 
-async def published_state(client: redis.Redis, link: Link) -> str:
-    """'live' if Redis holds exactly this link's config, 'stale' if it holds another, 'missing', or 'unknown'."""
+async def published_state(client: redis.Redis, config: dict[str, Any]) -> str:
+    """'live' if Redis holds exactly this config, 'stale' if it holds another, 'missing', or 'unknown'."""
     try:
-        raw = await anyio.to_thread.run_sync(client.get, link_key(link.slug))
+        raw = await anyio.to_thread.run_sync(client.get, link_key(config["slug"]))
     except redis.RedisError:
         return "unknown"
     if raw is None:
         return "missing"
     try:
-        return "live" if json.loads(raw) == link_config(link) else "stale"
+        return "live" if json.loads(raw) == config else "stale"
     except ValueError:
         return "stale"
 
@@ -156,23 +249,20 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def _converge_links(client: redis.Redis, configs: list[dict[str, Any]], force: bool) -> int:
-    """SET (and announce) every config that differs from what Redis holds; all of them when `force`."""
-    written = 0
+def _differing(client: redis.Redis, configs: list[dict[str, Any]], force: bool) -> list[dict[str, Any]]:
+    """The configs that differ from what Redis holds (all of them when `force`)."""
+    if force:
+        return configs
+    out: list[dict[str, Any]] = []
     for chunk in _chunks(configs, BATCH):
-        current = [None] * len(chunk) if force else client.mget([link_key(c["slug"]) for c in chunk])
-        with client.pipeline(transaction=False) as pipe:
-            for config, raw in zip(chunk, current, strict=True):
-                try:
-                    same = raw is not None and json.loads(raw) == config
-                except ValueError:
-                    same = False
-                if not same:
-                    pipe.set(link_key(config["slug"]), json.dumps(config, separators=(",", ":"), ensure_ascii=False))
-                    pipe.publish(INVALIDATE_CHANNEL, config["slug"])
-                    written += 1
-            pipe.execute()
-    return written
+        for config, raw in zip(chunk, client.mget([link_key(c["slug"]) for c in chunk]), strict=True):
+            try:
+                same = raw is not None and json.loads(raw) == config
+            except ValueError:
+                same = False
+            if not same:
+                out.append(config)
+    return out
 
 
 def _find_strays(client: redis.Redis, slugs: set[str]) -> list[str]:
@@ -181,13 +271,55 @@ def _find_strays(client: redis.Redis, slugs: set[str]) -> list[str]:
     return [slug for slug in found if slug not in slugs]
 
 
-def _delete_slugs(client: redis.Redis, slugs: list[str]) -> None:
-    for chunk in _chunks(slugs, BATCH):
-        with client.pipeline(transaction=False) as pipe:
-            for slug in chunk:
-                pipe.delete(link_key(slug))
-                pipe.publish(INVALIDATE_CHANNEL, slug)
-            pipe.execute()
+@dataclass
+class Snapshot:
+    configs: list[dict[str, Any]]  # every link's config as trackers should serve it, but those they would refuse
+    slugs: set[str]  # every link's slug, refused or not: their keys are no strays
+    token_versions: dict[int, int]  # advertiser id: token version
+
+
+async def _snapshot(sessions: async_sessionmaker[AsyncSession]) -> Snapshot:
+    snapshot = Snapshot([], set(), {})
+    async with sessions() as session:
+        for config in await serving_configs(session):
+            snapshot.slugs.add(config["slug"])
+            try:
+                check_link_config(config)
+            except InvalidLinkConfig as error:
+                log.error("link %s (%s) not published: %s", config["id"], config["slug"], error)
+                continue
+            snapshot.configs.append(config)
+        query = select(Advertiser.id, Advertiser.token_version)
+        snapshot.token_versions = {row[0]: row[1] for row in await session.execute(query)}
+    return snapshot
+
+
+async def rebuild(
+    sessions: async_sessionmaker[AsyncSession], client: redis.Redis, *, force: bool = False
+) -> RebuildResult:
+    """Converge Redis to the database: every link's config, no stray link keys, every advertiser's token version.
+
+    Writes only what differs (everything when `force`).
+    """
+    snapshot = await _snapshot(sessions)
+    result = RebuildResult(links=len(snapshot.configs))
+    changed = await anyio.to_thread.run_sync(_differing, client, snapshot.configs, force)
+    writes: list[tuple[str, dict[str, Any] | None]] = [(config["slug"], config) for config in changed]
+    await anyio.to_thread.run_sync(_set_links, client, writes)
+    result.written = len(changed)
+    strays = await anyio.to_thread.run_sync(_find_strays, client, snapshot.slugs)
+    if strays:
+        # A link created since we read the table is no stray: ask the database again before deleting.
+        created: set[str] = set()
+        async with sessions() as session:
+            for chunk in _chunks(strays, BATCH):
+                created.update((await session.scalars(select(Link.slug).where(Link.slug.in_(chunk)))).all())
+        strays = [slug for slug in strays if slug not in created]
+        deletes: list[tuple[str, dict[str, Any] | None]] = [(slug, None) for slug in strays]
+        await anyio.to_thread.run_sync(_set_links, client, deletes)
+    result.deleted = len(strays)
+    result.advertisers_written = await anyio.to_thread.run_sync(_converge_advertisers, client, snapshot.token_versions)
+    return result
 
 
 def _converge_advertisers(client: redis.Redis, versions: dict[int, int]) -> int:
@@ -206,41 +338,6 @@ def _converge_advertisers(client: redis.Redis, versions: dict[int, int]) -> int:
                     written += 1
             pipe.execute()
     return written
-
-
-async def rebuild(
-    sessions: async_sessionmaker[AsyncSession], client: redis.Redis, *, force: bool = False
-) -> RebuildResult:
-    """Converge Redis to the database: every link's config, no stray link keys, every advertiser's token version.
-
-    Links whose stored config the tracker would refuse are skipped and logged (they cannot be saved that way).
-    """
-    result = RebuildResult()
-    configs: list[dict[str, Any]] = []
-    async with sessions() as session:
-        for link in (await session.scalars(select(Link).order_by(Link.id))).all():
-            config = link_config(link)
-            try:
-                check_link_config(config)
-            except InvalidLinkConfig as error:
-                log.error("link %s (%s) not published: %s", link.id, link.slug, error)
-                continue
-            configs.append(config)
-        versions = {row[0]: row[1] for row in await session.execute(select(Advertiser.id, Advertiser.token_version))}
-    result.links = len(configs)
-    result.written = await anyio.to_thread.run_sync(_converge_links, client, configs, force)
-    strays = await anyio.to_thread.run_sync(_find_strays, client, {c["slug"] for c in configs})
-    if strays:
-        # A link created since we read the table is no stray: ask the database again before deleting.
-        created: set[str] = set()
-        async with sessions() as session:
-            for chunk in _chunks(strays, BATCH):
-                created.update((await session.scalars(select(Link.slug).where(Link.slug.in_(chunk)))).all())
-        strays = [slug for slug in strays if slug not in created]
-        await anyio.to_thread.run_sync(_delete_slugs, client, strays)
-    result.deleted = len(strays)
-    result.advertisers_written = await anyio.to_thread.run_sync(_converge_advertisers, client, versions)
-    return result
 
 
 async def reconcile_forever(sessions: async_sessionmaker[AsyncSession], client: redis.Redis, interval: float) -> None:

@@ -13,11 +13,18 @@ from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import campaigns
-from adclick.manager.api import advertiser_out, tracking_url
+from adclick.manager.api import advertiser_out, serving, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
-from adclick.manager.livecache import publish, publish_token_version, published_state, unpublish
+from adclick.manager.livecache import (
+    publish,
+    publish_links_of,
+    publish_token_version,
+    published_state,
+    serving_config,
+    unpublish,
+)
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,
@@ -43,8 +50,11 @@ def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def _saved(request: Request, what: str, live: bool) -> None:
-    if live:
+def _saved(request: Request, what: str, live: bool | None) -> None:
+    """`live` None: nothing trackers serve changed."""
+    if live is None:
+        flash(request, f"{what} saved.", "success")
+    elif live:
         flash(request, f"{what} saved and live.", "success")
     else:
         flash(request, NOT_LIVE, "warning")
@@ -91,8 +101,12 @@ async def update_advertiser(request: Request, advertiser_id: int, session: Sessi
     data, errors = parse(AdvertiserPatch, await form_fields(request, *ADVERTISER_FIELDS))
     if data is None:
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
-    await campaigns.update_advertiser(session, advertiser_id, data)
-    flash(request, "Advertiser saved.", "success")
+    before = serving(await campaigns.get_advertiser(session, advertiser_id))
+    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
+    live = None
+    if serving(advertiser) != before:
+        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    _saved(request, "Advertiser", live)
     return _see_other(f"/advertisers/{advertiser_id}")
 
 
@@ -161,8 +175,12 @@ async def update_affiliate(request: Request, affiliate_id: int, session: Session
     data, errors = parse(AffiliatePatch, fields)
     if data is None:
         return await _affiliate_page(request, session, affiliate_id, errors=errors)
-    await campaigns.update_affiliate(session, affiliate_id, data)
-    flash(request, "Affiliate saved.", "success")
+    before = serving(await campaigns.get_affiliate(session, affiliate_id))
+    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
+    live = None
+    if serving(affiliate) != before:
+        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
+    _saved(request, "Affiliate", live)
     return _see_other(f"/affiliates/{affiliate_id}")
 
 
@@ -249,12 +267,16 @@ async def update_offer(request: Request, offer_id: int, session: SessionDep, _us
     fields.setdefault("daily_cap", None)  # a blank cap means no cap
     data, errors = parse(OfferPatch, fields)
     if data is not None:
+        before = serving(await campaigns.get_offer(session, offer_id))
         try:
-            await campaigns.update_offer(session, offer_id, data)
+            offer = await campaigns.update_offer(session, offer_id, data)
         except Invalid as error:
             errors = [str(error)]
         else:
-            flash(request, "Offer saved.", "success")
+            live = None
+            if serving(offer) != before:
+                live = await publish_links_of(request.app.state.redis, session, offer_id=offer_id)
+            _saved(request, "Offer", live)
             return _see_other(f"/offers/{offer_id}")
     await session.rollback()
     return await _offer_page(request, session, offer_id, errors=errors)
@@ -399,7 +421,7 @@ async def create_link(request: Request, session: SessionDep, _user: StaffUser) -
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            _saved(request, "Link", await publish(request.app.state.redis, link))
+            _saved(request, "Link", await publish(request.app.state.redis, session, link))
             return _see_other(f"/links/{link.id}")
     context = {"form": raw, "errors": errors, "macros": MACROS, **(await _choices(session))}
     return render(request, "link_form.html", context, status_code=422)
@@ -407,10 +429,12 @@ async def create_link(request: Request, session: SessionDep, _user: StaffUser) -
 
 async def _link_page(request: Request, session: SessionDep, link: Link, **extra: Any) -> Response:
     user = request.state.user
+    config, held = await serving_config(session, link)
     context: dict[str, Any] = {
         "link": link,
         "tracking_url": tracking_url(request, link.slug),
-        "state": await published_state(request.app.state.redis, link),
+        "state": await published_state(request.app.state.redis, config),
+        "held_by": held,
         "offer": await session.get(Offer, link.offer_id),
         "affiliate": await session.get(Affiliate, link.affiliate_id),
         "macros": MACROS,
@@ -439,7 +463,7 @@ async def update_link(request: Request, link_id: int, session: SessionDep, _user
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            _saved(request, "Link", await publish(request.app.state.redis, link, previous_slug))
+            _saved(request, "Link", await publish(request.app.state.redis, session, link, previous_slug))
             return _see_other(f"/links/{link.id}")
     link = await campaigns.get_link(session, link_id)
     return await _link_page(request, session, link, form=raw, errors=errors)
@@ -447,7 +471,7 @@ async def update_link(request: Request, link_id: int, session: SessionDep, _user
 
 async def _set_status(request: Request, link_id: int, session: SessionDep, status: str) -> Response:
     link = await campaigns.set_link_status(session, link_id, status)
-    live = await publish(request.app.state.redis, link)
+    live = await publish(request.app.state.redis, session, link)
     _saved(request, "Paused link" if status == "paused" else "Resumed link", live)
     return _see_other(f"/links/{link_id}")
 

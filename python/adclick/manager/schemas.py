@@ -66,6 +66,9 @@ class AdvertiserOut(Out):
     created_at: datetime
     postback_token: str
     postback_url: str
+    live: bool | None = Field(
+        None, description="after a status change: whether its links' new state reached Redis (false: not yet live)"
+    )
 
 
 # -- affiliates --
@@ -89,6 +92,9 @@ class AffiliateOut(Out):
     email: str | None
     status: str
     created_at: datetime
+    live: bool | None = Field(
+        None, description="after a status change: whether its links' new state reached Redis (false: not yet live)"
+    )
 
 
 # -- offers --
@@ -147,6 +153,9 @@ class OfferOut(Out):
     default_status: str
     daily_cap: int | None
     created_at: datetime
+    live: bool | None = Field(
+        None, description="after a status change: whether its links' new state reached Redis (false: not yet live)"
+    )
 
 
 class OverrideIn(Strict):

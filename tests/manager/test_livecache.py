@@ -1,0 +1,199 @@
+"""What trackers serve follows the whole campaign: a link is served only while it, its offer, the offer's advertiser
+and its affiliate are active."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.manager.livecache import link_config, rebuild
+from conftest import Manager, form
+from sqlalchemy import update
+
+pytestmark = pytest.mark.anyio
+
+PARENTS = {"offer": Offer, "affiliate": Affiliate, "advertiser": Advertiser}
+
+
+def stored(manager: Manager, slug: str) -> Any:
+    raw = manager.redis.client().get(f"adclick:link:{slug}")
+    return None if raw is None else json.loads(raw)
+
+
+def listen(manager: Manager) -> redis_lib.client.PubSub:
+    pubsub = manager.redis.client().pubsub()
+    pubsub.subscribe("adclick:invalidate")
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    return pubsub
+
+
+def invalidated(pubsub: redis_lib.client.PubSub) -> set[str]:
+    """The slugs announced on adclick:invalidate since the last call."""
+    slugs = set()
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        slugs.add(message["data"])
+    return slugs
+
+
+async def make_link(manager: Manager, slug: str, **fields: Any) -> dict[str, Any]:
+    api = await manager.api("manager")
+    payload = {
+        "offer_id": manager.ids["offer"],
+        "affiliate_id": manager.ids["affiliate"],
+        "slug": slug,
+        "url": "https://shop.example/?c={click_id}",
+        "fallback_url": "https://shop.example/paused",
+        **fields,
+    }
+    reply = await api.post("/api/v1/links", json=payload)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["live"] is True
+    return dict(reply.json())
+
+
+def parent_id(manager: Manager, kind: str) -> int:
+    return manager.ids[kind]
+
+
+@pytest.mark.parametrize("kind", ["offer", "affiliate", "advertiser"])
+async def test_pausing_a_parent_pauses_its_links_in_redis_and_resuming_restores_them(
+    manager: Manager, kind: str
+) -> None:
+    await make_link(manager, "mine")
+    await make_link(manager, "own-pause")
+    await make_link(manager, "elsewhere", affiliate_id=manager.ids["other_affiliate"])
+    api = await manager.api("manager")
+    assert (await api.post(f"/api/v1/links/{stored(manager, 'own-pause')['id']}/pause")).status_code == 200
+    pubsub = listen(manager)
+
+    paused = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "paused"})
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "paused" and paused.json()["live"] is True
+    affected = {"mine", "own-pause"} | ({"elsewhere"} if kind != "affiliate" else set())
+    for slug in affected:
+        assert stored(manager, slug)["status"] == "paused", slug
+    assert invalidated(pubsub) == affected
+    if kind == "affiliate":
+        assert stored(manager, "elsewhere")["status"] == "active"
+
+    # archiving a paused parent changes nothing trackers serve: nothing is republished
+    archived = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "archived"})
+    assert archived.status_code == 200 and archived.json()["live"] is None
+    assert invalidated(pubsub) == set()
+
+    resumed = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "active"})
+    assert resumed.status_code == 200 and resumed.json()["live"] is True
+    assert stored(manager, "mine")["status"] == "active"
+    assert stored(manager, "own-pause")["status"] == "paused"  # its own pause stands
+    assert invalidated(pubsub) == affected
+
+    # a rename changes nothing trackers serve
+    renamed = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"name": "Renamed"})
+    assert renamed.status_code == 200 and renamed.json()["live"] is None
+    assert invalidated(pubsub) == set()
+
+
+async def test_moving_an_offer_to_a_paused_advertiser_pauses_its_links(manager: Manager) -> None:
+    await make_link(manager, "mine")
+    api = await manager.api("manager")
+    other = await api.post("/api/v1/advertisers", json={"name": "Closed", "status": "paused"})
+    moved = await api.patch(f"/api/v1/offers/{manager.ids['offer']}", json={"advertiser_id": other.json()["id"]})
+    assert moved.status_code == 200 and moved.json()["live"] is True
+    assert stored(manager, "mine")["status"] == "paused"
+
+
+async def test_a_link_made_or_edited_under_a_paused_offer_is_published_paused(manager: Manager) -> None:
+    api = await manager.api("manager")
+    await api.patch(f"/api/v1/offers/{manager.ids['offer']}", json={"status": "paused"})
+    link = await make_link(manager, "late")
+    assert link["status"] == "active"  # the link's own status
+    assert stored(manager, "late")["status"] == "paused"
+    await api.patch(f"/api/v1/links/{link['id']}", json={"url": "https://shop.example/new"})
+    assert stored(manager, "late")["status"] == "paused"
+    await api.post(f"/api/v1/links/{link['id']}/resume")
+    assert stored(manager, "late")["status"] == "paused"
+
+
+@pytest.mark.parametrize("kind", ["offer", "affiliate", "advertiser"])
+async def test_status_changes_in_the_pages_republish_the_links(manager: Manager, kind: str) -> None:
+    await make_link(manager, "mine")
+    client = await manager.as_role("manager")
+    pubsub = listen(manager)
+    fields = {"offer": {"name": "Summer", "currency": "USD"}, "affiliate": {"name": "Mine"}}.get(kind, {"name": "Shop"})
+    page = f"/{kind}s/{parent_id(manager, kind)}"
+    reply = await client.post(page, data=form(client, status="paused", **fields))
+    assert reply.status_code == 303, reply.text
+    assert "saved and live" in (await client.get(page)).text
+    assert stored(manager, "mine")["status"] == "paused"
+    assert invalidated(pubsub) == {"mine"}
+    link_page = (await client.get(f"/links/{stored(manager, 'mine')['id']}")).text
+    assert f"paused: its {kind} is not active" in link_page and "live: trackers serve this version" in link_page
+
+    reply = await client.post(page, data=form(client, status="active", **fields))
+    assert stored(manager, "mine")["status"] == "active"
+
+
+async def test_a_status_change_while_redis_is_down_commits_says_not_live_and_the_reconciler_catches_up(
+    manager: Manager,
+) -> None:
+    await make_link(manager, "mine")
+    api = await manager.api("manager")
+    client = await manager.as_role("manager")
+    manager.redis.stop(save=True)  # its data comes back on start
+    paused = await api.patch(f"/api/v1/offers/{manager.ids['offer']}", json={"status": "paused"})
+    assert paused.status_code == 200 and paused.json()["live"] is False
+    reply = await client.post(
+        f"/affiliates/{manager.ids['affiliate']}", data=form(client, name="Mine", status="paused")
+    )
+    assert reply.status_code == 303
+    assert "Saved, not yet live" in (await client.get(reply.headers["location"])).text
+    async with manager.sessions() as session:
+        assert (await session.get(Offer, manager.ids["offer"])).status == "paused"  # type: ignore[union-attr]
+        assert (await session.get(Affiliate, manager.ids["affiliate"])).status == "paused"  # type: ignore[union-attr]
+
+    manager.redis.start()
+    assert stored(manager, "mine")["status"] == "active"
+    result = await rebuild(manager.sessions, manager.redis.client())
+    assert result.written == 1
+    assert stored(manager, "mine")["status"] == "paused"
+
+
+@pytest.mark.parametrize("kind", ["offer", "affiliate", "advertiser"])
+async def test_the_reconciler_computes_the_same_status(manager: Manager, kind: str) -> None:
+    link = await make_link(manager, "mine")
+    async with manager.sessions() as session:  # behind the manager's back: only the reconciler can notice
+        model = PARENTS[kind]
+        await session.execute(update(model).where(model.id == parent_id(manager, kind)).values(status="archived"))
+        await session.commit()
+    redis = manager.redis.client()
+    assert (await rebuild(manager.sessions, redis)).written == 1
+    held = stored(manager, "mine")
+    async with manager.sessions() as session:
+        row = await session.get(Link, link["id"])
+        assert row is not None
+        assert held == link_config(row, parents_active=False)
+        await session.execute(update(model).where(model.id == parent_id(manager, kind)).values(status="active"))
+        await session.commit()
+    assert (await rebuild(manager.sessions, redis)).written == 1
+    assert stored(manager, "mine") == link_config(row, parents_active=True)
+    # what the write path publishes and what the reconciler publishes are the same: nothing left to write
+    api = await manager.api("manager")
+    await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "paused"})
+    assert (await rebuild(manager.sessions, redis)).written == 0
+
+
+async def test_an_affiliate_can_pause_no_offer_affiliate_or_advertiser(manager: Manager) -> None:
+    await make_link(manager, "mine")
+    api = await manager.api("affiliate")
+    browser = await manager.as_role("affiliate")
+    for kind in ("offer", "affiliate", "advertiser"):
+        path = f"/{kind}s/{parent_id(manager, kind)}"
+        assert (await api.patch(f"/api/v1{path}", json={"status": "paused"})).status_code == 403
+        assert (await browser.post(path, data=form(browser, name="X", status="paused"))).status_code == 403
+    assert stored(manager, "mine")["status"] == "active"
+    async with manager.sessions() as session:
+        statuses = [(await session.get(PARENTS[kind], parent_id(manager, kind))).status for kind in PARENTS]  # type: ignore[union-attr]
+    assert statuses == ["active"] * 3

@@ -401,9 +401,13 @@ def _group_positions(count: int) -> list[ColumnElement[Any]]:
     return [literal_column(str(position)) for position in range(1, count + 1)]
 
 
+def filter_dimensions(q: ReportQuery) -> set[str]:
+    return {name for name, field in FILTER_DIMENSIONS.items() if getattr(q, field) is not None}
+
+
 def dimensions_of(q: ReportQuery) -> set[str]:
     """What a rollup must hold to answer the report: its groupings and the dimensions it filters on."""
-    return set(q.group_by) | {name for name, field in FILTER_DIMENSIONS.items() if getattr(q, field) is not None}
+    return set(q.group_by) | filter_dimensions(q)
 
 
 def choose_rollup(q: ReportQuery) -> Rollup:
@@ -494,6 +498,14 @@ def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False, rollup:
         select(*keys, *_rollup_sums(rollup)).where(*_rollup_filters(q, rollup)).group_by(*_group_positions(len(keys)))
     )
     return _with_names(grouped, q, totals)
+
+
+def rollup_totals_statement(q: ReportQuery, rollup: Rollup | None = None) -> Select[Any]:
+    """The sums of a rollup report over all its groups: its range and filters summed, from `rollup` or else the
+    smallest table that holds the filters (the groupings do not change the sums)."""
+    wanted = filter_dimensions(q)
+    source = rollup or next(table for table in ROLLUPS_BY_SIZE if wanted <= table.dimensions)
+    return select(*_rollup_sums(source)).where(*_rollup_filters(q, source))
 
 
 def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
@@ -646,16 +658,22 @@ async def run_report(
     """
     dialect = _dialect(session)
     await prepare_report_transaction(session)
-    statement = report_statement(q, dialect, totals=limit is not None, rollup=rollup)
+    # A cut rollup report sums its totals apart, from the smallest table that holds its filters: a window over
+    # every group would make the database group everything before the first row, where rows in key order can
+    # stop at the limit. Sub-id reports group everything anyway and take them from a window.
+    window = limit is not None and q.is_sub
+    statement = report_statement(q, dialect, totals=window, rollup=rollup)
     if limit is not None:
         statement = statement.limit(limit + 1)
     mappings = (await session.execute(statement)).mappings().all()
     rows = [make_row(mapping, q) for mapping in mappings[:limit]]
     truncated = limit is not None and len(mappings) > limit
     totals = Totals()
-    if limit is not None and mappings:
+    if window and mappings:
         first = mappings[0]
         totals = Totals.from_mapping({name: first[f"total_{name}"] for name in METRICS})
+    elif truncated:
+        totals = Totals.from_mapping((await session.execute(rollup_totals_statement(q, rollup))).mappings().one())
     else:
         for row in rows:
             totals.add(row.totals)

@@ -374,8 +374,9 @@ async def test_report_queries_are_planned_for_their_own_range_without_jit(db_ses
     if db_session.get_bind().dialect.name != "postgresql":
         return
     # Settings of the report's transaction only (a generic plan of a month-long range walks the whole index).
-    shown = [await db_session.scalar(text(f"SHOW {name}")) for name in ("plan_cache_mode", "jit", "work_mem")]
-    assert shown == ["force_custom_plan", "off", "32MB"]
+    names = ("plan_cache_mode", "jit", "work_mem", "TimeZone")
+    shown = [await db_session.scalar(text(f"SHOW {name}")) for name in names]
+    assert shown == ["force_custom_plan", "off", "32MB", "UTC"]
     await db_session.rollback()
     assert await db_session.scalar(text("SHOW plan_cache_mode")) == "auto"
 

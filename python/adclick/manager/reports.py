@@ -12,8 +12,10 @@ UTC and each rollup hour counts in the local day (and is labelled with the local
 zone whose offset is a whole number of hours that is exact; in a zone with a :30 or :45 offset (Asia/Kolkata,
 Asia/Kathmandu, Australia/Adelaide...) a local day runs from 00:30 (00:45) to 00:30 the next day, and the report
 says so in `notes`. Sub-id reports read exact timestamps, so their days are exact in every zone.
-Day buckets are computed in SQL: `AT TIME ZONE` on PostgreSQL; on SQLite the zone's UTC offsets over the range
-(DST transitions included) become a CASE of `date(hour, '+N minutes')`.
+Day buckets are computed in SQL from the zone's UTC offsets over the range (DST transitions included), a CASE of
+`CAST(hour + interval 'N minutes' AS date)` per rollup row on PostgreSQL (in UTC, which the report transaction
+sets; cheaper per row than `AT TIME ZONE`, and than grouping by hour first, which leaves a big intermediate
+result) and of `date(hour, '+N minutes')` per hour on SQLite, after grouping by hour.
 
 Conversions count as the rollups count them: `pending` and `approved`, at the hour the conversion was received.
 Conversions roll up with country and device '' (the click may not have arrived yet), so a country or device
@@ -37,12 +39,10 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     Select,
-    String,
     Table,
     case,
     false,
     func,
-    literal,
     literal_column,
     select,
     type_coerce,
@@ -337,10 +337,10 @@ def _dialect(session: AsyncSession) -> str:
 # primary key index in one process instead of scanning in parallel, several times slower. So every report is planned
 # for its own range. Its hash aggregates get room (a month by hour and offer is ~15k groups, which sort on disk at
 # the default 4 MB), and no JIT: a sub-id report's row estimates are far too high, and compiling its plan took a
-# second of a 5-second report, for nothing back.
+# second of a 5-second report, for nothing back. Local days are cut in UTC arithmetic (`local_day`).
 _REPORT_SETTINGS = sql_text(
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('work_mem', '32MB', true),"
-    " set_config('jit', 'off', true)"
+    " set_config('jit', 'off', true), set_config('TimeZone', 'UTC', true)"
 )
 
 
@@ -382,17 +382,23 @@ def _sqlite_timestamp(moment: datetime) -> str:
 
 
 def local_day(column: ColumnElement[Any], q: ReportQuery, dialect: str) -> ColumnElement[Any]:
-    """The local date of a UTC timestamp column, in SQL."""
-    if dialect == "postgresql":
-        return sql_cast(func.timezone(literal(q.tz, String), column), Date)
+    """The local date of a UTC timestamp column (a rollup hour) in the report's zone, in SQL."""
     segments = offset_segments(q.start, q.end, q.zone)
+
+    def shifted(minutes: int) -> ColumnElement[Any]:
+        if dialect == "postgresql":
+            return sql_cast(column + literal_column(f"interval '{minutes:+d} minutes'"), Date)
+        return func.date(column, literal_column(f"'{minutes:+d} minutes'"))
+
+    def bound(moment: datetime) -> ColumnElement[Any]:
+        if dialect == "postgresql":
+            return literal_column(f"TIMESTAMPTZ '{moment.astimezone(UTC).isoformat()}'")
+        return literal_column(f"'{_sqlite_timestamp(moment)}'")
+
     if len(segments) == 1:
-        return func.date(column, literal_column(f"'{segments[0][1]:+d} minutes'"))
-    whens: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = []
-    for (_, minutes), (following, _) in pairwise(segments):
-        bound: ColumnElement[Any] = literal_column(f"'{_sqlite_timestamp(following)}'")
-        whens.append((column < bound, func.date(column, literal_column(f"'{minutes:+d} minutes'"))))
-    return case(*whens, else_=func.date(column, literal_column(f"'{segments[-1][1]:+d} minutes'")))
+        return shifted(segments[0][1])
+    whens = [(column < bound(following), shifted(minutes)) for (_, minutes), (following, _) in pairwise(segments)]
+    return case(*whens, else_=shifted(segments[-1][1]))
 
 
 def _group_positions(count: int) -> list[ColumnElement[Any]]:
@@ -491,7 +497,7 @@ def rollup_statement(q: ReportQuery, dialect: str, totals: bool = False, rollup:
     rollup = rollup or choose_rollup(q)
     if not dimensions_of(q) <= rollup.dimensions:
         raise ValueError(f"{rollup.table.name} does not hold {', '.join(sorted(dimensions_of(q)))}")
-    if "day" in q.group_by:
+    if "day" in q.group_by and dialect != "postgresql":
         return _with_names(_by_local_day(q, dialect, rollup), q, totals)
     keys = [_rollup_key(dimension, q, dialect, rollup).label(f"k{i}") for i, dimension in enumerate(q.group_by)]
     grouped = (
@@ -509,8 +515,8 @@ def rollup_totals_statement(q: ReportQuery, rollup: Rollup | None = None) -> Sel
 
 
 def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
-    """Group by UTC hour first, then fold the hours into local days: the time zone arithmetic runs once per hour
-    (and other grouping), not once per rollup row."""
+    """Group by UTC hour first, then fold the hours into local days: SQLite's date() runs once per hour (and other
+    grouping), not once per rollup row."""
     keys = [
         (rollup.table.c.hour if dimension == "day" else _rollup_key(dimension, q, dialect, rollup)).label(f"k{i}")
         for i, dimension in enumerate(q.group_by)

@@ -1,17 +1,19 @@
 """What trackers serve follows the whole campaign: a link is served only while it, its offer, the offer's advertiser
-and its affiliate are active."""
+and its affiliate are active; and the reconciler never undoes a write published while it runs."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.manager import livecache
 from adclick.manager.livecache import link_config, rebuild
 from conftest import Manager, form
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +199,102 @@ async def test_an_affiliate_can_pause_no_offer_affiliate_or_advertiser(manager: 
     async with manager.sessions() as session:
         statuses = [(await session.get(PARENTS[kind], parent_id(manager, kind))).status for kind in PARENTS]  # type: ignore[union-attr]
     assert statuses == ["active"] * 3
+
+
+# -- the reconciler and writes published while it runs --
+
+
+def during_rebuild(monkeypatch: pytest.MonkeyPatch, write: Callable[[], Awaitable[None]]) -> None:
+    """Run `write` (through the manager, so it commits and publishes) after the rebuild read the database and
+    before it writes Redis: exactly the window in which the reconciler used to undo it."""
+    snapshot = livecache._snapshot
+
+    async def snapshot_then_write(sessions: Any) -> Any:
+        taken = await snapshot(sessions)
+        await write()
+        return taken
+
+    monkeypatch.setattr(livecache, "_snapshot", snapshot_then_write)
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_a_pause_published_during_a_rebuild_stands(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    await make_link(manager, "mine")
+    api = await manager.api("manager")
+
+    async def pause_offer() -> None:
+        reply = await api.patch(f"/api/v1/offers/{manager.ids['offer']}", json={"status": "paused"})
+        assert reply.json()["live"] is True and stored(manager, "mine")["status"] == "paused"
+
+    during_rebuild(monkeypatch, pause_offer)
+    result = await rebuild(manager.sessions, manager.redis.client(), force=force)
+    assert stored(manager, "mine")["status"] == "paused"
+    assert (result.written, result.kept_newer) == (0, 1)
+    monkeypatch.undo()
+    assert (await rebuild(manager.sessions, manager.redis.client())).written == 0  # and the database agrees
+
+
+async def test_an_edit_and_a_delete_published_during_a_rebuild_stand(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edited, deleted = await make_link(manager, "edited"), await make_link(manager, "deleted")
+    api = await manager.api("manager")
+    redis = manager.redis.client()
+
+    async def edit_and_delete() -> None:
+        reply = await api.patch(f"/api/v1/links/{edited['id']}", json={"url": "https://shop.example/new"})
+        assert reply.json()["live"] is True
+        assert (await api.delete(f"/api/v1/links/{deleted['id']}")).status_code == 204
+
+    during_rebuild(monkeypatch, edit_and_delete)
+    result = await rebuild(manager.sessions, redis)
+    assert stored(manager, "edited")["url"] == "https://shop.example/new"
+    assert stored(manager, "deleted") is None
+    assert (result.written, result.deleted, result.kept_newer) == (0, 0, 2)
+
+
+async def test_a_link_created_during_a_rebuild_is_no_stray(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def create() -> None:
+        await make_link(manager, "new")
+
+    during_rebuild(monkeypatch, create)
+    result = await rebuild(manager.sessions, manager.redis.client())
+    assert stored(manager, "new") is not None and (result.deleted, result.kept_newer) == (0, 1)
+
+
+async def test_a_token_rotated_during_a_rebuild_stays_revoked(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = await manager.api("manager")
+    advertiser = manager.ids["advertiser"]
+    redis = manager.redis.client()
+
+    async def rotate() -> None:
+        assert (await api.post(f"/api/v1/advertisers/{advertiser}/rotate-token")).json()["token_version"] == 2
+
+    during_rebuild(monkeypatch, rotate)
+    await rebuild(manager.sessions, redis, force=True)
+    assert json.loads(redis.get(f"adclick:advertiser:{advertiser}")) == {"token_version": 2}
+
+
+async def test_a_slow_writer_with_an_older_version_does_not_undo_a_newer_one(manager: Manager) -> None:
+    """Two writers of one link: the one that read the database later wins, whatever order their writes land in."""
+    await make_link(manager, "mine")
+    redis = manager.redis.client()
+    async with manager.sessions() as session:
+        row = await session.scalar(select(Link).where(Link.slug == "mine"))
+        assert row is not None
+        old = link_config(row, parents_active=True)
+    older, newer = livecache._next_version(redis), livecache._next_version(redis)
+    new = {**old, "url": "https://shop.example/newer"}
+    assert livecache._set_links(redis, newer, [("mine", new)]) == [True]
+    assert livecache._set_links(redis, older, [("mine", old)]) == [False]
+    assert livecache._set_links(redis, older, [("mine", None)]) == [False]
+    assert stored(manager, "mine") == new
+    # a delete leaves its version behind, so an older write cannot bring the link back
+    deleted = livecache._next_version(redis)
+    assert livecache._set_links(redis, deleted, [("mine", None)]) == [True]
+    assert livecache._set_links(redis, newer, [("mine", new)]) == [False]
+    assert stored(manager, "mine") is None and 0 < redis.ttl("adclick:link_version:mine") <= livecache.TOMBSTONE_SECONDS

@@ -297,7 +297,7 @@ async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _u
 @router.delete("/links/{link_id}", status_code=204)
 async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     slug = await campaigns.delete_link(session, link_id)
-    await unpublish(request.app.state.redis, slug)
+    await unpublish(request.app.state.redis, session, slug)
     return Response(status_code=204)
 
 

@@ -4,9 +4,21 @@ A link write commits first and then publishes; if Redis is down the write stands
 (`adclick cache-rebuild`, and a loop inside the manager) brings Redis back in line with the database.
 
 A link is served (`"status": "active"` in its config) only while the link, its offer, the offer's advertiser and
-its affiliate are all active; otherwise trackers get it as paused (its fallback URL, or a 404). Writers publish
-what the database holds after their commit, so a cascade from an offer, affiliate or advertiser and the reconciler
-compute the same status.
+its affiliate are all active; otherwise trackers get it as paused (its fallback URL, or a 404).
+
+Every writer of link configs (an edit, a pause, a delete, a cascade from an offer, affiliate or advertiser, and
+the reconciler) does the same three steps, so that a slow writer never undoes a newer one:
+
+1. take a version, `INCR adclick:link_version_seq`, *after* its own commit;
+2. read the configs it publishes from the database *after* taking the version;
+3. write each key with a compare-and-set (one Lua script per key): only if the version stored beside the key
+   (`adclick:link_version:{slug}`) is lower than its own; a delete leaves its version behind as a tombstone.
+
+Whoever holds the higher version read the database later than every writer with a lower one took its version,
+hence after their commits: the last write standing carries every commit. In particular the reconciler, which
+reads a snapshot of the whole table and writes it out many milliseconds later, can no longer overwrite an edit,
+pause or delete published in between: that writer took a higher version after the snapshot and the reconciler's
+compare-and-set leaves its key alone.
 """
 
 from __future__ import annotations
@@ -33,7 +45,42 @@ log = logging.getLogger(__name__)
 
 ADVERTISER_KEY_PREFIX = "adclick:advertiser:"
 RECONCILE_LOCK_KEY = "adclick:manager:reconcile:lock"
+# Outside the adclick:link:{slug} namespace, which trackers read and the reconciler SCANs.
+LINK_VERSION_PREFIX = "adclick:link_version:"
+LINK_VERSION_SEQ = "adclick:link_version_seq"
+# How long a deleted link's version outlives it: far longer than any writer can stall between taking a version
+# and writing (and the reconciler deletes whatever such a writer would bring back).
+TOMBSTONE_SECONDS = 7 * 24 * 3600
 BATCH = 500
+
+# KEYS: the link key, its version key. ARGV: version, config JSON ("" deletes), slug, channel, tombstone seconds.
+# 1: written and announced; 0: a write with this version or a newer one is already there.
+_SET_LINK = """
+local stored = tonumber(redis.call('GET', KEYS[2])) or 0
+if stored >= tonumber(ARGV[1]) then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[5]))
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+
+# KEYS: adclick:advertiser:{id}. ARGV: token version, its JSON. Token versions only go up (a lower one would
+# bring back a revoked token), so a write never lowers what is there; 1 if written.
+_RAISE_TOKEN_VERSION = """
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' and tonumber(doc.token_version) and tonumber(doc.token_version) >= tonumber(ARGV[1])
+  then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 class InvalidLinkConfig(ValueError):
@@ -131,21 +178,30 @@ async def serving_config(session: AsyncSession, link: Link) -> tuple[dict[str, A
     return link_config(link, parents_active=not held), held
 
 
+def version_key(slug: str) -> str:
+    return f"{LINK_VERSION_PREFIX}{slug}"
+
+
 def _body(config: dict[str, Any]) -> str:
     return json.dumps(config, separators=(",", ":"), ensure_ascii=False)
 
 
-def _set_links(client: redis.Redis, writes: list[tuple[str, dict[str, Any] | None]]) -> None:
-    """SET (or DEL, for None) and announce each slug's config."""
+def _next_version(client: redis.Redis) -> int:
+    return int(client.incr(LINK_VERSION_SEQ))
+
+
+def _set_links(client: redis.Redis, version: int, writes: list[tuple[str, dict[str, Any] | None]]) -> list[bool]:
+    """Compare-and-set each (slug, config or None to delete) at `version`; True where it was written."""
+    script = client.register_script(_SET_LINK)
+    done: list[bool] = []
     for chunk in _chunks(writes, BATCH):
-        with client.pipeline(transaction=True) as pipe:
+        with client.pipeline(transaction=False) as pipe:
             for slug, config in chunk:
-                if config is None:
-                    pipe.delete(link_key(slug))
-                else:
-                    pipe.set(link_key(slug), _body(config))
-                pipe.publish(INVALIDATE_CHANNEL, slug)
-            pipe.execute()
+                body = "" if config is None else _body(config)
+                args = [version, body, slug, INVALIDATE_CHANNEL, TOMBSTONE_SECONDS]
+                script(keys=[link_key(slug), version_key(slug)], args=args, client=pipe)
+            done.extend(bool(result) for result in pipe.execute())
+    return done
 
 
 async def _sync(
@@ -155,12 +211,20 @@ async def _sync(
 
     False (logged) if Redis failed: the database stands and the reconciler publishes it later.
     """
-    configs = await serving_configs(session, where)
+    # End any transaction the caller left open (it has committed its write), so that the read below starts a new
+    # one after our version is taken: a fresh snapshot on SQLite and under any isolation level.
+    await session.commit()
+    try:
+        version = await anyio.to_thread.run_sync(_next_version, client)
+    except redis.RedisError as error:
+        log.warning("links saved but not published, Redis failed: %s", error)
+        return False
+    configs = await serving_configs(session, where)  # read only now: after our version, so after older writers'
     found = {config["slug"] for config in configs}
     writes: list[tuple[str, dict[str, Any] | None]] = [(config["slug"], config) for config in configs]
     writes += [(slug, None) for slug in dict.fromkeys(slugs) if slug not in found]
     try:
-        await anyio.to_thread.run_sync(_set_links, client, writes)
+        await anyio.to_thread.run_sync(_set_links, client, version, writes)
     except redis.RedisError as error:
         log.warning("%d link(s) saved but not published, Redis failed: %s", len(writes), error)
         return False
@@ -176,15 +240,9 @@ async def publish(client: redis.Redis, session: AsyncSession, link: Link, previo
     return await _sync(client, session, Link.slug.in_(slugs), slugs)
 
 
-async def unpublish(client: redis.Redis, slug: str) -> bool:
+async def unpublish(client: redis.Redis, session: AsyncSession, slug: str) -> bool:
     """Remove a deleted link's config; False if Redis failed (the reconciler deletes it later)."""
-    deletes: list[tuple[str, dict[str, Any] | None]] = [(slug, None)]
-    try:
-        await anyio.to_thread.run_sync(_set_links, client, deletes)
-    except redis.RedisError as error:
-        log.warning("link %s deleted but still in Redis, Redis failed: %s", slug, error)
-        return False
-    return True
+    return await _sync(client, session, Link.slug == slug, [slug])
 
 
 async def publish_links_of(
@@ -211,11 +269,22 @@ def advertiser_key(advertiser_id: int) -> str:
     return f"{ADVERTISER_KEY_PREFIX}{advertiser_id}"
 
 
+def _raise_token_versions(client: redis.Redis, versions: dict[int, int]) -> int:
+    script = client.register_script(_RAISE_TOKEN_VERSION)
+    written = 0
+    for chunk in _chunks(list(versions.items()), BATCH):
+        with client.pipeline(transaction=False) as pipe:
+            for advertiser_id, version in chunk:
+                body = json.dumps({"token_version": version})
+                script(keys=[advertiser_key(advertiser_id)], args=[version, body], client=pipe)
+            written += sum(pipe.execute())
+    return written
+
+
 async def publish_token_version(client: redis.Redis, advertiser: Advertiser) -> bool:
     """Tell the postback role the lowest token version it may accept; False if Redis failed."""
-    body = json.dumps({"token_version": advertiser.token_version})
     try:
-        await anyio.to_thread.run_sync(client.set, advertiser_key(advertiser.id), body)
+        await anyio.to_thread.run_sync(_raise_token_versions, client, {advertiser.id: advertiser.token_version})
     except redis.RedisError as error:
         log.warning("advertiser %s token rotated but not published, Redis failed: %s", advertiser.id, error)
         return False
@@ -242,6 +311,7 @@ class RebuildResult:
     written: int = 0
     deleted: int = 0
     advertisers_written: int = 0
+    kept_newer: int = 0  # keys a write published after the snapshot had already changed: left as they are
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -294,50 +364,45 @@ async def _snapshot(sessions: async_sessionmaker[AsyncSession]) -> Snapshot:
     return snapshot
 
 
+def _converge(client: redis.Redis, version: int, snapshot: Snapshot, force: bool, result: RebuildResult) -> None:
+    changed = _differing(client, snapshot.configs, force)
+    written = _set_links(client, version, [(config["slug"], config) for config in changed])
+    strays = _find_strays(client, snapshot.slugs)
+    deleted = _set_links(client, version, [(slug, None) for slug in strays])
+    result.written = sum(written)
+    result.deleted = sum(deleted)
+    result.kept_newer = written.count(False) + deleted.count(False)
+
+
 async def rebuild(
     sessions: async_sessionmaker[AsyncSession], client: redis.Redis, *, force: bool = False
 ) -> RebuildResult:
     """Converge Redis to the database: every link's config, no stray link keys, every advertiser's token version.
 
-    Writes only what differs (everything when `force`).
+    Writes only what differs (everything when `force`), each key by compare-and-set at a version taken before the
+    snapshot, so a write published while the rebuild runs stands (see the module docstring).
     """
+    version = await anyio.to_thread.run_sync(_next_version, client)
     snapshot = await _snapshot(sessions)
     result = RebuildResult(links=len(snapshot.configs))
-    changed = await anyio.to_thread.run_sync(_differing, client, snapshot.configs, force)
-    writes: list[tuple[str, dict[str, Any] | None]] = [(config["slug"], config) for config in changed]
-    await anyio.to_thread.run_sync(_set_links, client, writes)
-    result.written = len(changed)
-    strays = await anyio.to_thread.run_sync(_find_strays, client, snapshot.slugs)
-    if strays:
-        # A link created since we read the table is no stray: ask the database again before deleting.
-        created: set[str] = set()
-        async with sessions() as session:
-            for chunk in _chunks(strays, BATCH):
-                created.update((await session.scalars(select(Link.slug).where(Link.slug.in_(chunk)))).all())
-        strays = [slug for slug in strays if slug not in created]
-        deletes: list[tuple[str, dict[str, Any] | None]] = [(slug, None) for slug in strays]
-        await anyio.to_thread.run_sync(_set_links, client, deletes)
-    result.deleted = len(strays)
+    await anyio.to_thread.run_sync(_converge, client, version, snapshot, force, result)
     result.advertisers_written = await anyio.to_thread.run_sync(_converge_advertisers, client, snapshot.token_versions)
     return result
 
 
 def _converge_advertisers(client: redis.Redis, versions: dict[int, int]) -> int:
-    written = 0
+    """Raise every advertiser's token version in Redis to the database's; never lower one (a newer rotation)."""
+    behind: dict[int, int] = {}
     ids = list(versions)
     for chunk in _chunks(ids, BATCH):
-        current = client.mget([advertiser_key(i) for i in chunk])
-        with client.pipeline(transaction=False) as pipe:
-            for advertiser_id, raw in zip(chunk, current, strict=True):
-                try:
-                    stored = int(json.loads(raw)["token_version"]) if raw is not None else 1
-                except (ValueError, KeyError, TypeError):
-                    stored = 0
-                if stored != versions[advertiser_id]:
-                    pipe.set(advertiser_key(advertiser_id), json.dumps({"token_version": versions[advertiser_id]}))
-                    written += 1
-            pipe.execute()
-    return written
+        for advertiser_id, raw in zip(chunk, client.mget([advertiser_key(i) for i in chunk]), strict=True):
+            try:
+                stored = int(json.loads(raw)["token_version"]) if raw is not None else 1
+            except (ValueError, KeyError, TypeError):
+                stored = 0
+            if stored < versions[advertiser_id]:
+                behind[advertiser_id] = versions[advertiser_id]
+    return _raise_token_versions(client, behind)
 
 
 async def reconcile_forever(sessions: async_sessionmaker[AsyncSession], client: redis.Redis, interval: float) -> None:

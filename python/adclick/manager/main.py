@@ -110,7 +110,7 @@ async def _rebuild(settings: ManagerSettings) -> str:
         await engine.dispose()
     return (
         f"{result.links} links written ({result.written} keys), {result.deleted} stray keys deleted, "
-        f"{result.advertisers_written} advertiser token versions written"
+        f"{result.kept_newer} keys left to newer writes, {result.advertisers_written} advertiser token versions written"
     )
 
 

@@ -489,7 +489,7 @@ async def resume_link(request: Request, link_id: int, session: SessionDep, _user
 @router.post("/links/{link_id}/delete")
 async def delete_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
     slug = await campaigns.delete_link(session, link_id)
-    if await unpublish(request.app.state.redis, slug):
+    if await unpublish(request.app.state.redis, session, slug):
         flash(request, "Link deleted.")
     else:
         flash(request, "Link deleted; trackers keep serving it until the reconciler reaches Redis.", "warning")

@@ -24,6 +24,7 @@ from adclick.manager.jobs import (
     readable_payload,
     retry_job,
 )
+from conftest import Manager, form
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from support.servers import SqsServer
@@ -160,3 +161,28 @@ async def test_queue_health_says_when_a_queue_is_missing(adclick_env: dict[str, 
         health = {q.name: q for q in await queues_health(client, settings)}
     assert health["nope-clicks"].exists is False and health["nope-clicks"].visible is None
     assert json.dumps(health["nope-clicks"].as_dict())
+
+
+async def test_ids_beyond_the_column_are_a_clear_422_and_the_largest_id_a_404(manager: Manager) -> None:
+    api = await manager.api("manager")
+    browser = await manager.as_role("manager")
+    too_big, largest = "99999999999999999999", str(2**63 - 1)
+    for method, path in [
+        ("GET", "/api/v1/jobs/{}"),
+        ("POST", "/api/v1/jobs/{}/retry"),
+        ("DELETE", "/api/v1/jobs/{}"),
+        ("GET", "/api/v1/jobs?before_id={}"),
+    ]:
+        reply = await api.request(method, path.format(too_big))
+        assert reply.status_code == 422, (method, path, reply.text)
+        assert "less than or equal to 9223372036854775807" in reply.text
+        if "before_id" not in path and "retry" not in path:
+            assert (await api.request(method, path.format(largest))).status_code == 404, (method, path)
+    assert (await api.get("/api/v1/jobs/0")).status_code == 422
+    assert (await api.get(f"/api/v1/jobs?before_id={largest}")).json() == {"items": [], "next_before_id": None}
+    assert (await api.get(f"/api/v1/jobs?queue={'q' * 81}")).status_code == 422
+    assert (await browser.get(f"/jobs/{too_big}")).status_code == 422
+    assert (await browser.get(f"/jobs/{largest}")).status_code == 404
+    assert (await browser.get(f"/jobs?before_id={too_big}")).status_code == 422
+    reply = await browser.post(f"/jobs/{too_big}/forget", data=form(browser))
+    assert reply.status_code == 422 and "less than or equal to" in reply.text

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +39,11 @@ CLICKS_PREFIX = "c1:"
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 PEEK_MESSAGES = 10
+# failed_jobs.id is a BIGINT: a larger id is a 422, not a database overflow (a 500).
+MAX_JOB_ID = 2**63 - 1
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID)]
+BeforeId = Annotated[int | None, Query(ge=1, le=MAX_JOB_ID)]
+QueueName = Annotated[str | None, Query(max_length=80)]
 
 
 class JobError(Exception):
@@ -243,10 +248,10 @@ def _http(error: JobError) -> HTTPException:
 async def jobs_api(
     session: SessionDep,
     _user: StaffUser,
-    queue: str | None = None,
+    queue: QueueName = None,
     pending_only: bool = False,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
-    before_id: int | None = None,
+    before_id: BeforeId = None,
 ) -> dict[str, Any]:
     """Failed jobs, newest first; page on with `before_id` = the previous answer's `next_before_id`."""
     items, following = await list_jobs(
@@ -256,7 +261,7 @@ async def jobs_api(
 
 
 @router.get("/api/v1/jobs/{job_id}", tags=["jobs"])
-async def job_api(job_id: int, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
+async def job_api(job_id: JobId, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
     """One failed job with its whole error, body and (for packed click messages) the unpacked events."""
     try:
         return job_dict(await get_job(session, job_id), full=True)
@@ -265,7 +270,7 @@ async def job_api(job_id: int, session: SessionDep, _user: StaffUser) -> dict[st
 
 
 @router.post("/api/v1/jobs/{job_id}/retry", tags=["jobs"])
-async def retry_api(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
+async def retry_api(request: Request, job_id: JobId, session: SessionDep, _user: StaffUser) -> dict[str, Any]:
     settings = _settings(request)
     try:
         async with create_client(settings) as client:
@@ -275,7 +280,7 @@ async def retry_api(request: Request, job_id: int, session: SessionDep, _user: S
 
 
 @router.delete("/api/v1/jobs/{job_id}", status_code=204, tags=["jobs"])
-async def forget_api(job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def forget_api(job_id: JobId, session: SessionDep, _user: StaffUser) -> Response:
     try:
         await forget_job(session, job_id)
     except JobError as error:
@@ -296,9 +301,9 @@ async def jobs_page(
     request: Request,
     session: SessionDep,
     _user: StaffUser,
-    queue: str | None = None,
+    queue: QueueName = None,
     pending_only: bool = False,
-    before_id: int | None = None,
+    before_id: BeforeId = None,
 ) -> Response:
     settings = _settings(request)
     items, following = await list_jobs(
@@ -319,7 +324,7 @@ async def jobs_page(
 
 
 @router.get("/jobs/{job_id}", include_in_schema=False)
-async def job_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def job_page(request: Request, job_id: JobId, session: SessionDep, _user: StaffUser) -> Response:
     try:
         job = job_dict(await get_job(session, job_id), full=True)
     except JobError as error:
@@ -328,7 +333,7 @@ async def job_page(request: Request, job_id: int, session: SessionDep, _user: St
 
 
 @router.post("/jobs/{job_id}/retry", include_in_schema=False)
-async def retry_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def retry_page(request: Request, job_id: JobId, session: SessionDep, _user: StaffUser) -> Response:
     settings = _settings(request)
     try:
         async with create_client(settings) as client:
@@ -341,7 +346,7 @@ async def retry_page(request: Request, job_id: int, session: SessionDep, _user: 
 
 
 @router.post("/jobs/{job_id}/forget", include_in_schema=False)
-async def forget_page(request: Request, job_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def forget_page(request: Request, job_id: JobId, session: SessionDep, _user: StaffUser) -> Response:
     try:
         await forget_job(session, job_id)
     except JobError as error:

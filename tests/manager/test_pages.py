@@ -208,3 +208,29 @@ async def test_link_page_offers_a_copyable_tracking_url_and_a_qr_code(manager: M
         ),
     )
     assert bad.status_code == 422 and "unknown macro {nope}" in bad.text
+
+
+async def test_ids_and_page_numbers_beyond_their_columns_are_a_clear_422_on_every_page(manager: Manager) -> None:
+    admin = await manager.as_role("admin")
+    too_big = "99999999999999999999"
+    reads = ["advertisers", "affiliates", "offers", "links", "users"]
+    paths = [f"/{kind}/{too_big}" for kind in reads] + [f"/links/{too_big}/qr.svg"]
+    paths += [f"/{kind}?page={too_big}" for kind in reads] + [
+        f"/links?offer_id={too_big}",
+        f"/links?affiliate_id={too_big}",
+    ]
+    for path in paths:
+        reply = await admin.get(path)
+        assert reply.status_code == 422 and "less than or equal to" in reply.text, (path, reply.status_code)
+    writes = [f"/{kind}/{too_big}" for kind in ("advertisers", "affiliates", "offers", "links", "users")]
+    writes += [f"/links/{too_big}/pause", f"/offers/{too_big}/delete", f"/tokens/{too_big}/delete"]
+    writes += [f"/offers/{manager.ids['offer']}/overrides/{too_big}/delete"]
+    for path in writes:
+        reply = await admin.post(path, data=form(admin))
+        assert reply.status_code == 422, (path, reply.status_code)
+    for path in (f"/advertisers/{2**31 - 1}", f"/links/{2**40 - 1}", f"/users/{2**31 - 1}"):
+        assert (await admin.get(path)).status_code == 404, path
+    override = await admin.post(
+        f"/offers/{manager.ids['offer']}/overrides", data=form(admin, affiliate_id=too_big, payout_model="cpa")
+    )
+    assert override.status_code == 422 and "choose an affiliate" in override.text

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.manager import accounts, campaigns
 from adclick.manager.campaigns import Conflict, Invalid
-from adclick.manager.deps import AdminUser, CurrentUser, SessionDep, optional_user
+from adclick.manager.deps import AdminUser, CurrentUser, PageNo, RowId, SessionDep, optional_user
 from adclick.manager.forms import form_fields, parse
 from adclick.manager.schemas import UserIn, UserPatch
 from adclick.manager.security import client_ip, new_csrf_token, password_stamp
@@ -100,7 +100,7 @@ async def _affiliates(session: SessionDep) -> list[Affiliate]:
 
 
 @router.get("/users")
-async def users_page(request: Request, session: SessionDep, _admin: AdminUser, page: int = 1) -> Response:
+async def users_page(request: Request, session: SessionDep, _admin: AdminUser, page: PageNo = 1) -> Response:
     rows, total = await campaigns.page(session, select(User).order_by(User.id), page)
     context: dict[str, Any] = {"users": rows, "total": total, "page": page, "affiliates": await _affiliates(session)}
     return render(request, "users.html", context)
@@ -125,13 +125,13 @@ async def create_user(request: Request, session: SessionDep, _admin: AdminUser) 
 
 
 @router.get("/users/{user_id}")
-async def user_page(request: Request, user_id: int, session: SessionDep, _admin: AdminUser) -> Response:
+async def user_page(request: Request, user_id: RowId, session: SessionDep, _admin: AdminUser) -> Response:
     user = await accounts.get_user(session, user_id)
     return render(request, "user.html", {"subject": user, "affiliates": await _affiliates(session)})
 
 
 @router.post("/users/{user_id}")
-async def update_user(request: Request, user_id: int, session: SessionDep, admin: AdminUser) -> Response:
+async def update_user(request: Request, user_id: RowId, session: SessionDep, admin: AdminUser) -> Response:
     fields: dict[str, Any] = await form_fields(request, "email", "password", "role", "affiliate_id")
     form = await request.form()
     fields["is_active"] = form.get("is_active") == "on"
@@ -153,7 +153,7 @@ async def update_user(request: Request, user_id: int, session: SessionDep, admin
 
 
 @router.post("/users/{user_id}/delete")
-async def delete_user(request: Request, user_id: int, session: SessionDep, admin: AdminUser) -> Response:
+async def delete_user(request: Request, user_id: RowId, session: SessionDep, admin: AdminUser) -> Response:
     await accounts.delete_user(session, user_id, acting=admin)
     flash(request, "User deleted.")
     return _see_other("/users")
@@ -181,7 +181,7 @@ async def create_token(request: Request, session: SessionDep, user: CurrentUser)
 
 
 @router.post("/tokens/{token_id}/delete")
-async def delete_token(request: Request, token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+async def delete_token(request: Request, token_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     await accounts.delete_token(session, user, token_id)
     flash(request, "Token revoked.")
     return _see_other("/tokens")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
 from adclick.manager import accounts, campaigns
-from adclick.manager.deps import AdminUser, CurrentUser, SessionDep, StaffUser
+from adclick.manager.deps import AdminUser, CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.livecache import publish, publish_links_of, publish_token_version, unpublish
 from adclick.manager.schemas import (
     AdvertiserIn,
@@ -39,14 +39,7 @@ from adclick.manager.schemas import (
     UserPatch,
 )
 
-# Ids in paths and filters are bounded like the columns they look up, so an out-of-range number is a 422, not a
-# database overflow (a 500).
-RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-LinkId = Annotated[int, Path(ge=1, le=2**40 - 1)]
-IdFilter = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
-
 router = APIRouter(prefix="/api/v1", tags=["api"])
-PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
 
 
 def postback_url(base_url: str, token: str) -> str:

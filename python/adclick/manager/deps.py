@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import select
 
 from adclick.core.db.models import ApiToken, User
@@ -134,4 +134,23 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 StaffUser = Annotated[Principal, Depends(require_roles("admin", "manager"))]
 AdminUser = Annotated[Principal, Depends(require_roles("admin"))]
 
-__all__ = ["AdminUser", "CurrentUser", "Principal", "SessionDep", "StaffUser", "csrf_protect", "optional_user"]
+# Ids in paths and filters are bounded like the columns they look up (INTEGER; links' 40-bit ids), so an
+# out-of-range number is a 422, not a database overflow (a 500). The same for page numbers (an OFFSET).
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+LinkId = Annotated[int, Path(ge=1, le=2**40 - 1)]
+IdFilter = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
+PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
+
+__all__ = [
+    "AdminUser",
+    "CurrentUser",
+    "IdFilter",
+    "LinkId",
+    "PageNo",
+    "Principal",
+    "RowId",
+    "SessionDep",
+    "StaffUser",
+    "csrf_protect",
+    "optional_user",
+]

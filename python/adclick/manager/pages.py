@@ -15,7 +15,7 @@ from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import campaigns
 from adclick.manager.api import advertiser_out, serving, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
-from adclick.manager.deps import CurrentUser, SessionDep, StaffUser
+from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
 from adclick.manager.livecache import (
     publish,
@@ -66,7 +66,7 @@ ADVERTISER_FIELDS = ("name", "status")
 
 
 @router.get("/advertisers")
-async def advertisers_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+async def advertisers_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
     rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id), page)
     return render(request, "advertisers.html", {"advertisers": rows, "total": total, "page": page})
 
@@ -92,12 +92,12 @@ async def _advertiser_page(request: Request, session: SessionDep, advertiser_id:
 
 
 @router.get("/advertisers/{advertiser_id}")
-async def advertiser_page(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def advertiser_page(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     return await _advertiser_page(request, session, advertiser_id)
 
 
 @router.post("/advertisers/{advertiser_id}")
-async def update_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def update_advertiser(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     data, errors = parse(AdvertiserPatch, await form_fields(request, *ADVERTISER_FIELDS))
     if data is None:
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
@@ -111,7 +111,7 @@ async def update_advertiser(request: Request, advertiser_id: int, session: Sessi
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
-async def rotate_token(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def rotate_token(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     advertiser = await campaigns.rotate_token(session, advertiser_id)
     if await publish_token_version(request.app.state.redis, advertiser):
         flash(request, "New postback token made; the old one no longer works.", "success")
@@ -126,7 +126,7 @@ async def rotate_token(request: Request, advertiser_id: int, session: SessionDep
 
 
 @router.post("/advertisers/{advertiser_id}/delete")
-async def delete_advertiser(request: Request, advertiser_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_advertiser(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_advertiser(session, advertiser_id)
     flash(request, "Advertiser deleted.")
     return _see_other("/advertisers")
@@ -138,7 +138,7 @@ AFFILIATE_FIELDS = ("name", "email", "status")
 
 
 @router.get("/affiliates")
-async def affiliates_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+async def affiliates_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
     rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id), page)
     return render(request, "affiliates.html", {"affiliates": rows, "total": total, "page": page})
 
@@ -164,12 +164,12 @@ async def _affiliate_page(request: Request, session: SessionDep, affiliate_id: i
 
 
 @router.get("/affiliates/{affiliate_id}")
-async def affiliate_page(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def affiliate_page(request: Request, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     return await _affiliate_page(request, session, affiliate_id)
 
 
 @router.post("/affiliates/{affiliate_id}")
-async def update_affiliate(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def update_affiliate(request: Request, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     fields: dict[str, Any] = await form_fields(request, *AFFILIATE_FIELDS)
     fields.setdefault("email", None)  # a blank email clears it
     data, errors = parse(AffiliatePatch, fields)
@@ -185,7 +185,7 @@ async def update_affiliate(request: Request, affiliate_id: int, session: Session
 
 
 @router.post("/affiliates/{affiliate_id}/delete")
-async def delete_affiliate(request: Request, affiliate_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_affiliate(request: Request, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_affiliate(session, affiliate_id)
     flash(request, "Affiliate deleted.")
     return _see_other("/affiliates")
@@ -222,7 +222,7 @@ async def _offers_page(request: Request, session: SessionDep, page: int = 1, **e
 
 
 @router.get("/offers")
-async def offers_page(request: Request, session: SessionDep, _user: StaffUser, page: int = 1) -> Response:
+async def offers_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
     return await _offers_page(request, session, page)
 
 
@@ -255,12 +255,12 @@ async def _offer_page(request: Request, session: SessionDep, offer_id: int, **ex
 
 
 @router.get("/offers/{offer_id}")
-async def offer_page(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def offer_page(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     return await _offer_page(request, session, offer_id)
 
 
 @router.post("/offers/{offer_id}")
-async def update_offer(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     fields: dict[str, Any] = await form_fields(request, *OFFER_FIELDS)
     if "currency" in fields:
         fields["currency"] = fields["currency"].upper()
@@ -283,18 +283,18 @@ async def update_offer(request: Request, offer_id: int, session: SessionDep, _us
 
 
 @router.post("/offers/{offer_id}/delete")
-async def delete_offer(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_offer(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_offer(session, offer_id)
     flash(request, "Offer deleted.")
     return _see_other("/offers")
 
 
 @router.post("/offers/{offer_id}/overrides")
-async def put_override(request: Request, offer_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def put_override(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     fields = await form_fields(request, "affiliate_id", "payout_model", "payout_amount", "daily_cap")
     affiliate_id = fields.pop("affiliate_id", "")
     data, errors = parse(OverrideIn, fields)
-    if not affiliate_id.isdigit():
+    if not (affiliate_id.isdigit() and 0 < int(affiliate_id) < 2**31):
         errors.append("affiliate_id: choose an affiliate")
     if data is not None and not errors:
         try:
@@ -309,7 +309,7 @@ async def put_override(request: Request, offer_id: int, session: SessionDep, _us
 
 @router.post("/offers/{offer_id}/overrides/{affiliate_id}/delete")
 async def delete_override(
-    request: Request, offer_id: int, affiliate_id: int, session: SessionDep, _user: StaffUser
+    request: Request, offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser
 ) -> Response:
     await campaigns.delete_override(session, offer_id, affiliate_id)
     flash(request, "Override removed.")
@@ -380,9 +380,9 @@ async def links_page(
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    page: int = 1,
-    offer_id: int | None = None,
-    affiliate_id: int | None = None,
+    page: PageNo = 1,
+    offer_id: IdFilter = None,
+    affiliate_id: IdFilter = None,
     q: str | None = None,
 ) -> Response:
     if user.role == "affiliate":
@@ -447,12 +447,12 @@ async def _link_page(request: Request, session: SessionDep, link: Link, **extra:
 
 
 @router.get("/links/{link_id}")
-async def link_page(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Response:
+async def link_page(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Response:
     return await _link_page(request, session, await campaigns.get_link(session, link_id, user.affiliate_id))
 
 
 @router.post("/links/{link_id}")
-async def update_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def update_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     previous_slug = (await campaigns.get_link(session, link_id)).slug
     data, raw, errors = await link_form(request)
     parsed, more = parse(LinkIn, data)
@@ -477,17 +477,17 @@ async def _set_status(request: Request, link_id: int, session: SessionDep, statu
 
 
 @router.post("/links/{link_id}/pause")
-async def pause_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def pause_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     return await _set_status(request, link_id, session, "paused")
 
 
 @router.post("/links/{link_id}/resume")
-async def resume_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     return await _set_status(request, link_id, session, "active")
 
 
 @router.post("/links/{link_id}/delete")
-async def delete_link(request: Request, link_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     slug = await campaigns.delete_link(session, link_id)
     if await unpublish(request.app.state.redis, session, slug):
         flash(request, "Link deleted.")
@@ -497,7 +497,7 @@ async def delete_link(request: Request, link_id: int, session: SessionDep, _user
 
 
 @router.get("/links/{link_id}/qr.svg")
-async def link_qr(request: Request, link_id: int, session: SessionDep, user: CurrentUser) -> Response:
+async def link_qr(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Response:
     """The tracking URL as a QR code (SVG, made here: no third-party service sees the URL)."""
     link = await campaigns.get_link(session, link_id, user.affiliate_id)
     buffer = io.BytesIO()

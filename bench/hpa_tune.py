@@ -277,6 +277,75 @@ def read_steps(path: Path) -> list[Step]:
     return steps
 
 
+LOADGEN = BENCH / "loadgen"
+
+
+def build_loadgen() -> str:
+    """bench/loadgen (Rust, no dependencies: builds offline) built in release mode; its path."""
+    binary = LOADGEN / "target" / "release" / "adclick-loadgen"
+    out = subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(LOADGEN / "Cargo.toml")],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0 or not binary.exists():
+        raise RuntimeError(f"could not build bench/loadgen: {out.stderr.strip()[-300:]}")
+    return str(binary)
+
+
+def run_loadgen_steps(args: argparse.Namespace, port: int, passed: Any) -> list[Step]:
+    """The same steps as Locust's StepShape (users x user_rps), offered at a constant rate by bench/loadgen.
+
+    For machines where Locust cannot load one tracker core: one Python process of Locust spends far more CPU per
+    request than the tracker, so on a small machine its own queueing is what its p99 measures. loadgen sends on
+    a fixed schedule and measures from when each request was due (no coordinated omission). Each step runs
+    `settle_seconds` unmeasured, then the rest of the step measured; the ramp stops after the first step that
+    fails the SLO, as nothing after it can be chosen.
+    """
+    binary = build_loadgen()
+    steps: list[Step] = []
+    users, n = args.start_users, 0
+    while users <= args.max_users:
+        rate = users * args.user_rps
+        base = [binary, "--port", str(port), "--rate", f"{rate:g}", "--connections", str(args.connections)]
+        base += ["--slugs", str(args.slugs)]
+        subprocess.run(pinned(args.client_cpu, [*base, "--seconds", f"{args.settle_seconds:g}"]), capture_output=True)
+        measured = args.step_seconds - args.settle_seconds
+        start = time.time()
+        out = subprocess.run(
+            pinned(args.client_cpu, [*base, "--seconds", f"{measured:g}"]), capture_output=True, text=True
+        )
+        end = time.time()
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-300:]}")
+        r = json.loads(out.stdout)
+        failures = int(r["errors"]) + int(r["other_status"])
+        requests = int(r["responses"]) + int(r["errors"])
+        step = Step(
+            step=n,
+            users=users,
+            rps=float(r["achieved_rps"]),
+            p50_ms=float(r["p50_ms"]),
+            p95_ms=float(r["p95_ms"]),
+            p99_ms=float(r["p99_ms"]),
+            requests=requests,
+            failures=failures,
+            error_rate=failures / requests if requests else None,
+            seconds=round(measured),
+            window=(start, end),
+        )
+        steps.append(step)
+        print(
+            f"  step {n}: {rate:,.0f} req/s offered, {step.rps:,.0f} answered, p50 {step.p50_ms:.2f} ms, "
+            f"p99 {step.p99_ms:.2f} ms, {failures} errors"
+        )
+        if not passed(step):
+            break
+        users += args.step_users
+        n += 1
+    return steps
+
+
 def choose(steps: list[Any], rate: str, passed: Any) -> Any | None:
     """The step with the highest `rate` among the steps before the first one that fails `passed`."""
     for s in steps:
@@ -296,6 +365,10 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str], out: Path, logs:
     if why:
         raise RuntimeError(f"the tracker cannot run: {why}")
     port = free_port()
+
+    def within_slo(s: Step) -> bool:
+        return s.p99_ms is not None and s.p99_ms <= args.slo_ms and (s.error_rate or 0.0) < args.max_error_rate
+
     cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
     cmd += ["--workers", "1"]
     proc = PROCS.start("tracker", pinned(args.tracker_cpu, cmd), logs / "tracker.log", env=env)
@@ -310,12 +383,20 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str], out: Path, logs:
         sampler = Sampler(proc.pid, port)
         sampler.start()
         print(
-            f"  locust: {args.start_users} users + {args.step_users} every {args.step_seconds:g} s up to "
-            f"{args.max_users}, {args.user_rps:g} req/s each, {args.locust_processes} process(es) on core(s) "
-            f"{args.client_cpu}"
+            f"  {args.generator}: {args.start_users} users + {args.step_users} every {args.step_seconds:g} s up to "
+            f"{args.max_users}, {args.user_rps:g} req/s each, "
+            + (
+                f"{args.locust_processes} process(es)"
+                if args.generator == "locust"
+                else f"{args.connections} connections"
+            )
+            + f" on core(s) {args.client_cpu}"
         )
         try:
-            steps_csv = run_locust(args, port, out, logs)
+            if args.generator == "locust":
+                res.steps = read_steps(run_locust(args, port, out, logs))
+            else:
+                res.steps = run_loadgen_steps(args, port, within_slo)
         finally:
             sampler.done.set()
             sampler.join(5)
@@ -324,14 +405,9 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str], out: Path, logs:
     finally:
         PROCS.stop(proc, grace=15.0)
         release_cpu(group)
-    res.steps = read_steps(steps_csv)
     for s in res.steps:
         s.tracker_cpu_pct, s.engine_p99_ms = sampler.window(*s.window)
-    best = choose(
-        res.steps,
-        "rps",
-        lambda s: s.p99_ms is not None and s.p99_ms <= args.slo_ms and (s.error_rate or 0.0) < args.max_error_rate,
-    )
+    best = choose(res.steps, "rps", within_slo)
     if best is None:
         res.note = "no step kept p99 within the SLO with errors under the limit: no target written"
         return res
@@ -801,11 +877,17 @@ def write_report(
             "## Tracker: one process, one core",
             "",
             f"`adclick tracker --processes 1 --workers 1` pinned to core {args.tracker_cpu}, CPU limit "
-            f"{tracker.cpu_limit}; Locust "
-            f"(bench/locustfile.py, `TrackerUser`, {args.user_rps:g} req/s per user) with {tracker.locust_processes} "
-            f"process(es) on core(s) {args.client_cpu}, as are Redis and the SQS endpoint. Each row covers a step's "
-            f"last {args.step_seconds - args.settle_seconds:g} s; latencies are Locust's, measured at the client. "
-            "Engine p99 is the tracker's own `adclick_click_seconds` (inside the Rust engine, no HTTP).",
+            f"{tracker.cpu_limit}; "
+            + (
+                f"Locust (bench/locustfile.py, `TrackerUser`, {args.user_rps:g} req/s per user) with "
+                f"{tracker.locust_processes} process(es)"
+                if args.generator == "locust"
+                else f"bench/loadgen at a constant rate of users x {args.user_rps:g} req/s over {args.connections} "
+                "keep-alive connections (latency measured from when each request was due), bench/clicks' slugs"
+            )
+            + f" on core(s) {args.client_cpu}, as are Redis and the SQS endpoint. Each row covers a step's "
+            f"last {args.step_seconds - args.settle_seconds:g} s; latencies are the load generator's, measured at "
+            "the client. Engine p99 is the tracker's own `adclick_click_seconds` (inside the Rust engine, no HTTP).",
             "",
             *busy_note(tracker.busy_before),
             "| step | users | RPS | p50 | p95 | p99 | errors | tracker CPU | engine p99 | within SLO |",
@@ -826,16 +908,23 @@ def write_report(
                 f"**Capacity: {tracker.capacity_rps:,.0f} req/s** (step {tracker.capacity_step}); "
                 f"**HPA target: {tracker.target_rps:,} req/s per pod** ({args.fraction:.0%})."
             )
-        lines += [
-            "",
-            "Locust's client saturates long before the tracker: Python and gevent spend far more CPU per request than "
-            "the tracker's Rust path does, and here Locust has "
-            f"{tracker.locust_processes} process(es) on core(s) {args.client_cpu}, shared with Redis and the SQS "
-            "endpoint. Where the tracker's core is far from busy at the chosen step, the figure is the load "
-            "generator's ceiling and a lower bound for the tracker: the target it sets is safe, not tight. Run Locust "
-            "with more worker processes (`--locust-processes`, on cores away from the tracker's), or distributed "
-            "(README, Load tests), to push further.",
-        ]
+        if args.generator == "loadgen":
+            about = (
+                "The load came from bench/loadgen because Locust could not load one tracker core from the client "
+                "cores here (`make hpa-tune HPA_ARGS=--generator=loadgen`). Its p99 still includes the machine's "
+                "own loopback and scheduling delay: compare it with `bench/compare.py`'s nginx floor at the same rate."
+            )
+        else:
+            about = (
+                "Locust's client saturates long before the tracker: Python and gevent spend far more CPU per request "
+                f"than the tracker's Rust path does, and here Locust has {tracker.locust_processes} process(es) on "
+                f"core(s) {args.client_cpu}, shared with Redis and the SQS endpoint. Where the tracker's core is far "
+                "from busy at the chosen step, the figure is the load generator's ceiling and a lower bound for the "
+                "tracker: the target it sets is safe, not tight. Run Locust with more worker processes "
+                "(`--locust-processes`, on cores away from the tracker's), or distributed (README, Load tests), to "
+                "push further; or use `--generator=loadgen`."
+            )
+        lines += ["", about]
         if tracker.cpu_ceiling_rps is not None:
             busy = next((s.tracker_cpu_pct for s in tracker.steps if s.step == tracker.capacity_step), None)
             lines += [
@@ -956,6 +1045,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle-seconds", type=float, default=5.0, help="start of each step left out (default 5)")
     p.add_argument("--user-rps", type=float, default=50.0, help="requests per second per user (default 50)")
     p.add_argument("--slugs", type=int, default=64, help="bench links to spread clicks over (default 64)")
+    p.add_argument(
+        "--generator",
+        choices=("locust", "loadgen"),
+        default="locust",
+        help="tracker load: bench/locustfile.py, or bench/loadgen at the same step rates where Locust cannot load "
+        "one tracker core from the client cores (default locust)",
+    )
+    p.add_argument("--connections", type=int, default=64, help="loadgen's keep-alive connections (default 64)")
     p.add_argument("--locust-processes", type=int, help="Locust worker processes (default: one per client core)")
     p.add_argument("--tracker-cpu", default="1", help="the pod's core: tracker and worker run here (default 1)")
     p.add_argument("--client-cpu", default="0", help="cores for Locust, Redis, SQS, PostgreSQL (default 0)")

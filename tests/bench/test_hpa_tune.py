@@ -166,3 +166,43 @@ def test_short_run_writes_patches_report_and_chart(overlay: Path, tmp_path: Path
             rps_target
         )
         assert docs["ScaledObject"]["spec"]["triggers"][1]["metadata"]["queueLength"] == str(queue_length)
+
+
+@pytest.mark.timeout(150)
+def test_loadgen_generator_writes_the_tracker_target_and_stops_at_the_first_failing_step(
+    overlay: Path, tmp_path: Path
+) -> None:
+    """`--generator=loadgen`: the same steps at a constant rate from bench/loadgen (for machines where Locust
+    cannot load one tracker core). A generous SLO gives a target; an SLO no step can keep
+    ends the ramp at the first step and leaves the overlay alone."""
+    out = tmp_path / "report"
+    argv = [sys.executable, str(TUNER), "--overlay", str(overlay), "--out", str(out), "--skip-worker"]
+    argv += ["--generator", "loadgen", "--connections", "4", "--slo-ms", "10000", "--max-error-rate", "0.5"]
+    argv += ["--start-users", "2", "--step-users", "2", "--step-seconds", "2", "--max-users", "6"]
+    argv += ["--settle-seconds", "1", "--user-rps", "20"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=140, cwd=ROOT, env={**os.environ})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    result = json.loads((out / "result.json").read_text())
+    steps = result["tracker"]["steps"]
+    assert [s["users"] for s in steps] == [2, 4, 6]
+    assert all(s["requests"] > 0 and s["failures"] == 0 and s["passed"] for s in steps)
+    assert [round(s["rps"] / 20) for s in steps] == [2, 4, 6]  # constant rate: users x user_rps answered
+    target = result["tracker"]["target_rps"]
+    assert target == int(0.7 * max(s["rps"] for s in steps))
+    ops = yaml.safe_load((overlay / "capacity-tracker-patch.yaml").read_text())
+    assert ops[1]["value"] == str(target)
+    report = (out / "report.md").read_text()
+    assert "bench/loadgen at a constant rate" in report and "--generator=loadgen" in report
+    assert not (overlay / "capacity-worker-patch.yaml").exists()
+
+    # An SLO no step can keep: the first step fails, the ramp stops there and nothing is written.
+    before = (overlay / "capacity-tracker-patch.yaml").read_text()
+    out2 = tmp_path / "report2"
+    argv2 = [a if a != str(out) else str(out2) for a in argv]
+    argv2[argv2.index("--slo-ms") + 1] = "0.000001"
+    done = subprocess.run(argv2, capture_output=True, text=True, timeout=140, cwd=ROOT, env={**os.environ})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out2 / "result.json").read_text())
+    assert len(result["tracker"]["steps"]) == 1 and result["tracker"]["target_rps"] is None
+    assert (overlay / "capacity-tracker-patch.yaml").read_text() == before  # the earlier target stays

@@ -267,7 +267,7 @@ fn main() {
     println!(
         "{{\"rate\": {}, \"seconds\": {:.3}, \"connections\": {}, \"responses\": {}, \"redirects\": {}, \
          \"other_status\": {}, \"errors\": {}, \"achieved_rps\": {:.1}, \"p50_ms\": {:.3}, \"p90_ms\": {:.3}, \
-         \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}}}",
+         \"p95_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}}}",
         args.rate,
         elapsed,
         args.connections,
@@ -278,6 +278,7 @@ fn main() {
         all.len() as f64 / elapsed,
         pct(0.50),
         pct(0.90),
+        pct(0.95),
         pct(0.99),
         pct(0.999),
         pct(1.0)

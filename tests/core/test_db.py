@@ -15,12 +15,14 @@ import pytest
 from adclick.core.db.migrate import alembic_config, include_object_for, upgrade
 from adclick.core.db.models import (
     Advertiser,
+    Affiliate,
     Base,
     Click,
     Conversion,
     DailyCap,
     HourlyLinkRollup,
     HourlyRollup,
+    Link,
     Offer,
 )
 from adclick.core.db.session import create_engine, session_factory
@@ -29,7 +31,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -198,6 +200,95 @@ def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(
     command.downgrade(alembic_config(url), "0001_initial")
     upgrade(url)
     assert asyncio.run(_projections(url)) == (mismatches, by_link)
+
+
+async def _execute(url: str, *statements: Any) -> list[list[Any] | None]:
+    """Run the statements in one transaction: the rows of each (None where it returns none)."""
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            results: list[list[Any] | None] = []
+            for statement in statements:
+                result = await connection.execute(statement)
+                results.append([tuple(row) for row in result] if result.returns_rows else None)
+            return results
+    finally:
+        await engine.dispose()
+
+
+def _links_schema(connection: Connection) -> dict[str, Any]:
+    found = inspect(connection)
+    return {
+        "template_nullable": {c["name"]: c["nullable"] for c in found.get_columns("links")}["template"],
+        "offer_columns": {c["name"] for c in found.get_columns("offers")},
+        "checks": {c["name"] for c in found.get_check_constraints("links")},
+        "uniques": {c["name"] for c in found.get_unique_constraints("links")},
+        "indexes": {i["name"] for i in found.get_indexes("links")},
+        "foreign_keys": {
+            (fk["referred_table"], tuple(fk["constrained_columns"])) for fk in found.get_foreign_keys("links")
+        },
+    }
+
+
+async def _schema_of_links(url: str) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_links_schema)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _fresh_url(backend, tmp_path, request)
+    upgrade(url, "0002_rollup_projections")
+    asyncio.run(
+        _execute(
+            url,
+            insert(Advertiser.__table__).values(id=1, name="Shop"),
+            insert(Affiliate.__table__).values(id=1, name="Mine"),
+            insert(Offer.__table__).values(id=1, advertiser_id=1, name="Summer"),
+            insert(Link.__table__).values(
+                id=1, slug="own", offer_id=1, affiliate_id=1, template="https://own.example/"
+            ),
+        )
+    )
+    before = asyncio.run(_schema_of_links(url))
+    assert before["template_nullable"] is False and "destination_template" not in before["offer_columns"]
+
+    upgrade(url)
+    after = asyncio.run(_schema_of_links(url))
+    assert after["template_nullable"] is True and "destination_template" in after["offer_columns"]
+    # SQLite rebuilt the table: its constraints and indexes came along
+    assert {k: after[k] for k in ("checks", "uniques", "indexes", "foreign_keys")} == {
+        k: before[k] for k in ("checks", "uniques", "indexes", "foreign_keys")
+    }
+    assert {"ck_links_status", "ck_links_id_40_bits"} <= after["checks"]
+    template = "https://offer.example/?c={click_id}"
+    asyncio.run(
+        _execute(
+            url,
+            update(Offer.__table__).values(destination_template=template),
+            insert(Link.__table__).values(id=2, slug="follows", offer_id=1, affiliate_id=1, template=None),
+        )
+    )
+
+    # Down: a link that followed its offer keeps serving what it served, as its own template.
+    command.downgrade(alembic_config(url), "0002_rollup_projections")
+    assert asyncio.run(_schema_of_links(url)) == before
+    [rows] = asyncio.run(
+        _execute(url, select(Link.__table__.c.slug, Link.__table__.c.template).order_by(Link.__table__.c.id))
+    )
+    assert rows == [("own", "https://own.example/"), ("follows", template)]
+    with pytest.raises(IntegrityError):
+        asyncio.run(
+            _execute(url, insert(Link.__table__).values(id=3, slug="none", offer_id=1, affiliate_id=1, template=None))
+        )
+    upgrade(url)
+    assert asyncio.run(_schema_of_links(url)) == after
 
 
 def test_migrate_command_reports_an_unreachable_database(postgres_server: PostgresServer) -> None:

@@ -115,6 +115,8 @@ class Offer(Base):
     attribution_window_hours: Mapped[int] = mapped_column(Integer, default=720, server_default=text("720"))
     default_status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     daily_cap: Mapped[int | None] = mapped_column(Integer)  # conversions per UTC day; NULL: no cap
+    # The URL template of links that have none of their own; they follow it when it changes.
+    destination_template: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
@@ -135,7 +137,10 @@ class OfferAffiliateOverride(Base):
 
 
 class Link(Base):
-    """A tracking link `/c/{slug}`; `config` holds the rest of the Redis link config (rules, rotation, ...)."""
+    """A tracking link `/c/{slug}`; `config` holds the rest of the Redis link config (rules, rotation, ...).
+
+    `template` NULL: the link follows its offer's `destination_template`.
+    """
 
     __tablename__ = "links"
     __table_args__ = (
@@ -147,7 +152,7 @@ class Link(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id"), index=True)
     affiliate_id: Mapped[int] = mapped_column(ForeignKey("affiliates.id"), index=True)
-    template: Mapped[str] = mapped_column(Text)
+    template: Mapped[str | None] = mapped_column(Text)
     config: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -234,6 +234,45 @@ async def test_link_templates_are_checked_by_the_trackers_decoder_before_anythin
     assert manager.redis.client().keys("adclick:link:*") == []
 
 
+async def test_an_offers_destination_template_is_checked_by_the_trackers_decoder_before_anything_is_saved(
+    manager: Manager,
+) -> None:
+    api = await manager.api("manager")
+    template = "https://shop.example/lp?cid={click_id}&aff={aff_id}"
+    new = {"advertiser_id": manager.ids["advertiser"], "name": "With template", "destination_template": template}
+    created = await api.post("/api/v1/offers", json=new)
+    assert created.status_code == 201, created.text
+    offer_id = created.json()["id"]
+    assert created.json()["destination_template"] == template
+    assert (await api.get(f"/api/v1/offers/{offer_id}")).json()["destination_template"] == template
+
+    bad = [
+        ("https://{click_id}.example/", "scheme, host or port"),
+        ("https://shop.example/?x={nope}", "unknown macro {nope}"),
+        ("ftp://shop.example/", None),
+    ]
+    for url, message in bad:
+        for reply in (
+            await api.post("/api/v1/offers", json={**new, "destination_template": url}),
+            await api.patch(f"/api/v1/offers/{offer_id}", json={"destination_template": url, "name": "Changed"}),
+        ):
+            assert reply.status_code == 422, (url, reply.text)
+            assert "destination_template" in str(reply.json()["detail"]), reply.json()
+            if message:
+                assert message in str(reply.json()["detail"]), reply.json()
+    listed = (await api.get("/api/v1/offers")).json()
+    assert listed["total"] == 2  # the seeded offer and the one above: no bad one was saved
+    kept = (await api.get(f"/api/v1/offers/{offer_id}")).json()
+    assert kept["destination_template"] == template and kept["name"] == "With template"
+
+    other = "https://other.example/?c={click_id}"
+    patched = await api.patch(f"/api/v1/offers/{offer_id}", json={"destination_template": other})
+    assert patched.status_code == 200 and patched.json()["destination_template"] == other
+    cleared = await api.patch(f"/api/v1/offers/{offer_id}", json={"destination_template": None})
+    assert cleared.status_code == 200 and cleared.json()["destination_template"] is None  # no link follows it
+    assert (await api.post("/api/v1/offers", json={**new, "destination_template": None})).status_code == 201
+
+
 async def test_users_crud_and_last_admin_is_kept(manager: Manager) -> None:
     api = await manager.api("admin")
     created = await api.post(

@@ -201,6 +201,80 @@ async def test_an_affiliate_can_pause_no_offer_affiliate_or_advertiser(manager: 
     assert statuses == ["active"] * 3
 
 
+# -- links that follow their offer's destination template --
+
+OFFER_TEMPLATE = "https://offer.example/lp?cid={click_id}&aff={aff_id}"
+
+
+async def test_a_link_without_a_url_follows_its_offers_template_and_one_with_its_own_keeps_it(
+    manager: Manager,
+) -> None:
+    api = await manager.api("manager")
+    offer = f"/api/v1/offers/{manager.ids['offer']}"
+    no_url = {"offer_id": manager.ids["offer"], "affiliate_id": manager.ids["affiliate"], "slug": "follows"}
+    refused = await api.post("/api/v1/links", json=no_url)  # the seeded offer has no template yet
+    assert refused.status_code == 422 and "destination template" in str(refused.json()["detail"])
+    assert (await api.patch(offer, json={"destination_template": OFFER_TEMPLATE})).status_code == 200
+
+    follows = await make_link(manager, "follows", url=None)
+    assert follows["url"] is None and follows["follows_offer_template"] is True
+    own = await make_link(manager, "own")
+    assert own["follows_offer_template"] is False
+    assert stored(manager, "follows")["url"] == OFFER_TEMPLATE
+    own_config = stored(manager, "own")
+
+    pubsub = listen(manager)
+    changed = "https://offer.example/v2?cid={click_id}"
+    reply = await api.patch(offer, json={"destination_template": changed})
+    assert reply.status_code == 200 and reply.json()["live"] is True
+    assert stored(manager, "follows")["url"] == changed
+    assert stored(manager, "own") == own_config
+    assert invalidated(pubsub) == {"follows"}  # only the link that follows it is announced
+    # what the write path published is what the reconciler computes: nothing left to write
+    assert (await rebuild(manager.sessions, manager.redis.client())).written == 0
+
+    # a template no link could serve is refused, and so is taking it away while a link follows it
+    bad = await api.patch(offer, json={"destination_template": "https://{sub1}.example/"})
+    assert bad.status_code == 422
+    cleared = await api.patch(offer, json={"destination_template": None})
+    assert cleared.status_code == 422 and "1 link(s) follow it" in str(cleared.json()["detail"])
+    assert (await api.get(offer)).json()["destination_template"] == changed
+    assert stored(manager, "follows")["url"] == changed and invalidated(pubsub) == set()
+
+    # given a URL of its own, the link stops following; given none again, it follows once more
+    mine = await api.patch(f"/api/v1/links/{follows['id']}", json={"url": "https://mine.example/"})
+    assert mine.json()["follows_offer_template"] is False
+    await api.patch(offer, json={"destination_template": OFFER_TEMPLATE})
+    assert stored(manager, "follows")["url"] == "https://mine.example/"
+    back = await api.patch(f"/api/v1/links/{follows['id']}", json={"url": None})
+    assert back.status_code == 200 and back.json()["follows_offer_template"] is True
+    assert stored(manager, "follows")["url"] == OFFER_TEMPLATE
+
+
+async def test_an_offer_template_changed_while_redis_is_down_commits_says_not_live_and_the_reconciler_catches_up(
+    manager: Manager,
+) -> None:
+    api = await manager.api("manager")
+    client = await manager.as_role("manager")
+    offer = manager.ids["offer"]
+    await api.patch(f"/api/v1/offers/{offer}", json={"destination_template": OFFER_TEMPLATE})
+    await make_link(manager, "follows", url=None)
+    manager.redis.stop(save=True)
+    changed = "https://offer.example/v2?cid={click_id}"
+    reply = await api.patch(f"/api/v1/offers/{offer}", json={"destination_template": changed})
+    assert reply.status_code == 200 and reply.json()["live"] is False
+    page = await client.post(
+        f"/offers/{offer}", data=form(client, name="Summer", currency="USD", destination_template=changed + "&x=1")
+    )
+    assert page.status_code == 303
+    assert "Saved, not yet live" in (await client.get(page.headers["location"])).text
+
+    manager.redis.start()
+    assert stored(manager, "follows")["url"] == OFFER_TEMPLATE
+    assert (await rebuild(manager.sessions, manager.redis.client())).written == 1
+    assert stored(manager, "follows")["url"] == changed + "&x=1"
+
+
 # -- the reconciler and writes published while it runs --
 
 

@@ -9,7 +9,7 @@ import sys
 
 import anyio
 import pytest
-from adclick.core.db.models import Link
+from adclick.core.db.models import Link, Offer
 from adclick.manager.livecache import link_config, rebuild
 from conftest import TRACKER, Manager, form, manager_settings
 from sqlalchemy import select
@@ -234,3 +234,51 @@ async def test_ids_and_page_numbers_beyond_their_columns_are_a_clear_422_on_ever
         f"/offers/{manager.ids['offer']}/overrides", data=form(admin, affiliate_id=too_big, payout_model="cpa")
     )
     assert override.status_code == 422 and "choose an affiliate" in override.text
+
+
+async def test_the_offer_form_checks_its_destination_template_and_a_link_form_left_blank_follows_it(
+    manager: Manager,
+) -> None:
+    client = await manager.as_role("manager")
+    offer_page = f"/offers/{manager.ids['offer']}"
+    terms = {"name": "Summer", "currency": "USD"}
+    page = (await client.get(offer_page)).text
+    assert 'name="destination_template"' in page and "{click_id} {link_id} {offer_id}" in page  # macro help
+
+    bad = await client.post(offer_page, data=form(client, destination_template="https://{click_id}.example/", **terms))
+    assert bad.status_code == 422 and "destination_template: " in bad.text and "scheme, host or port" in bad.text
+    created = await client.post(
+        "/offers",
+        data=form(
+            client, advertiser_id=str(manager.ids["advertiser"]), destination_template="ftp://x.example/", **terms
+        ),
+    )
+    assert created.status_code == 422 and "destination_template: " in created.text
+    async with manager.sessions() as session:
+        offers = (await session.scalars(select(Offer))).all()
+    assert [offer.destination_template for offer in offers] == [None]  # nothing saved
+
+    template = "https://shop.example/lp?cid={click_id}&s1={sub1}"
+    saved = await client.post(offer_page, data=form(client, destination_template=template, **terms))
+    assert saved.status_code == 303, saved.text
+    assert "https://shop.example/lp?cid={click_id}&amp;s1={sub1}" in (await client.get(offer_page)).text
+
+    new_link = (await client.get(f"/links/new?offer_id={manager.ids['offer']}")).text
+    assert "Blank: serve the offer's destination template" in new_link
+    assert "https://shop.example/lp?cid={click_id}&amp;s1={sub1}" in new_link
+    made = await client.post(
+        "/links",
+        data=form(client, offer_id=str(manager.ids["offer"]), affiliate_id=str(manager.ids["affiliate"]), slug="blank"),
+    )
+    assert made.status_code == 303, made.text
+    assert json.loads(manager.redis.client().get("adclick:link:blank"))["url"] == template
+    assert "the offer's template" in (await client.get(made.headers["location"])).text
+
+    changed = "https://shop.example/v2?cid={click_id}"
+    again = await client.post(offer_page, data=form(client, destination_template=changed, **terms))
+    assert again.status_code == 303
+    assert "saved and live" in (await client.get(offer_page)).text
+    assert json.loads(manager.redis.client().get("adclick:link:blank"))["url"] == changed
+    # emptying the field would leave the link nothing to serve: refused, with the reason on the form
+    emptied = await client.post(offer_page, data=form(client, destination_template="", **terms))
+    assert emptied.status_code == 422 and "1 link(s) follow it" in emptied.text

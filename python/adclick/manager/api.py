@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
@@ -76,6 +77,7 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
         tracking_url=tracking_url(request, link.slug),
         created_at=link.created_at,
         updated_at=link.updated_at,
+        follows_offer_template=link.template is None,
         live=live,
         **fields,
     )
@@ -84,6 +86,21 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
 def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
     """What of an advertiser, affiliate or offer decides whether its links are served."""
     return row.status == "active", getattr(row, "advertiser_id", None)
+
+
+async def publish_offer_links(
+    request: Request,
+    session: AsyncSession,
+    offer: Offer,
+    serving_before: tuple[bool, int | None],
+    template_before: str | None,
+) -> bool | None:
+    """After an offer edit, republish those of its links whose configs changed; None when none did."""
+    if serving(offer) != serving_before:
+        return await publish_links_of(request.app.state.redis, session, offer_id=offer.id)
+    if offer.destination_template != template_before:  # only the links that follow it serve something new
+        return await publish_links_of(request.app.state.redis, session, offer_id=offer.id, inheriting_only=True)
+    return None
 
 
 def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
@@ -205,12 +222,14 @@ async def get_offer(offer_id: RowId, session: SessionDep, _user: StaffUser) -> A
 async def update_offer(
     request: Request, offer_id: RowId, data: OfferPatch, session: SessionDep, _user: StaffUser
 ) -> Any:
-    """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
-    before = serving(await campaigns.get_offer(session, offer_id))
+    """`live`: whether its links' new state reached Redis (null when the change leaves them as they were).
+
+    A new `destination_template` reaches every link that follows it (those without a URL of their own).
+    """
+    before = await campaigns.get_offer(session, offer_id)
+    serving_before, template_before = serving(before), before.destination_template
     offer = await campaigns.update_offer(session, offer_id, data)
-    live = None
-    if serving(offer) != before:
-        live = await publish_links_of(request.app.state.redis, session, offer_id=offer_id)
+    live = await publish_offer_links(request, session, offer, serving_before, template_before)
     return OfferOut.model_validate(offer).model_copy(update={"live": live})
 
 
@@ -259,6 +278,7 @@ async def list_links(
 
 @router.post("/links", status_code=201, response_model=LinkOut)
 async def create_link(request: Request, data: LinkIn, session: SessionDep, _user: StaffUser) -> Any:
+    """Without `url` or `destinations` the link serves, and follows, its offer's `destination_template`."""
     link = await campaigns.create_link(session, data)
     return link_out(request, link, await publish(request.app.state.redis, session, link))
 

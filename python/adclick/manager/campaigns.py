@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Base, Link, Offer, OfferAffiliateOverride
-from adclick.manager.livecache import InvalidLinkConfig, check_link_config, link_config
+from adclick.manager.livecache import InvalidLinkConfig, check_link_config, check_template, link_config
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,
@@ -145,15 +145,33 @@ async def get_offer(session: AsyncSession, offer_id: int) -> Offer:
     return await _get(session, Offer, offer_id, "offer")
 
 
+def _check_destination_template(template: str | None) -> None:
+    """An offer's template goes through the tracker's decoder at save time, as a link's does."""
+    if template is None:
+        return
+    try:
+        check_template(template)
+    except InvalidLinkConfig as error:
+        raise Invalid(f"destination_template: {error}") from error
+
+
 async def create_offer(session: AsyncSession, data: OfferIn) -> Offer:
     await _exists(session, Advertiser, data.advertiser_id, "advertiser")
+    _check_destination_template(data.destination_template)
     offer = Offer(**data.model_dump())
     session.add(offer)
     await session.commit()
     return offer
 
 
+async def following_links(session: AsyncSession, offer_id: int) -> int:
+    """How many links of the offer have no template of their own, so serve (and follow) the offer's."""
+    query = select(func.count()).select_from(Link).where(Link.offer_id == offer_id, Link.template.is_(None))
+    return int(await session.scalar(query) or 0)
+
+
 async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -> Offer:
+    """Change an offer; its links that follow its template follow a new one (the caller republishes them)."""
     offer = await get_offer(session, offer_id)
     changes = data.model_dump(exclude_unset=True)
     if changes.get("advertiser_id") is not None:
@@ -162,8 +180,15 @@ async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -
         OfferIn.model_validate({**_columns(offer, OfferIn.model_fields), **changes})
     except ValueError as error:
         raise Invalid(str(error)) from error
+    if "destination_template" in changes:
+        _check_destination_template(changes["destination_template"])
+        if changes["destination_template"] is None and offer.destination_template is not None:
+            if following := await following_links(session, offer_id):
+                raise Invalid(
+                    f"destination_template: {following} link(s) follow it; give them a URL of their own first"
+                )
     for name, value in changes.items():
-        if value is not None or name == "daily_cap":
+        if value is not None or name in ("daily_cap", "destination_template"):
             setattr(offer, name, value)
     await session.commit()
     return offer
@@ -267,9 +292,17 @@ async def _slug(session: AsyncSession) -> str:
 
 
 async def _apply(session: AsyncSession, link: Link, data: LinkIn) -> Link:
-    """Fill `link` from `data`, flush, and check its config with the tracker's decoder before anything commits."""
-    await _exists(session, Offer, data.offer_id, "offer")
+    """Fill `link` from `data`, flush, and check its config with the tracker's decoder before anything commits.
+
+    Without a URL or destinations the link keeps no template of its own: it follows its offer's.
+    """
+    offer = await session.get(Offer, data.offer_id)
+    if offer is None:
+        raise Invalid(f"offer {data.offer_id} does not exist")
     await _exists(session, Affiliate, data.affiliate_id, "affiliate")
+    own = data.url or (data.destinations[0].url if data.destinations else None)
+    if own is None and offer.destination_template is None:
+        raise Invalid("a link needs a url or destinations, or an offer with a destination template")
     fields = data.model_dump(mode="json", exclude={"expires_at"})
     slug = data.slug or link.slug or await _slug(session)
     taken = await session.scalar(select(Link.id).where(Link.slug == slug, Link.id != (link.id or 0)))
@@ -278,14 +311,15 @@ async def _apply(session: AsyncSession, link: Link, data: LinkIn) -> Link:
     link.slug = slug
     link.offer_id = data.offer_id
     link.affiliate_id = data.affiliate_id
-    link.template = data.url or data.destinations[0].url  # type: ignore[index]
+    link.template = own
     link.config = _extra(fields)
     link.status = data.status
     link.expires_at = data.expires_at
     session.add(link)
     try:
         await session.flush()
-        check_link_config(link_config(link, parents_active=True))  # validity only
+        config = link_config(link, parents_active=True, offer_template=offer.destination_template)
+        check_link_config(config)  # validity only
     except InvalidLinkConfig as error:
         await session.rollback()
         raise Invalid(str(error)) from error

@@ -99,11 +99,12 @@ def redis_client(url: str, timeout_ms: int) -> redis.Redis:
     )
 
 
-def link_config(link: Link, *, parents_active: bool) -> dict[str, Any]:
+def link_config(link: Link, *, parents_active: bool, offer_template: str | None = None) -> dict[str, Any]:
     """The v1 Redis config of a link row (docs/contracts.md); rotation replaces the single URL when present.
 
     `parents_active`: whether its offer, the offer's advertiser and its affiliate are all active; if not, the
-    link is published paused whatever its own status.
+    link is published paused whatever its own status. `offer_template`: its offer's destination template, the
+    URL of a link that has no template of its own.
     """
     extra = dict(link.config or {})
     config: dict[str, Any] = {
@@ -118,7 +119,7 @@ def link_config(link: Link, *, parents_active: bool) -> dict[str, Any]:
     if extra.get("destinations"):
         config["destinations"] = extra["destinations"]
     else:
-        config["url"] = link.template
+        config["url"] = link.template if link.template is not None else offer_template
     config["rules"] = extra.get("rules") or []
     config["fallback_url"] = extra.get("fallback_url")
     config["cookie"] = bool(extra.get("cookie", False))
@@ -133,15 +134,21 @@ def check_link_config(config: dict[str, Any]) -> None:
         raise InvalidLinkConfig(str(error).removeprefix("invalid link config: ")) from error
 
 
-def serving_query(where: ColumnElement[bool] | None = None) -> Select[Link, str, str, str]:
-    """Links (all, or those matching `where`) with the statuses of their offer, advertiser and affiliate.
+def check_template(template: str) -> None:
+    """Check a destination template on its own (an offer's) with the decoder links go through."""
+    probe = Link(id=1, slug="template", offer_id=1, affiliate_id=1, template=template, config={}, status="active")
+    check_link_config(link_config(probe, parents_active=True))
+
+
+def serving_query(where: ColumnElement[bool] | None = None) -> Select[Link, str | None, str, str, str]:
+    """Links (all, or those matching `where`) with their offer's template and the statuses of their parents.
 
     One statement, so PostgreSQL reads it from one snapshot; outer joins, so a missing parent pauses a link
     rather than hiding it. Rows already in the session are refreshed: a publish must send what the database
     holds now, not what this session last saw.
     """
     query = (
-        select(Link, Offer.status, Advertiser.status, Affiliate.status)
+        select(Link, Offer.destination_template, Offer.status, Advertiser.status, Affiliate.status)
         .outerjoin(Offer, Offer.id == Link.offer_id)
         .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
         .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
@@ -160,22 +167,28 @@ def held_by(offer: str | None, advertiser: str | None, affiliate: str | None) ->
 async def serving_configs(session: AsyncSession, where: ColumnElement[bool] | None = None) -> list[dict[str, Any]]:
     """The configs trackers should serve for the links matching `where`, as the database holds them now."""
     rows = await session.execute(serving_query(where))
-    return [link_config(link, parents_active=not held_by(*statuses)) for link, *statuses in rows]
+    return [
+        link_config(link, parents_active=not held_by(*statuses), offer_template=template)
+        for link, template, *statuses in rows
+    ]
 
 
 async def serving_config(session: AsyncSession, link: Link) -> tuple[dict[str, Any], list[str]]:
     """The config trackers should serve for `link` (as this session holds it), and the parents that pause it."""
     query = (
-        select(Offer.status, Advertiser.status, Affiliate.status)
+        select(Offer.destination_template, Offer.status, Advertiser.status, Affiliate.status)
         .select_from(Link)
         .outerjoin(Offer, Offer.id == Link.offer_id)
         .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
         .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
         .where(Link.id == link.id)
     )
-    statuses = (await session.execute(query)).one_or_none()
-    held = held_by(*statuses) if statuses is not None else ["offer", "advertiser", "affiliate"]
-    return link_config(link, parents_active=not held), held
+    found = (await session.execute(query)).one_or_none()
+    if found is None:
+        return link_config(link, parents_active=False), ["offer", "advertiser", "affiliate"]
+    template, *statuses = found
+    held = held_by(*statuses)
+    return link_config(link, parents_active=not held, offer_template=template), held
 
 
 def version_key(slug: str) -> str:
@@ -252,10 +265,16 @@ async def publish_links_of(
     offer_id: int | None = None,
     affiliate_id: int | None = None,
     advertiser_id: int | None = None,
+    inheriting_only: bool = False,
 ) -> bool:
-    """Republish every link of an offer, affiliate or advertiser whose status changed; False if Redis failed."""
+    """Republish every link of an offer, affiliate or advertiser whose status changed; False if Redis failed.
+
+    `inheriting_only` (with `offer_id`): only the links that follow the offer's template, after it changed.
+    """
     if offer_id is not None:
         where = Link.offer_id == offer_id
+        if inheriting_only:
+            where = where & Link.template.is_(None)
     elif affiliate_id is not None:
         where = Link.affiliate_id == affiliate_id
     elif advertiser_id is not None:

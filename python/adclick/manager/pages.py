@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import campaigns
-from adclick.manager.api import advertiser_out, serving, tracking_url
+from adclick.manager.api import advertiser_out, publish_offer_links, serving, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
@@ -205,6 +205,7 @@ OFFER_FIELDS = (
     "attribution_window_hours",
     "default_status",
     "daily_cap",
+    "destination_template",
 )
 
 
@@ -217,7 +218,7 @@ async def _choices(session: SessionDep) -> dict[str, Any]:
 
 async def _offers_page(request: Request, session: SessionDep, page: int = 1, **extra: Any) -> Response:
     rows, total = await campaigns.page(session, select(Offer).order_by(Offer.id), page)
-    context = {"offer_rows": rows, "total": total, "page": page, **(await _choices(session)), **extra}
+    context = {"offer_rows": rows, "total": total, "page": page, "macros": MACROS, **(await _choices(session)), **extra}
     return render(request, "offers.html", context, status_code=422 if extra.get("errors") else 200)
 
 
@@ -248,6 +249,7 @@ async def _offer_page(request: Request, session: SessionDep, offer_id: int, **ex
     context = {
         "offer": offer,
         "overrides": await campaigns.list_overrides(session, offer_id),
+        "macros": MACROS,
         **(await _choices(session)),
         **extra,
     }
@@ -265,17 +267,17 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
     if "currency" in fields:
         fields["currency"] = fields["currency"].upper()
     fields.setdefault("daily_cap", None)  # a blank cap means no cap
+    fields.setdefault("destination_template", None)  # a blank template means none
     data, errors = parse(OfferPatch, fields)
     if data is not None:
-        before = serving(await campaigns.get_offer(session, offer_id))
+        before = await campaigns.get_offer(session, offer_id)
+        serving_before, template_before = serving(before), before.destination_template
         try:
             offer = await campaigns.update_offer(session, offer_id, data)
         except Invalid as error:
             errors = [str(error)]
         else:
-            live = None
-            if serving(offer) != before:
-                live = await publish_links_of(request.app.state.redis, session, offer_id=offer_id)
+            live = await publish_offer_links(request, session, offer, serving_before, template_before)
             _saved(request, "Offer", live)
             return _see_other(f"/offers/{offer_id}")
     await session.rollback()

@@ -20,6 +20,7 @@ Role = Literal["admin", "manager", "affiliate"]
 # NUMERIC(18,6): 12 integer digits and 6 decimals; never a float.
 Amount = Annotated[Decimal, Field(ge=0, lt=Decimal(10) ** 12, decimal_places=6, allow_inf_nan=False)]
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=8, max_length=2048)]
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SLUG_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -117,6 +118,9 @@ class OfferIn(Strict):
     attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 720
     default_status: PostbackStatus = "pending"
     daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    destination_template: Url | None = Field(
+        None, description="URL template of the links that have none of their own; they follow its changes"
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> OfferIn:
@@ -137,6 +141,7 @@ class OfferPatch(Strict):
     attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] | None = None
     default_status: PostbackStatus | None = None
     daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    destination_template: Url | None = Field(None, description="null clears it (refused while links follow it)")
 
 
 class OfferOut(Out):
@@ -152,9 +157,10 @@ class OfferOut(Out):
     attribution_window_hours: int
     default_status: str
     daily_cap: int | None
+    destination_template: str | None
     created_at: datetime
     live: bool | None = Field(
-        None, description="after a status change: whether its links' new state reached Redis (false: not yet live)"
+        None, description="after a status or template change: whether its links reached Redis (false: not yet live)"
     )
 
 
@@ -179,8 +185,6 @@ class OverrideOut(Out):
 
 # -- links --
 
-Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=8, max_length=2048)]
-
 
 class Destination(Strict):
     url: Url
@@ -202,7 +206,7 @@ class Rule(Strict):
 
 
 class LinkFields(Strict):
-    """What the tracker serves; `url` may be left out when weighted `destinations` are given."""
+    """What the tracker serves; without `url` or weighted `destinations` the link follows its offer's template."""
 
     url: Url | None = None
     destinations: Annotated[list[Destination], Field(max_length=100)] | None = None
@@ -225,12 +229,6 @@ class LinkIn(LinkFields):
     affiliate_id: Id
     slug: Annotated[str, StringConstraints(pattern=SLUG_PATTERN)] | None = None
 
-    @model_validator(mode="after")
-    def _has_url(self) -> LinkIn:
-        if self.url is None and not self.destinations:
-            raise ValueError("a link needs a url or destinations")
-        return self
-
 
 class LinkPatch(Strict):
     offer_id: Id | None = None
@@ -251,7 +249,8 @@ class LinkOut(BaseModel):
     offer_id: int
     affiliate_id: int
     status: str
-    url: str | None
+    url: str | None = Field(description="its own URL template; null with no destinations: its offer's template")
+    follows_offer_template: bool = Field(description="true: it serves (and follows) its offer's destination template")
     destinations: list[dict[str, Any]] | None
     rules: list[dict[str, Any]]
     fallback_url: str | None

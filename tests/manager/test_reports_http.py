@@ -236,3 +236,48 @@ async def test_failed_jobs_for_staff_only_retry_lands_on_the_queue_and_forget_de
     assert {q["name"]: q["exists"] for q in queues}[settings.conversions_queue] is True
     assert (await api.delete(f"/api/v1/jobs/{job_id}")).status_code == 204
     assert (await api.delete(f"/api/v1/jobs/{job_id}")).status_code == 404
+
+
+HUGE = "99999999999999999999"
+ID_FILTERED = (
+    "/api/v1/reports",
+    "/api/v1/reports/timeseries",
+    "/api/v1/exports/report.csv",
+    "/reports",
+    "/api/v1/conversions",
+    "/api/v1/exports/conversions.csv",
+    "/conversions",
+)
+
+
+async def test_out_of_range_ids_are_422s_and_missing_ones_404s(manager: Manager) -> None:
+    ids = await traffic(manager)
+    api, browser = await manager.api("manager"), await manager.as_role("manager")
+    assert (await api.get(f"/api/v1/conversions/{HUGE}")).status_code == 422
+    assert (await api.get("/api/v1/conversions/0")).status_code == 422
+    assert (await api.get(f"/api/v1/conversions/{2**63 - 1}")).status_code == 404
+    assert (await api.get(f"/api/v1/conversions/{ids['conversion_101']}")).status_code == 200
+    assert (await api.post(f"/api/v1/conversions/{HUGE}/approve")).status_code == 422
+    assert (await api.post(f"/api/v1/conversions/{2**63 - 1}/approve")).status_code == 404
+    assert (await browser.get(f"/conversions/{HUGE}")).status_code == 422
+    assert (await browser.get(f"/conversions/{2**63 - 1}")).status_code == 404
+    for client, path in ((api, "/api/v1/conversions"), (browser, "/conversions")):
+        assert (await client.get(path, params={"before_id": HUGE})).status_code == 422, path
+        assert (await client.get(path, params={"before_id": str(2**63 - 1)})).status_code == 200, path
+    for path in (*ID_FILTERED, "/api/v1/exports/payouts.csv"):
+        client = browser if not path.startswith("/api/") else api
+        names = (
+            ("offer_id", "affiliate_id") if path.endswith("payouts.csv") else ("offer_id", "affiliate_id", "link_id")
+        )
+        for name in names:
+            wide = str(2**40) if name == "link_id" else str(2**31)
+            for value in (HUGE, wide, "0", "-1"):
+                reply = await client.get(path, params={**RANGE, name: value})
+                assert reply.status_code == 422, (path, name, value, reply.text[:200])
+            widest = str(2**40 - 1) if name == "link_id" else str(2**31 - 1)
+            for value in (widest, ""):  # in range but unknown, and an HTML form's "any"
+                reply = await client.get(path, params={**RANGE, name: value})
+                assert reply.status_code == 200, (path, name, value, reply.text[:200])
+    affiliate = await manager.api("affiliate")
+    assert (await affiliate.get("/api/v1/reports", params={"affiliate_id": HUGE})).status_code == 422
+    assert (await affiliate.get(f"/api/v1/conversions/{ids['conversion_102']}")).status_code == 404

@@ -34,10 +34,19 @@ from adclick.core.db.models import (
     User,
 )
 from adclick.core.db.session import SessionDep
-from adclick.manager.deps import CurrentUser, Principal, StaffUser
+from adclick.manager.deps import (
+    BigIdFilter,
+    BigRowId,
+    CurrentUser,
+    FormIdFilter,
+    FormLinkIdFilter,
+    Principal,
+    StaffUser,
+)
 from adclick.manager.reports import (
     ReportError,
     filter_choices,
+    id_text,
     local_midnight,
     optional_int,
     parse_date,
@@ -356,15 +365,16 @@ class ConversionParams:
 
 def conversion_params(
     status: Annotated[str | None, Query(description=", ".join(CONVERSION_STATUSES))] = None,
-    offer_id: str | None = None,
-    affiliate_id: str | None = None,
-    link_id: str | None = None,
+    offer_id: FormIdFilter = None,
+    affiliate_id: FormIdFilter = None,
+    link_id: FormLinkIdFilter = None,
     txid: str | None = None,
     date_from: Annotated[str | None, Query(alias="from", description="first local day received, YYYY-MM-DD")] = None,
     date_to: Annotated[str | None, Query(alias="to", description="last local day received, YYYY-MM-DD")] = None,
     tz: Annotated[str | None, Query(description="IANA time zone of the days, default UTC")] = None,
 ) -> ConversionParams:
-    return ConversionParams(status, offer_id, affiliate_id, link_id, txid, date_from, date_to, tz)
+    ids = (id_text(offer_id), id_text(affiliate_id), id_text(link_id))
+    return ConversionParams(status, *ids, txid, date_from, date_to, tz)
 
 
 ConversionParamsDep = Annotated[ConversionParams, Depends(conversion_params)]
@@ -394,7 +404,7 @@ async def conversions_api(
     user: CurrentUser,
     params: ConversionParamsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
-    before_id: int | None = None,
+    before_id: BigIdFilter = None,
 ) -> dict[str, Any]:
     """Newest first; page on with `before_id` = the previous answer's `next_before_id`."""
     f = filter_or_400(params, user)
@@ -403,7 +413,7 @@ async def conversions_api(
 
 
 @router.get("/api/v1/conversions/{conversion_id}", tags=["conversions"])
-async def conversion_api(conversion_id: int, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+async def conversion_api(conversion_id: BigRowId, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     try:
         return await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
     except ConversionEditError as error:
@@ -412,7 +422,7 @@ async def conversion_api(conversion_id: int, session: SessionDep, user: CurrentU
 
 @router.post("/api/v1/conversions/{conversion_id}/{action}", tags=["conversions"])
 async def edit_api(
-    conversion_id: int, action: str, session: SessionDep, user: StaffUser, body: EditIn | None = None
+    conversion_id: BigRowId, action: str, session: SessionDep, user: StaffUser, body: EditIn | None = None
 ) -> dict[str, Any]:
     """`approve`, `reject` (optionally with revenue and payout) or `adjust`; answers the audit entry."""
     values = body or EditIn()
@@ -437,7 +447,7 @@ async def conversions_page(
     session: SessionDep,
     user: CurrentUser,
     params: ConversionParamsDep,
-    before_id: int | None = None,
+    before_id: BigIdFilter = None,
 ) -> Response:
     errors: list[str] = []
     items: list[dict[str, Any]] = []
@@ -462,7 +472,9 @@ async def conversions_page(
 
 
 @router.get("/conversions/{conversion_id}", include_in_schema=False)
-async def conversion_page(request: Request, conversion_id: int, session: SessionDep, user: CurrentUser) -> Response:
+async def conversion_page(
+    request: Request, conversion_id: BigRowId, session: SessionDep, user: CurrentUser
+) -> Response:
     try:
         conversion = await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
     except ConversionEditError as error:
@@ -478,7 +490,7 @@ async def conversion_page(request: Request, conversion_id: int, session: Session
 
 @router.post("/conversions/{conversion_id}/{action}", include_in_schema=False)
 async def edit_page(
-    request: Request, conversion_id: int, action: str, session: SessionDep, user: StaffUser
+    request: Request, conversion_id: BigRowId, action: str, session: SessionDep, user: StaffUser
 ) -> Response:
     form = await request.form()
     values = {name: form.get(name) for name in ("revenue", "payout", "amount", "note")}

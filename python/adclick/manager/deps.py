@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request
+from pydantic import BeforeValidator, Field
 from sqlalchemy import select
 
 from adclick.core.db.models import ApiToken, User
@@ -140,10 +141,27 @@ RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 LinkId = Annotated[int, Path(ge=1, le=2**40 - 1)]
 IdFilter = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
+# Conversions' ids are BIGINT.
+BigRowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+BigIdFilter = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
+
+
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# Report and conversion filters come from HTML forms too, whose empty choice ("any") is a blank value.
+# The bounds sit on the int itself: a blank becomes None before they apply.
+FormIdFilter = Annotated[Annotated[int, Field(ge=1, le=2**31 - 1)] | None, BeforeValidator(_blank_is_none), Query()]
+FormLinkIdFilter = Annotated[Annotated[int, Field(ge=1, le=2**40 - 1)] | None, BeforeValidator(_blank_is_none), Query()]
 
 __all__ = [
     "AdminUser",
+    "BigIdFilter",
+    "BigRowId",
     "CurrentUser",
+    "FormIdFilter",
+    "FormLinkIdFilter",
     "IdFilter",
     "LinkId",
     "PageNo",

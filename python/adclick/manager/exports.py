@@ -35,13 +35,14 @@ from adclick.manager.conversions import (
     export_statement,
     filter_or_400,
 )
-from adclick.manager.deps import CurrentUser
+from adclick.manager.deps import CurrentUser, FormIdFilter
 from adclick.manager.reports import (
     ReportParams,
     ReportParamsDep,
     ReportQuery,
     csv_cells,
     csv_header,
+    id_text,
     make_row,
     prepare_report_transaction,
     query_or_400,
@@ -258,10 +259,11 @@ async def payouts_export(
     date_from: Annotated[str | None, Query(alias="from")] = None,
     date_to: Annotated[str | None, Query(alias="to")] = None,
     tz: str | None = None,
-    affiliate_id: str | None = None,
-    offer_id: str | None = None,
+    affiliate_id: FormIdFilter = None,
+    offer_id: FormIdFilter = None,
 ) -> StreamingResponse:
     """Payout statement of a period, per affiliate, offer and currency (an affiliate gets its own only)."""
-    params = ReportParams("day", date_from, date_to, tz, offer_id=offer_id, affiliate_id=affiliate_id)
+    ids = {"offer_id": id_text(offer_id), "affiliate_id": id_text(affiliate_id)}
+    params = ReportParams("day", date_from, date_to, tz, **ids)
     q = query_or_400(params, user)
     return await _csv_response(session, payouts_csv(_sessions(request), q), filename("payouts", q))

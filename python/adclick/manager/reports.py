@@ -55,7 +55,7 @@ from adclick.core.counting import COUNTED, NO_ID, ROLLUPS_BY_SIZE, Rollup
 from adclick.core.db.models import Affiliate, Click, Conversion, Link, Offer
 from adclick.core.db.session import SessionDep
 from adclick.core.db.types import Money
-from adclick.manager.deps import CurrentUser, Principal
+from adclick.manager.deps import CurrentUser, FormIdFilter, FormLinkIdFilter, Principal
 from adclick.manager.templating import render
 
 ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")
@@ -806,6 +806,11 @@ def scope_of(user: Principal) -> int | None:
     return None
 
 
+def id_text(value: int | None) -> str | None:
+    """A bounded id filter (None: any) as the query-string text ReportParams and ConversionParams keep."""
+    return None if value is None else str(value)
+
+
 def optional_int(value: str | None, name: str) -> int | None:
     """An id from a query string, where a blank (an HTML form's empty choice) means "any"."""
     if value is None or not value.strip():
@@ -852,13 +857,14 @@ def report_params(
     date_from: Annotated[str | None, Query(alias="from", description="first local day, YYYY-MM-DD")] = None,
     date_to: Annotated[str | None, Query(alias="to", description="last local day, YYYY-MM-DD (inclusive)")] = None,
     tz: Annotated[str | None, Query(description="IANA time zone of the days and hours, default UTC")] = None,
-    offer_id: str | None = None,
-    affiliate_id: str | None = None,
-    link_id: str | None = None,
+    offer_id: FormIdFilter = None,
+    affiliate_id: FormIdFilter = None,
+    link_id: FormLinkIdFilter = None,
     country: str | None = None,
     device: str | None = None,
 ) -> ReportParams:
-    return ReportParams(group_by, date_from, date_to, tz, offer_id, affiliate_id, link_id, country, device)
+    ids = (id_text(offer_id), id_text(affiliate_id), id_text(link_id))
+    return ReportParams(group_by, date_from, date_to, tz, *ids, country, device)
 
 
 ReportParamsDep = Annotated[ReportParams, Depends(report_params)]

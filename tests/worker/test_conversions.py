@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import pytest
 from adclick.core.db.models import Click, ConversionAudit, DailyCap, OfferAffiliateOverride
+from adclick.manager.conversions import edit_conversion
+from adclick.manager.reports import build_query, run_report
 from adclick.worker.messages import pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -380,3 +382,65 @@ async def test_rollup_projections_sum_like_hourly_rollups_after_clicks_conversio
     counted = [c for c in stored if c.status in ("pending", "approved")]
     totals = await rollup_totals(db_engine)
     assert (totals["clicks"], totals["conversions"], totals["revenue"]) == (18, len(counted), D(4) * len(counted))
+
+
+async def places(worker: InProcessWorker) -> dict[tuple[str, str], tuple[int, int, Decimal, Decimal]]:
+    """The manager's report by country x device over T0's day: (clicks, conversions, revenue, payout) per place."""
+    async with worker.sessions() as session:
+        report = await run_report(session, build_query("country,device", "2025-11-27", "2025-11-28", "UTC"))
+    return {
+        (row.keys["country"], row.keys["device"]): (t.clicks, t.conversions, t.revenue, t.payout)
+        for row in report.rows
+        for t in (row.totals,)
+    }
+
+
+async def test_conversions_count_under_their_clicks_country_and_device_through_every_status_change(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, payout_amount=D("5"), revenue_amount=D("8"), default_status="pending")
+    us = click_event(setup.link_id, T0, offer_id=setup.offer_id, affiliate_id=setup.affiliate_id)
+    de = click_event(setup.link_id, T0 + 1, country="DE", device="desktop", ip="198.51.100.7")
+    await worker.send("clicks", [pack_clicks([us])])
+    await worker.run_until_drained("clicks")
+    await worker.send("conversions", [conversion_body(us["click_id"], "TX-US", received_at=T0 + 1000)])
+    await worker.run_until_drained("conversions")
+    assert await places(worker) == {("US", "smartphone"): (1, 1, D("8"), D("5"))}
+
+    # A conversion before its click counts under '' and '' (unknown), and stays there once the click is stored.
+    await worker.send("conversions", [conversion_body(de["click_id"], "TX-DE", received_at=T0 + 2000)])
+    await worker.run_until_drained("conversions")
+    await worker.send("clicks", [pack_clicks([de])])
+    await worker.run_until_drained("clicks")
+    unknown_and_de = {("", ""): (0, 1, D("8"), D("5")), ("DE", "desktop"): (1, 0, D("0"), D("0"))}
+    assert await places(worker) == {("US", "smartphone"): (1, 1, D("8"), D("5")), **unknown_and_de}
+    assert await projection_mismatches(db_engine) == {}
+
+    # Later postbacks move the rows the conversion was first counted in.
+    await worker.send(
+        "conversions",
+        [
+            conversion_body(us["click_id"], "TX-US", received_at=T0 + 3000, status="rejected"),
+            conversion_body(de["click_id"], "TX-DE", received_at=T0 + 3000, status="rejected"),
+        ],
+    )
+    await worker.run_until_drained("conversions")
+    assert await places(worker) == {
+        ("US", "smartphone"): (1, 0, D("0"), D("0")),
+        ("", ""): (0, 0, D("0"), D("0")),
+        ("DE", "desktop"): (1, 0, D("0"), D("0")),
+    }
+    assert await projection_mismatches(db_engine) == {}
+
+    # So do the manager's edits.
+    ids = {c.txid: c.id for c in await conversions(db_engine)}
+    async with worker.sessions() as session:
+        await edit_conversion(session, ids["TX-US"], "approve", user_id=None, payout="6")
+    async with worker.sessions() as session:
+        await edit_conversion(session, ids["TX-DE"], "approve", user_id=None)
+    assert await places(worker) == {("US", "smartphone"): (1, 1, D("8"), D("6")), **unknown_and_de}
+    assert await projection_mismatches(db_engine) == {}
+    async with worker.sessions() as session:
+        await edit_conversion(session, ids["TX-US"], "reject", user_id=None)
+    assert (await places(worker))[("US", "smartphone")] == (1, 0, D("0"), D("0"))
+    assert await projection_mismatches(db_engine) == {}

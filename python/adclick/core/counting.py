@@ -13,12 +13,18 @@ Every writer goes through the tables in one order (`ROLLUPS_WRITE_ORDER`), keys 
 transactions cannot deadlock; the smallest and most contended table comes last and holds its row locks the least.
 
 Conversions. `pending` and `approved` count: they add one conversion and their revenue and payout to the rollups
-at the hour the conversion was received, under its link with country and device '' (the click may not have
-arrived, and a later status change must find the same rows), and hold a slot of each daily cap that applies (the
-offer's, then the affiliate's on the offer) for the UTC day the conversion was received. `rejected` and `capped`
-count nothing. A change of status or money moves the rollups by the difference (`rollup_change`) and, between
-counting and not counting, takes or gives back the cap slots (`move_caps`). What to do when a cap is full is the
-caller's decision: the worker stores the conversion `capped`, the manager refuses the edit.
+at the hour the conversion was received, under its link and its `Place`, and hold a slot of each daily cap that
+applies (the offer's, then the affiliate's on the offer) for the UTC day the conversion was received. `rejected` and
+`capped` count nothing. A change of status or money moves the rollups by the difference (`rollup_change`) and,
+between counting and not counting, takes or gives back the cap slots (`move_caps`). What to do when a cap is full is
+the caller's decision: the worker stores the conversion `capped`, the manager refuses the edit.
+
+A conversion's place is the country and device of its click, read from the click row when the worker first stores
+the conversion, and recorded in the conversion's `params` (`ROLLUP_PARAM`), so every later status change, by the
+worker or the manager, moves the very rollup rows the conversion was first counted in, whatever happens to the
+click row since. A click not stored by then (a conversion may arrive before its click) gives country and device '',
+for good: the conversion stays under "(unknown)" in country and device reports even after its click arrives. So do
+conversions stored before places were recorded (they were counted under '').
 """
 
 from __future__ import annotations
@@ -143,6 +149,41 @@ class Attributed(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """The country and device a conversion rolls up under (its click's; '' and '' when the click was missing)."""
+
+    country: str = ""
+    device: str = ""
+
+    @classmethod
+    def of_click(cls, country: str | None, device: str | None) -> Place:
+        # As the click rolled up (worker.clicks.rollup_rows); CHAR(2) comes back blank-padded from PostgreSQL.
+        return cls((country or "").rstrip(), device or "")
+
+    @classmethod
+    def of_params(cls, params: Mapping[str, Any] | None) -> Place:
+        """The place recorded in a stored conversion's params; '' and '' when none is (or it is malformed)."""
+        value = params.get(ROLLUP_PARAM) if isinstance(params, Mapping) else None
+        if not isinstance(value, Mapping):
+            return NOWHERE
+        country, device = value.get("country"), value.get("device")
+        if not isinstance(country, str) or not isinstance(device, str):
+            return NOWHERE
+        return cls(country, device)
+
+    def record(self, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` with this place recorded in it; a value the postback sent under that name never stays."""
+        params.pop(ROLLUP_PARAM, None)
+        if self != NOWHERE:  # no entry reads back as '' and '', so conversions without a click add no bytes
+            params[ROLLUP_PARAM] = {"country": self.country, "device": self.device}
+        return params
+
+
+NOWHERE = Place()
+ROLLUP_PARAM = "adclick_rollup"  # in conversions.params: {"country": ..., "device": ...}, see Place
+
+
+@dataclass(frozen=True, slots=True)
 class Standing:
     """What a conversion says at one moment: its status, revenue and payout."""
 
@@ -155,8 +196,11 @@ class Standing:
         return self.status in COUNTED
 
 
-def rollup_change(conversion: Attributed, before: Standing | None, after: Standing | None) -> dict[str, Any] | None:
-    """The rollup row (for `add_to_rollups`) that moves `conversion` from counting `before` to counting `after`.
+def rollup_change(
+    conversion: Attributed, before: Standing | None, after: Standing | None, *, place: Place
+) -> dict[str, Any] | None:
+    """The rollup row (for `add_to_rollups`) that moves `conversion`, counted at `place`, from counting `before`
+    to counting `after`.
 
     `before` None: a new conversion; `after` None: a removed one. None when nothing moves.
     """
@@ -170,8 +214,8 @@ def rollup_change(conversion: Attributed, before: Standing | None, after: Standi
     return {
         "hour": hour_of(conversion.created_at),
         "link_id": conversion.link_id,
-        "country": "",
-        "device": "",
+        "country": place.country,
+        "device": place.device,
         "offer_id": conversion.offer_id,
         "affiliate_id": conversion.affiliate_id,
         "conversions": conversions,

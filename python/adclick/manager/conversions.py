@@ -23,7 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.counting import Cap, Standing, add_to_rollups, cap_day, caps_of, move_caps, rollup_change
+from adclick.core.counting import (
+    Cap,
+    Place,
+    Standing,
+    add_to_rollups,
+    cap_day,
+    caps_of,
+    move_caps,
+    rollup_change,
+)
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
@@ -311,7 +320,8 @@ async def edit_conversion(
             after["note"] = note
         if after == {**before, "action": action}:
             raise ConversionEditError(409, "nothing to change: the conversion already has these values")
-        delta = rollup_change(conversion, standing, Standing(conversion.status, conversion.revenue, conversion.payout))
+        now_standing = Standing(conversion.status, conversion.revenue, conversion.payout)
+        delta = rollup_change(conversion, standing, now_standing, place=Place.of_params(conversion.params))
         if delta is not None:
             await add_to_rollups(session, [delta])
         await session.execute(

@@ -17,9 +17,9 @@ Day buckets are computed in SQL from the zone's UTC offsets over the range (DST 
 sets; cheaper per row than `AT TIME ZONE`, and than grouping by hour first, which leaves a big intermediate
 result) and of `date(hour, '+N minutes')` per hour on SQLite, after grouping by hour.
 
-Conversions count as the rollups count them: `pending` and `approved`, at the hour the conversion was received.
-Conversions roll up with country and device '' (the click may not have arrived yet), so a country or device
-report shows them under "(unknown)". Sums of revenue and payout add offers' amounts whatever their currency.
+Conversions count as the rollups count them: `pending` and `approved`, at the hour the conversion was received, under
+their click's country and device ("(unknown)" when the click was not stored yet when the conversion was: see
+adclick.core.counting.Place). Sums of revenue and payout add offers' amounts whatever their currency.
 """
 
 from __future__ import annotations
@@ -684,8 +684,6 @@ async def run_report(
         for row in rows:
             totals.add(row.totals)
     notes = [note for note in (half_hour_note(q),) if note]
-    if q.group_by[0] in ("country", "device") and not q.is_sub:
-        notes.append("conversions are counted under (unknown): they roll up without the click's country and device")
     return Report(q, rows, totals, truncated, notes)
 
 

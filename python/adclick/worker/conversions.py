@@ -5,6 +5,9 @@ Rules (each message is one postback, see docs/contracts.md):
 - The link id inside the ClickID attributes the conversion (link -> offer, affiliate): the click row is not
   needed, so a conversion may arrive before its click. A link the database does not know (yet) is a failure:
   the message stays queued, is retried, and ends in the dead-letter queue if the link never appears.
+- A new conversion rolls up under its click's country and device when the click is stored by then, else under
+  '' and '' for good; the choice is recorded in its params, so status changes move the same rollup rows
+  (adclick.core.counting.Place).
 - The postback's advertiser must own the offer (`advertiser_mismatch`), and the conversion must come within the
   offer's attribution window of the click (`expired`).
 - One conversion per (offer, txid). A redelivered message changes nothing. Another postback for the same txid
@@ -34,7 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
 from adclick.core.counting import (
+    NOWHERE,
     Cap,
+    Place,
     Standing,
     add_to_rollups,
     cap_day,
@@ -43,6 +48,7 @@ from adclick.core.counting import (
     rollup_change,
 )
 from adclick.core.db.models import (
+    Click,
     Conversion,
     ConversionAudit,
     ConversionRejection,
@@ -114,10 +120,11 @@ class Stored:
     payout: Decimal
     created_at: datetime
     updated_at: datetime
+    place: Place = NOWHERE  # where it rolls up (adclick.core.counting.Place)
 
 
 _CONVERSIONS = cast(Table, Conversion.__table__)
-_STORED_COLUMNS = [_CONVERSIONS.c[name] for name in Stored.__dataclass_fields__]
+_STORED_COLUMNS = [_CONVERSIONS.c[name] for name in Stored.__dataclass_fields__ if name != "place"]
 
 
 @dataclass(slots=True)
@@ -169,6 +176,7 @@ class _Batch:
         self.new_rows: dict[tuple[int, str], dict[str, Any]] = {}  # inserted in one statement at the end
         self.audits: list[tuple[tuple[int, str], dict[str, Any]]] = []
         self.counts: dict[str, int] = {}
+        self.places: dict[str, Place] = {}  # ClickID -> its stored click's country and device
 
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -221,6 +229,7 @@ class _Batch:
             key=lambda i: (i.terms.offer.id, i.terms.affiliate_id, i.event.txid, i.event.received_at_ms)  # type: ignore[union-attr]
         )
         await self._load_existing(attributable)
+        await self._load_places(attributable)
         for item in attributable:
             await self._one(item)
         await self._insert_new()
@@ -307,11 +316,30 @@ class _Batch:
             return
         table = _CONVERSIONS
         found = await self.session.execute(
-            select(*_STORED_COLUMNS).where(tuple_(table.c.offer_id, table.c.txid).in_(keys))
+            select(*_STORED_COLUMNS, table.c.params).where(tuple_(table.c.offer_id, table.c.txid).in_(keys))
         )
         for row in found.all():
-            stored = Stored(**row._mapping)
+            values = dict(row._mapping)
+            place = Place.of_params(values.pop("params"))
+            stored = Stored(**values, place=place)
             self.known[(stored.offer_id, stored.txid)] = stored
+
+    async def _load_places(self, items: Sequence[Item]) -> None:
+        """The country and device of the clicks of the batch's new conversions, from the clicks stored so far."""
+        wanted = sorted(
+            {
+                item.event.click_id
+                for item in items
+                if item.terms is not None and (item.terms.offer.id, item.event.txid) not in self.known
+            }
+        )
+        if not wanted:
+            return
+        clicks = cast(Table, Click.__table__).c
+        found = await self.session.execute(
+            select(clicks.click_id, clicks.country, clicks.device).where(clicks.click_id.in_(wanted))
+        )
+        self.places = {row.click_id: Place.of_click(row.country, row.device) for row in found.all()}
 
     async def _one(self, item: Item) -> None:
         terms = item.terms
@@ -351,6 +379,7 @@ class _Batch:
             params["sale_amount"], params["sale_currency"], stored_amount = event.amount, event.currency, None
         status = event.status or terms.offer.default_status
         when = event.received_at
+        place = self.places.get(event.click_id, NOWHERE)
         if await move_caps(self.session, terms.offer.id, cap_day(when), terms.caps(), None, status) is not None:
             status, revenue, payout = "capped", _ZERO, _ZERO
         row = {
@@ -366,7 +395,7 @@ class _Batch:
             "currency": currency,
             "revenue": revenue,
             "payout": payout,
-            "params": params or None,
+            "params": place.record(params) or None,
             "created_at": when,
             "updated_at": when,
         }
@@ -382,13 +411,14 @@ class _Batch:
             payout=payout,
             created_at=when,
             updated_at=when,
+            place=place,
         )
         self.known[(terms.offer.id, event.txid)] = conversion
         self._roll(conversion, None, Standing(status, revenue, payout))
         self.count("conversion" if status != "capped" else "capped")
 
     def _roll(self, conversion: Stored, before: Standing | None, after: Standing) -> None:
-        row = rollup_change(conversion, before, after)
+        row = rollup_change(conversion, before, after, place=conversion.place)
         if row is not None:
             self.rollups.append(row)
 

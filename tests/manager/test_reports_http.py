@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -281,3 +282,93 @@ async def test_out_of_range_ids_are_422s_and_missing_ones_404s(manager: Manager)
     affiliate = await manager.api("affiliate")
     assert (await affiliate.get("/api/v1/reports", params={"affiliate_id": HUGE})).status_code == 422
     assert (await affiliate.get(f"/api/v1/conversions/{ids['conversion_102']}")).status_code == 404
+
+
+STAFF_ONLY = ("revenue", "profit", "advertiser", "audit")  # and the note of `note_on`
+# Revenue, profit, their sums over both affiliates and revenue EPCs, as JSON, CSV (6 decimals) or pages (2) show them.
+MONEY_LEAK = re.compile(r"(?<![\d.:])(?:(?:9|5|18|10)\.00(?:0000)?|1\.8000|1\.5000)(?!\d)")
+
+
+def leaks(text: str) -> list[str]:
+    """What of the network's money, advertisers and audit notes shows in an answer (traffic(): revenue 9.00, profit
+    5.00 and revenue EPC 1.8000 on the affiliate's link, where its payout is 4.00; the note of `note_on`)."""
+    found = [word for word in STAFF_ONLY if word in text.lower()]
+    return found + MONEY_LEAK.findall(text) + (["secret-note"] if "secret-note" in text else [])
+
+
+async def note_on(manager: Manager, conversion_id: int) -> None:
+    api = await manager.api("manager")
+    reply = await api.post(f"/api/v1/conversions/{conversion_id}/adjust", json={"amount": "100", "note": "secret-note"})
+    assert reply.status_code == 200, reply.text
+
+
+async def test_affiliates_see_payouts_but_never_revenue_profit_advertisers_or_audit_notes(manager: Manager) -> None:
+    ids = await traffic(manager)
+    mine = ids["conversion_101"]
+    await note_on(manager, mine)
+    affiliate_api, affiliate = await manager.api("affiliate"), await manager.as_role("affiliate")
+    staff_api, staff = await manager.api("manager"), await manager.as_role("manager")
+    day = {**RANGE, "group_by": "day"}
+
+    report = await affiliate_api.get("/api/v1/reports", params=day)
+    assert report.status_code == 200 and not leaks(report.text), leaks(report.text)
+    totals = report.json()["totals"]
+    assert (totals["clicks"], totals["payout"], totals["epc"]) == (5, "4.000000", "0.8000")
+    assert "revenue" not in report.json()["rows"][0] and "profit" not in report.json()["rows"][0]
+    staff_totals = (await staff_api.get("/api/v1/reports", params=day)).json()["totals"]
+    assert (staff_totals["revenue"], staff_totals["profit"], staff_totals["epc"]) == (
+        "18.000000",
+        "10.000000",
+        "1.5000",
+    )
+
+    series = await affiliate_api.get("/api/v1/reports/timeseries", params=RANGE)
+    assert not leaks(series.text), leaks(series.text)
+    assert series.json()["money"] == "payout" and series.json()["payout"][12] == "4.000000"
+    staff_series = (await staff_api.get("/api/v1/reports/timeseries", params=RANGE)).json()
+    assert staff_series["money"] == "revenue" and staff_series["revenue"][12] == "18.000000"
+
+    page = await affiliate.get("/reports", params=day)
+    assert page.status_code == 200 and "4.00" in page.text and "0.8000" in page.text
+    assert not [leak for leak in leaks(page.text) if leak not in ("revenue",)] and "Revenue" not in page.text
+    staff_page = (await staff.get("/reports", params=day)).text
+    assert all(text in staff_page for text in ("Revenue", "Profit", "18.00", "10.00", "1.5000"))
+
+    report_csv = await affiliate.get("/api/v1/exports/report.csv", params=day)
+    assert report_csv.status_code == 200 and not leaks(report_csv.text), leaks(report_csv.text)
+    rows = list(csv.reader(io.StringIO(report_csv.text)))
+    assert rows[1][rows[0].index("payout")] == "4.000000" and rows[1][rows[0].index("epc")] == "0.8000"
+    staff_csv = list(csv.reader(io.StringIO((await staff.get("/api/v1/exports/report.csv", params=day)).text)))
+    assert {"revenue", "profit"} <= set(staff_csv[0]) and staff_csv[1][staff_csv[0].index("revenue")] == "18.000000"
+
+    listed = await affiliate_api.get("/api/v1/conversions")
+    assert not leaks(listed.text), leaks(listed.text)
+    assert [(c["id"], c["payout"]) for c in listed.json()["items"]] == [(mine, "4.000000")]
+    detail = await affiliate_api.get(f"/api/v1/conversions/{mine}")
+    assert detail.status_code == 200 and not leaks(detail.text), leaks(detail.text)
+    assert detail.json()["payout"] == "4.000000"
+    staff_detail = (await staff_api.get(f"/api/v1/conversions/{mine}")).json()
+    assert staff_detail["revenue"] == "9.000000" and staff_detail["advertiser_id"] == manager.ids["advertiser"]
+    assert staff_detail["audit"][0]["after"]["note"] == "secret-note"
+    staff_listed = (await staff_api.get("/api/v1/conversions")).json()["items"]
+    assert {c["revenue"] for c in staff_listed} == {"9.000000"} and all("advertiser_id" in c for c in staff_listed)
+
+    for path in ("/conversions", f"/conversions/{mine}"):
+        shown = await affiliate.get(path)
+        assert shown.status_code == 200 and "4.000000" in shown.text, path
+        assert not [leak for leak in leaks(shown.text) if leak != "revenue"] and "Revenue" not in shown.text, path
+        assert "Audit" not in shown.text, path
+    staff_list_page = (await staff.get("/conversions")).text
+    assert all(text in staff_list_page for text in ("Revenue", "9.000000"))
+    staff_detail_page = (await staff.get(f"/conversions/{mine}")).text
+    assert all(text in staff_detail_page for text in ("Revenue", "9.000000", "Audit log", "secret-note"))
+
+    conversions_csv = await affiliate.get("/api/v1/exports/conversions.csv")
+    assert not leaks(conversions_csv.text), leaks(conversions_csv.text)
+    assert "4.000000" in conversions_csv.text
+    staff_conversions = list(csv.reader(io.StringIO((await staff.get("/api/v1/exports/conversions.csv")).text)))
+    assert {"revenue", "advertiser_id"} <= set(staff_conversions[0])
+
+    payouts = await affiliate.get("/api/v1/exports/payouts.csv", params=RANGE)
+    assert payouts.status_code == 200 and not leaks(payouts.text), leaks(payouts.text)
+    assert list(csv.reader(io.StringIO(payouts.text)))[1][-1] == "4.000000"

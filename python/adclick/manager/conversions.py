@@ -11,6 +11,7 @@ than the manager's decision (a `duplicate` rejection) and a later one as a new s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -56,6 +57,7 @@ from adclick.manager.reports import (
     ReportError,
     filter_choices,
     id_text,
+    is_staff,
     local_midnight,
     optional_int,
     parse_date,
@@ -181,13 +183,21 @@ CONVERSION_COLUMNS = (
     "revenue",
     "payout",
 )
+# What an affiliate may not see of its own conversions: the network's revenue and its advertiser.
+STAFF_ONLY_COLUMNS = frozenset({"advertiser_id", "revenue"})
+AFFILIATE_COLUMNS = tuple(name for name in CONVERSION_COLUMNS if name not in STAFF_ONLY_COLUMNS)
 
 
-def as_dict(row: Any) -> dict[str, Any]:
-    """A JSON-ready conversion: money as exact decimal strings, times as ISO 8601 UTC."""
+def conversion_columns(user: Principal) -> tuple[str, ...]:
+    """The columns of a conversion `user` may see: all for staff, AFFILIATE_COLUMNS for an affiliate."""
+    return CONVERSION_COLUMNS if is_staff(user) else AFFILIATE_COLUMNS
+
+
+def as_dict(row: Any, columns: Sequence[str] = CONVERSION_COLUMNS) -> dict[str, Any]:
+    """A JSON-ready conversion (`columns` of it): money as exact decimal strings, times as ISO 8601 UTC."""
     m = row._mapping if hasattr(row, "_mapping") else row
     out: dict[str, Any] = {}
-    for name in CONVERSION_COLUMNS:
+    for name in columns:
         value = m.get(name)
         if isinstance(value, Decimal):
             value = str(value)
@@ -198,32 +208,45 @@ def as_dict(row: Any) -> dict[str, Any]:
 
 
 async def list_conversions(
-    session: AsyncSession, f: ConversionFilter, *, limit: int = PAGE_SIZE, before_id: int | None = None
+    session: AsyncSession,
+    f: ConversionFilter,
+    *,
+    limit: int = PAGE_SIZE,
+    before_id: int | None = None,
+    columns: Sequence[str] = CONVERSION_COLUMNS,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One page, newest first, and the `before_id` of the next page (None on the last)."""
+    """One page, newest first, and the `before_id` of the next page (None on the last); `columns` must hold id."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     statement = listing_statement(f)
     if before_id is not None:
         statement = statement.where(_CONVERSIONS.c.id < before_id)
-    rows = [as_dict(row) for row in (await session.execute(statement.limit(limit + 1))).all()]
+    rows = [as_dict(row, columns) for row in (await session.execute(statement.limit(limit + 1))).all()]
     following = rows[limit - 1]["id"] if len(rows) > limit else None
     return rows[:limit], following
 
 
 async def get_conversion(
-    session: AsyncSession, conversion_id: int, *, scope_affiliate_id: int | None = None
+    session: AsyncSession,
+    conversion_id: int,
+    *,
+    scope_affiliate_id: int | None = None,
+    columns: Sequence[str] = CONVERSION_COLUMNS,
+    audit: bool = True,
 ) -> dict[str, Any]:
-    """One conversion and its audit trail, oldest change first; 404 if missing or another affiliate's."""
+    """One conversion (`columns` of it) and, with `audit`, its audit trail, oldest change first; 404 if missing or
+    another affiliate's."""
     f = ConversionFilter(affiliate_id=scope_affiliate_id)
     row = (await session.execute(listing_statement(f).where(_CONVERSIONS.c.id == conversion_id))).first()
     if row is None:
         raise ConversionEditError(404, f"no conversion {conversion_id}")
+    out = as_dict(row, columns)
+    if not audit:
+        return out
     audits = (
         await session.execute(
             select(ConversionAudit).where(ConversionAudit.conversion_id == conversion_id).order_by(ConversionAudit.id)
         )
     ).scalars()
-    out = as_dict(row)
     out["audit"] = [
         {"at": a.at.isoformat(), "user_id": a.user_id, "before": a.before, "after": a.after} for a in audits
     ]
@@ -416,16 +439,27 @@ async def conversions_api(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
     before_id: BigIdFilter = None,
 ) -> dict[str, Any]:
-    """Newest first; page on with `before_id` = the previous answer's `next_before_id`."""
+    """Newest first; page on with `before_id` = the previous answer's `next_before_id`.
+
+    Affiliates get their own conversions, without revenue and advertiser id.
+    """
     f = filter_or_400(params, user)
-    items, following = await list_conversions(session, f, limit=limit, before_id=before_id)
+    columns = conversion_columns(user)
+    items, following = await list_conversions(session, f, limit=limit, before_id=before_id, columns=columns)
     return {"items": items, "next_before_id": following}
+
+
+async def _visible_conversion(session: AsyncSession, conversion_id: int, user: Principal) -> dict[str, Any]:
+    staff = is_staff(user)
+    columns = conversion_columns(user)
+    return await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user), columns=columns, audit=staff)
 
 
 @router.get("/api/v1/conversions/{conversion_id}", tags=["conversions"])
 async def conversion_api(conversion_id: BigRowId, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    """One conversion with its audit trail (an affiliate: its own, without revenue, advertiser id and audit)."""
     try:
-        return await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
+        return await _visible_conversion(session, conversion_id, user)
     except ConversionEditError as error:
         raise HTTPException(error.status, error.message) from None
 
@@ -467,7 +501,8 @@ async def conversions_page(
     except ReportError as error:
         errors.append(str(error))
     else:
-        items, following = await list_conversions(session, f, limit=PAGE_SIZE, before_id=before_id)
+        columns = conversion_columns(user)
+        items, following = await list_conversions(session, f, limit=PAGE_SIZE, before_id=before_id, columns=columns)
     context = {
         "params": params,
         "items": items,
@@ -475,7 +510,8 @@ async def conversions_page(
         "errors": errors,
         "statuses": CONVERSION_STATUSES,
         "query_string": params.query_string(),
-        "can_edit": user.role in ("admin", "manager"),
+        "can_edit": is_staff(user),
+        "staff": is_staff(user),
         **await filter_choices(session, user),
     }
     return render(request, "conversions.html", context, status_code=400 if errors else 200)
@@ -486,15 +522,15 @@ async def conversion_page(
     request: Request, conversion_id: BigRowId, session: SessionDep, user: CurrentUser
 ) -> Response:
     try:
-        conversion = await get_conversion(session, conversion_id, scope_affiliate_id=scope_of(user))
+        conversion = await _visible_conversion(session, conversion_id, user)
     except ConversionEditError as error:
         raise HTTPException(error.status, error.message) from None
     emails: dict[int, str] = {}
-    user_ids = {entry["user_id"] for entry in conversion["audit"] if entry["user_id"] is not None}
-    if user_ids and user.role != "affiliate":
+    user_ids = {entry["user_id"] for entry in conversion.get("audit", ()) if entry["user_id"] is not None}
+    if user_ids:
         found = await session.execute(select(User.id, User.email).where(User.id.in_(user_ids)))
         emails = {uid: email for uid, email in found.all()}
-    context = {"c": conversion, "emails": emails, "can_edit": user.role in ("admin", "manager")}
+    context = {"c": conversion, "emails": emails, "can_edit": is_staff(user), "staff": is_staff(user)}
     return render(request, "conversions_detail.html", context)
 
 

@@ -15,7 +15,7 @@ ERP can import it as it is.
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, cast
@@ -32,6 +32,7 @@ from adclick.manager.conversions import (
     CONVERSION_COLUMNS,
     ConversionFilter,
     ConversionParamsDep,
+    conversion_columns,
     export_statement,
     filter_or_400,
 )
@@ -43,6 +44,7 @@ from adclick.manager.reports import (
     csv_cells,
     csv_header,
     id_text,
+    is_staff,
     make_row,
     prepare_report_transaction,
     query_or_400,
@@ -125,29 +127,33 @@ async def _stream(session: AsyncSession, statement: Select[Any]) -> AsyncIterato
         yield mapping
 
 
-async def report_csv(sessions: async_sessionmaker[AsyncSession], q: ReportQuery) -> AsyncIterator[bytes]:
-    """Every row of a report (no row limit) as CSV."""
+async def report_csv(
+    sessions: async_sessionmaker[AsyncSession], q: ReportQuery, staff: bool = True
+) -> AsyncIterator[bytes]:
+    """Every row of a report (no row limit) as CSV; without `staff`, the columns an affiliate may see."""
     async with sessions() as session:
         dialect = session.get_bind().dialect.name
         await prepare_report_transaction(session)
 
         async def rows() -> AsyncIterator[list[Any]]:
             async for mapping in _stream(session, report_statement(q, dialect)):
-                yield csv_cells(make_row(mapping, q), q)
+                yield csv_cells(make_row(mapping, q), q, staff)
 
-        async for chunk in csv_stream(csv_header(q), rows()):
+        async for chunk in csv_stream(csv_header(q, staff), rows()):
             yield chunk
 
 
-async def conversions_csv(sessions: async_sessionmaker[AsyncSession], f: ConversionFilter) -> AsyncIterator[bytes]:
-    """The filtered conversions, oldest first, as CSV."""
+async def conversions_csv(
+    sessions: async_sessionmaker[AsyncSession], f: ConversionFilter, columns: Sequence[str] = CONVERSION_COLUMNS
+) -> AsyncIterator[bytes]:
+    """The filtered conversions, oldest first, as CSV (`columns` of CONVERSION_COLUMNS)."""
     async with sessions() as session:
 
         async def rows() -> AsyncIterator[list[Any]]:
             async for mapping in _stream(session, export_statement(f)):
-                yield [mapping[name] for name in CONVERSION_COLUMNS]
+                yield [mapping[name] for name in columns]
 
-        async for chunk in csv_stream(CONVERSION_COLUMNS, rows()):
+        async for chunk in csv_stream(columns, rows()):
             yield chunk
 
 
@@ -239,7 +245,8 @@ async def report_export(
 ) -> StreamingResponse:
     """Every row of a report (same parameters as /api/v1/reports, no row limit) as CSV."""
     q = query_or_400(params, user)
-    return await _csv_response(session, report_csv(_sessions(request), q), filename("report", q))
+    body = report_csv(_sessions(request), q, is_staff(user))
+    return await _csv_response(session, body, filename("report", q))
 
 
 @router.get("/api/v1/exports/conversions.csv")
@@ -248,7 +255,8 @@ async def conversions_export(
 ) -> StreamingResponse:
     """The conversions matching the filters (same as /api/v1/conversions), oldest first, as CSV."""
     f = filter_or_400(params, user)
-    return await _csv_response(session, conversions_csv(_sessions(request), f), filename("conversions"))
+    body = conversions_csv(_sessions(request), f, conversion_columns(user))
+    return await _csv_response(session, body, filename("conversions"))
 
 
 @router.get("/api/v1/exports/payouts.csv")

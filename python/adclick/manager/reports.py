@@ -263,10 +263,20 @@ class Totals:
             return None
         return (self.revenue / self.clicks).quantize(_RATE)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: counts as numbers, money and rates as exact decimal strings."""
-        cr, epc = self.conversion_rate, self.epc
-        return {
+    @property
+    def payout_epc(self) -> Decimal | None:
+        """Payout per click (an affiliate's EPC); None without clicks."""
+        if not self.clicks:
+            return None
+        return (self.payout / self.clicks).quantize(_RATE)
+
+    def as_dict(self, staff: bool = True) -> dict[str, Any]:
+        """JSON-ready: counts as numbers, money and rates as exact decimal strings.
+
+        Without `staff` (an affiliate's view): no revenue or profit, and EPC is payout per click.
+        """
+        cr, epc = self.conversion_rate, self.epc if staff else self.payout_epc
+        out: dict[str, Any] = {
             "clicks": self.clicks,
             "unique_clicks": self.unique_clicks,
             "bot_clicks": self.bot_clicks,
@@ -277,6 +287,9 @@ class Totals:
             "profit": str(self.profit),
             "epc": None if epc is None else str(epc),
         }
+        if not staff:
+            del out["revenue"], out["profit"]
+        return out
 
     @classmethod
     def from_mapping(cls, row: Any) -> Totals:
@@ -297,8 +310,8 @@ class ReportRow:
     totals: Totals
     names: dict[str, str | None] = field(default_factory=dict)  # offer/affiliate name, link slug
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"keys": self.keys, "labels": self.labels, **self.totals.as_dict()}
+    def as_dict(self, staff: bool = True) -> dict[str, Any]:
+        return {"keys": self.keys, "labels": self.labels, **self.totals.as_dict(staff)}
 
 
 @dataclass(slots=True)
@@ -309,7 +322,8 @@ class Report:
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, staff: bool = True) -> dict[str, Any]:
+        """JSON-ready; without `staff`, what an affiliate may see (Totals.as_dict)."""
         q = self.query
         return {
             "group_by": list(q.group_by),
@@ -318,8 +332,8 @@ class Report:
             "tz": q.tz,
             "start": q.start.isoformat(),
             "end": q.end.isoformat(),
-            "rows": [row.as_dict() for row in self.rows],
-            "totals": self.totals.as_dict(),
+            "rows": [row.as_dict(staff) for row in self.rows],
+            "totals": self.totals.as_dict(staff),
             "truncated": self.truncated,
             "notes": self.notes,
         }
@@ -708,8 +722,12 @@ def _buckets(q: ReportQuery, interval: str) -> list[str]:
     return out
 
 
-async def time_series(session: AsyncSession, q: ReportQuery) -> dict[str, Any]:
-    """Clicks, conversions and revenue per local day (or hour), every bucket present, for the chart."""
+async def time_series(session: AsyncSession, q: ReportQuery, staff: bool = True) -> dict[str, Any]:
+    """Clicks, conversions and revenue per local day (or hour), every bucket present, for the chart.
+
+    Without `staff` (an affiliate's view) the money series is payout, not revenue: `money` names it.
+    """
+    money = "revenue" if staff else "payout"
     interval = series_interval(q)
     series_query = ReportQuery(**{**_fields(q), "group_by": (interval,)})
     report = await run_report(session, series_query)
@@ -724,8 +742,9 @@ async def time_series(session: AsyncSession, q: ReportQuery) -> dict[str, Any]:
         "keys": labels,
         "clicks": [point.clicks for point in points],
         "conversions": [point.conversions for point in points],
-        "revenue": [str(point.revenue) for point in points],
-        "totals": report.totals.as_dict(),
+        "money": money,
+        money: [str(getattr(point, money)) for point in points],
+        "totals": report.totals.as_dict(staff),
     }
 
 
@@ -733,14 +752,17 @@ def _fields(q: ReportQuery) -> dict[str, Any]:
     return {name: getattr(q, name) for name in q.__dataclass_fields__}
 
 
-def csv_header(q: ReportQuery) -> list[str]:
+def csv_header(q: ReportQuery, staff: bool = True) -> list[str]:
     header: list[str] = []
     for dimension in q.group_by:
         header += [dimension, f"{dimension}_name"] if dimension in NAMED_DIMENSIONS else [dimension]
+    if not staff:
+        return [*header, *METRICS[:4], "conversion_rate", "payout", "epc"]
     return [*header, *METRICS[:4], "conversion_rate", "revenue", "payout", "profit", "epc"]
 
 
-def csv_cells(row: ReportRow, q: ReportQuery) -> list[Any]:
+def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
+    """The cells under `csv_header(q, staff)`."""
     cells: list[Any] = []
     for dimension in q.group_by:
         key = row.keys[dimension]
@@ -749,18 +771,10 @@ def csv_cells(row: ReportRow, q: ReportQuery) -> list[Any]:
         else:
             cells.append(key)
     t = row.totals
-    return [
-        *cells,
-        t.clicks,
-        t.unique_clicks,
-        t.bot_clicks,
-        t.conversions,
-        t.conversion_rate,
-        t.revenue,
-        t.payout,
-        t.profit,
-        t.epc,
-    ]
+    cells += [t.clicks, t.unique_clicks, t.bot_clicks, t.conversions, t.conversion_rate]
+    if not staff:
+        return [*cells, t.payout, t.payout_epc]
+    return [*cells, t.revenue, t.payout, t.profit, t.epc]
 
 
 # -- HTTP: JSON API and the report page --
@@ -795,6 +809,12 @@ DIMENSION_LABELS = {
     "device": "Device",
     **{name: name.capitalize() for name in SUB_DIMENSIONS},
 }
+
+
+def is_staff(user: Principal) -> bool:
+    """Staff (admin, manager) see everything; an affiliate sees its clicks, conversions and payouts, never the
+    network's revenue, profit, advertisers or audit notes."""
+    return user.role in ("admin", "manager")
 
 
 def scope_of(user: Principal) -> int | None:
@@ -884,18 +904,20 @@ async def report_api(
 ) -> dict[str, Any]:
     """Clicks, unique clicks, bots, conversions, conversion rate (%), revenue, payout, profit and EPC per group.
 
-    Money and rates are exact decimal strings. Affiliates get only their own rows. `truncated` says rows were cut
+    Money and rates are exact decimal strings. Affiliates get only their own rows, without revenue and profit, and
+    their EPC is payout per click. `truncated` says rows were cut
     at `limit` (the totals still cover everything); the CSV export has every row.
     """
     q = query_or_400(params, user)
-    return (await run_report(session, q, limit=limit)).as_dict()
+    return (await run_report(session, q, limit=limit)).as_dict(is_staff(user))
 
 
 @router.get("/api/v1/reports/timeseries", tags=["reports"])
 async def timeseries_api(session: SessionDep, user: CurrentUser, params: ReportParamsDep) -> dict[str, Any]:
-    """Clicks, conversions and revenue per local day (per hour for ranges of up to two days), gaps filled with 0."""
+    """Clicks, conversions and revenue (payout for affiliates) per local day (per hour for ranges of up to two
+    days), gaps filled with 0."""
     q = query_or_400(ReportParams(**{**_params_fields(params), "group_by": "day"}), user)
-    return await time_series(session, q)
+    return await time_series(session, q, is_staff(user))
 
 
 def _params_fields(params: ReportParams) -> dict[str, Any]:
@@ -937,6 +959,7 @@ async def reports_page(request: Request, session: SessionDep, user: CurrentUser,
         "zones": COMMON_ZONES,
         "query_string": query_string,
         "row_limit": PAGE_ROW_LIMIT,
+        "staff": is_staff(user),
         **await filter_choices(session, user),
     }
     return render(request, "reports.html", context, status_code=400 if errors else 200)

@@ -1,4 +1,5 @@
-// adclick manager: the clicks / conversions / revenue chart (Chart.js, served from our own static files).
+// adclick manager: the clicks / conversions / money chart (Chart.js, served from our own static files): money is
+// revenue for staff and payout for affiliates, as the series names it in `money`.
 "use strict";
 (function () {
   function isoDay(date) {
@@ -22,6 +23,8 @@
   }
 
   function draw(canvas, data) {
+    var money = data.money === "payout" ? "payout" : "revenue";
+    var moneyLabel = money === "payout" ? "Payout" : "Revenue";
     var zoneLabel = document.querySelector(".series-zone");
     if (zoneLabel) zoneLabel.textContent = "(" + data.tz + ")";
     return new window.Chart(canvas, {
@@ -31,7 +34,7 @@
         datasets: [
           { label: "Clicks", data: data.clicks, yAxisID: "count", borderColor: "#2b59c3", backgroundColor: "#2b59c3", tension: 0.2 },
           { label: "Conversions", data: data.conversions, yAxisID: "count", borderColor: "#137333", backgroundColor: "#137333", tension: 0.2 },
-          { label: "Revenue", data: data.revenue.map(Number), yAxisID: "money", borderColor: "#b06000", backgroundColor: "#b06000", borderDash: [6, 4], tension: 0.2 }
+          { label: moneyLabel, data: data[money].map(Number), yAxisID: "money", borderColor: "#b06000", backgroundColor: "#b06000", borderDash: [6, 4], tension: 0.2 }
         ]
       },
       options: {
@@ -41,7 +44,7 @@
         interaction: { mode: "index", intersect: false },
         scales: {
           count: { type: "linear", position: "left", beginAtZero: true, title: { display: true, text: "clicks, conversions" } },
-          money: { type: "linear", position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "revenue" } }
+          money: { type: "linear", position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: money } }
         }
       }
     });

@@ -88,19 +88,43 @@ def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
     return row.status == "active", getattr(row, "advertiser_id", None)
 
 
-async def publish_offer_links(
-    request: Request,
-    session: AsyncSession,
-    offer: Offer,
-    serving_before: tuple[bool, int | None],
-    template_before: str | None,
-) -> bool | None:
-    """After an offer edit, republish those of its links whose configs changed; None when none did."""
+async def edit_advertiser(
+    request: Request, session: AsyncSession, advertiser_id: int, data: AdvertiserPatch
+) -> tuple[Advertiser, bool | None]:
+    """Update an advertiser, then republish its links if what decides their serving changed. The second value is
+    whether their new state reached Redis, None when they serve what they did (for the API and the pages)."""
+    before = serving(await campaigns.get_advertiser(session, advertiser_id))
+    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
+    live = None
+    if serving(advertiser) != before:
+        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    return advertiser, live
+
+
+async def edit_affiliate(
+    request: Request, session: AsyncSession, affiliate_id: int, data: AffiliatePatch
+) -> tuple[Affiliate, bool | None]:
+    """As `edit_advertiser`, for an affiliate."""
+    before = serving(await campaigns.get_affiliate(session, affiliate_id))
+    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
+    live = None
+    if serving(affiliate) != before:
+        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
+    return affiliate, live
+
+
+async def edit_offer(
+    request: Request, session: AsyncSession, offer_id: int, data: OfferPatch
+) -> tuple[Offer, bool | None]:
+    """As `edit_advertiser`, for an offer; a new `destination_template` reaches only the links that follow it."""
+    before = await campaigns.get_offer(session, offer_id)
+    serving_before, template_before = serving(before), before.destination_template
+    offer = await campaigns.update_offer(session, offer_id, data)
     if serving(offer) != serving_before:
-        return await publish_links_of(request.app.state.redis, session, offer_id=offer.id)
+        return offer, await publish_links_of(request.app.state.redis, session, offer_id=offer.id)
     if offer.destination_template != template_before:  # only the links that follow it serve something new
-        return await publish_links_of(request.app.state.redis, session, offer_id=offer.id, inheriting_only=True)
-    return None
+        return offer, await publish_links_of(request.app.state.redis, session, offer_id=offer.id, inheriting_only=True)
+    return offer, None
 
 
 def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
@@ -136,11 +160,7 @@ async def update_advertiser(
     request: Request, advertiser_id: RowId, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
 ) -> Any:
     """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
-    before = serving(await campaigns.get_advertiser(session, advertiser_id))
-    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
-    live = None
-    if serving(advertiser) != before:
-        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    advertiser, live = await edit_advertiser(request, session, advertiser_id, data)
     return advertiser_out(request, advertiser, live)
 
 
@@ -182,11 +202,7 @@ async def update_affiliate(
     request: Request, affiliate_id: RowId, data: AffiliatePatch, session: SessionDep, _user: StaffUser
 ) -> Any:
     """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
-    before = serving(await campaigns.get_affiliate(session, affiliate_id))
-    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
-    live = None
-    if serving(affiliate) != before:
-        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
+    affiliate, live = await edit_affiliate(request, session, affiliate_id, data)
     return AffiliateOut.model_validate(affiliate).model_copy(update={"live": live})
 
 
@@ -226,10 +242,7 @@ async def update_offer(
 
     A new `destination_template` reaches every link that follows it (those without a URL of their own).
     """
-    before = await campaigns.get_offer(session, offer_id)
-    serving_before, template_before = serving(before), before.destination_template
-    offer = await campaigns.update_offer(session, offer_id, data)
-    live = await publish_offer_links(request, session, offer, serving_before, template_before)
+    offer, live = await edit_offer(request, session, offer_id, data)
     return OfferOut.model_validate(offer).model_copy(update={"live": live})
 
 

@@ -13,13 +13,12 @@ from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import campaigns
-from adclick.manager.api import advertiser_out, publish_offer_links, serving, tracking_url
+from adclick.manager.api import advertiser_out, edit_advertiser, edit_affiliate, edit_offer, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
 from adclick.manager.livecache import (
     publish,
-    publish_links_of,
     publish_token_version,
     published_state,
     serving_config,
@@ -101,11 +100,7 @@ async def update_advertiser(request: Request, advertiser_id: RowId, session: Ses
     data, errors = parse(AdvertiserPatch, await form_fields(request, *ADVERTISER_FIELDS))
     if data is None:
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
-    before = serving(await campaigns.get_advertiser(session, advertiser_id))
-    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
-    live = None
-    if serving(advertiser) != before:
-        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    _advertiser, live = await edit_advertiser(request, session, advertiser_id, data)
     _saved(request, "Advertiser", live)
     return _see_other(f"/advertisers/{advertiser_id}")
 
@@ -175,11 +170,7 @@ async def update_affiliate(request: Request, affiliate_id: RowId, session: Sessi
     data, errors = parse(AffiliatePatch, fields)
     if data is None:
         return await _affiliate_page(request, session, affiliate_id, errors=errors)
-    before = serving(await campaigns.get_affiliate(session, affiliate_id))
-    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
-    live = None
-    if serving(affiliate) != before:
-        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
+    _affiliate, live = await edit_affiliate(request, session, affiliate_id, data)
     _saved(request, "Affiliate", live)
     return _see_other(f"/affiliates/{affiliate_id}")
 
@@ -270,14 +261,11 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
     fields.setdefault("destination_template", None)  # a blank template means none
     data, errors = parse(OfferPatch, fields)
     if data is not None:
-        before = await campaigns.get_offer(session, offer_id)
-        serving_before, template_before = serving(before), before.destination_template
         try:
-            offer = await campaigns.update_offer(session, offer_id, data)
+            _offer, live = await edit_offer(request, session, offer_id, data)
         except Invalid as error:
             errors = [str(error)]
         else:
-            live = await publish_offer_links(request, session, offer, serving_before, template_before)
             _saved(request, "Offer", live)
             return _see_other(f"/offers/{offer_id}")
     await session.rollback()

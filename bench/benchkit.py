@@ -380,3 +380,24 @@ def tracker_available() -> str | None:
     if out.returncode != 0:
         return f"`adclick tracker --help` failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}"
     return None
+
+
+LOADGEN = BENCH / "loadgen"
+
+
+def build_loadgen() -> str | None:
+    """Build bench/loadgen (no dependencies, so offline) and return its path; None when cargo is absent or fails."""
+    binary = LOADGEN / "target" / "release" / "adclick-loadgen"
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
+    if not os.access(cargo, os.X_OK):
+        return str(binary) if binary.exists() else None
+    out = subprocess.run(
+        [cargo, "build", "--release", "--offline", "--quiet", "--manifest-path", str(LOADGEN / "Cargo.toml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        print(f"warning: could not build bench/loadgen: {out.stderr.strip()[-300:]}")
+        return None
+    return str(binary)

@@ -35,6 +35,7 @@ from benchkit import (
     PROCS,
     SQS_QUEUE,
     VENV_BIN,
+    build_loadgen,
     cpu_busy,
     delta,
     free_port,
@@ -158,27 +159,6 @@ def load_generator(args: argparse.Namespace) -> str:
 
 def run_load(args: argparse.Namespace, port: int, seconds: float) -> Load:
     return run_locust(args, port, seconds) if args.locust else run_wrk(args, port, seconds)
-
-
-LOADGEN = BENCH / "loadgen"
-
-
-def build_loadgen() -> str | None:
-    """Build bench/loadgen (no dependencies, so offline) and return its path; None when cargo is absent or fails."""
-    binary = LOADGEN / "target" / "release" / "adclick-loadgen"
-    cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
-    if not os.access(cargo, os.X_OK):
-        return str(binary) if binary.exists() else None
-    out = subprocess.run(
-        [cargo, "build", "--release", "--offline", "--quiet", "--manifest-path", str(LOADGEN / "Cargo.toml")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if out.returncode != 0:
-        print(f"warning: could not build bench/loadgen: {out.stderr.strip()[-300:]}")
-        return None
-    return str(binary)
 
 
 def run_loadgen(args: argparse.Namespace, binary: str, port: int, rate: float, seconds: float) -> Load:

@@ -52,6 +52,7 @@ from benchkit import (  # noqa: E402
     ROOT,
     SQS_QUEUE,
     VENV_BIN,
+    build_loadgen,
     cpu_busy,
     free_port,
     histogram_quantile,
@@ -277,22 +278,6 @@ def read_steps(path: Path) -> list[Step]:
     return steps
 
 
-LOADGEN = BENCH / "loadgen"
-
-
-def build_loadgen() -> str:
-    """bench/loadgen (Rust, no dependencies: builds offline) built in release mode; its path."""
-    binary = LOADGEN / "target" / "release" / "adclick-loadgen"
-    out = subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(LOADGEN / "Cargo.toml")],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0 or not binary.exists():
-        raise RuntimeError(f"could not build bench/loadgen: {out.stderr.strip()[-300:]}")
-    return str(binary)
-
-
 def run_loadgen_steps(args: argparse.Namespace, port: int, passed: Any) -> list[Step]:
     """The same steps as Locust's StepShape (users x user_rps), offered at a constant rate by bench/loadgen.
 
@@ -303,6 +288,8 @@ def run_loadgen_steps(args: argparse.Namespace, port: int, passed: Any) -> list[
     fails the SLO, as nothing after it can be chosen.
     """
     binary = build_loadgen()
+    if binary is None:
+        raise RuntimeError("--generator=loadgen needs bench/loadgen, which needs cargo to build")
     steps: list[Step] = []
     users, n = args.start_users, 0
     while users <= args.max_users:

@@ -52,6 +52,8 @@ from benchkit import (
     wait_http,
     write_links,
 )
+from wirelat import available as wire_unavailable
+from wirelat import capture, quantile, server_latencies
 
 TARGETS = ("tracker", "fastapi", "robyn", "nginx")
 TITLES = {
@@ -189,11 +191,56 @@ def run_loadgen(args: argparse.Namespace, binary: str, port: int, rate: float, s
     )
 
 
-def run_constant(args: argparse.Namespace, gens: dict[str, str], port: int, rate: float) -> tuple[str, Load]:
-    """A constant-rate run with bench/loadgen, else oha."""
-    if "loadgen" in gens:
-        return "loadgen", run_loadgen(args, gens["loadgen"], port, rate, args.duration)
-    return "oha", run_oha(args, gens["oha"], port, rate=rate, seconds=args.duration)
+@dataclass
+class Wire:
+    """Server latency from a packet capture of the same run (bench/wirelat.py), in ms."""
+
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    samples: int = 0
+    dropped: int | None = None
+    note: str = ""
+
+    def line(self) -> str:
+        if self.note:
+            return f"on the wire: {self.note}"
+        dropped = f", {self.dropped} packets dropped by the capture" if self.dropped else ""
+        return (
+            f"on the wire (server only, {self.samples:,} requests{dropped}): p50 {fmt_ms(self.p50_ms)}"
+            f"  p99 {fmt_ms(self.p99_ms)}  p99.9 {fmt_ms(self.p999_ms)}"
+        )
+
+
+def run_constant(
+    args: argparse.Namespace, gens: dict[str, str], port: int, rate: float, pcap: Path | None = None
+) -> tuple[str, Load, Wire]:
+    """A constant-rate run with bench/loadgen, else oha; with `pcap`, the server's latency is also read off a
+    capture of the same run (skipped, with the reason, where tcpdump cannot run)."""
+
+    def load() -> tuple[str, Load]:
+        if "loadgen" in gens:
+            return "loadgen", run_loadgen(args, gens["loadgen"], port, rate, args.duration)
+        return "oha", run_oha(args, gens["oha"], port, rate=rate, seconds=args.duration)
+
+    why = "not asked (--no-wire)" if pcap is None else wire_unavailable()
+    if why:
+        gen, result = load()
+        return gen, result, Wire(note=f"skipped: {why}")
+    assert pcap is not None
+    with capture(port, pcap, cpu=args.client_cpu) as cap:
+        if cap.error:
+            gen, result = load()
+            return gen, result, Wire(note=f"skipped: {cap.error}")
+        gen, result = load()
+    values = sorted(server_latencies(pcap, port))
+    pcap.unlink(missing_ok=True)
+
+    def ms(q: float) -> float | None:
+        v = quantile(values, q)
+        return None if v is None else v * 1e3
+
+    return gen, result, Wire(ms(0.5), ms(0.99), ms(0.999), samples=len(values), dropped=cap.dropped)
 
 
 def find_oha() -> str | None:
@@ -286,8 +333,12 @@ class Result:
     half_p99_ms: float | None = None
     half_metrics_p99_ms: float | None = None
     half_generator: str | None = None
+    half_wire_p50_ms: float | None = None
+    half_wire_p99_ms: float | None = None
+    half_wire_p999_ms: float | None = None
     floor_rate: float | None = None
     floor_p99_ms: float | None = None
+    floor_wire_p99_ms: float | None = None
     sqs_requests_per_1000: float | None = None
     sqs_source: str | None = None
     rss_mb: float | None = None
@@ -459,12 +510,17 @@ def run_target(
             elif not args.skip_half:
                 rate = peak.rps / 2
                 before = scrape(port) if is_tracker else {}
-                gen, half = run_constant(args, gens, port, rate)
+                gen, half, wire = run_constant(args, gens, port, rate, pcap_path(args, logs, target, "half"))
                 res.half_rate, res.half_p50_ms, res.half_p99_ms, res.half_generator = (
                     rate,
                     half.p50_ms,
                     half.p99_ms,
                     gen,
+                )
+                res.half_wire_p50_ms, res.half_wire_p99_ms, res.half_wire_p999_ms = (
+                    wire.p50_ms,
+                    wire.p99_ms,
+                    wire.p999_ms,
                 )
                 line = (
                     f"  at {rate:,.0f} req/s (half peak, {gen}): achieved {half.rps:,.0f}, p50 {fmt_ms(half.p50_ms)}"
@@ -477,14 +533,15 @@ def run_target(
                         f"; in the Rust engine (/metrics adclick_click_seconds) p99 {fmt_ms(res.half_metrics_p99_ms)}"
                     )
                 print(line)
+                print(f"  {wire.line()}")
 
             if target == "nginx" and floor_rate and gens and not args.skip_half:
                 # nginx at the tracker's half-peak rate: what the generator and the machine add to any p99.
-                gen, floor = run_constant(args, gens, port, floor_rate)
-                res.floor_rate, res.floor_p99_ms = floor_rate, floor.p99_ms
+                gen, floor, wire = run_constant(args, gens, port, floor_rate, pcap_path(args, logs, target, "floor"))
+                res.floor_rate, res.floor_p99_ms, res.floor_wire_p99_ms = floor_rate, floor.p99_ms, wire.p99_ms
                 print(
                     f"  floor at the tracker's {floor_rate:,.0f} req/s ({gen}): p50 {fmt_ms(floor.p50_ms)}"
-                    f"  p99 {fmt_ms(floor.p99_ms)}"
+                    f"  p99 {fmt_ms(floor.p99_ms)}; {wire.line()}"
                 )
 
             if args.million and is_tracker:
@@ -502,6 +559,10 @@ def run_target(
             # its empty pool), so the others get a short grace before SIGKILL.
             PROCS.stop(proc, grace=15.0 if target == "tracker" else 3.0)
     return res
+
+
+def pcap_path(args: argparse.Namespace, logs: Path, target: str, run: str) -> Path | None:
+    return None if args.no_wire else logs / f"{target}-{run}.pcap"
 
 
 def send_million(args: argparse.Namespace, port: int, oha: str | None, peak_rps: float) -> int:
@@ -533,10 +594,22 @@ def ratio(a: float | None, b: float | None) -> str:
 def table(results: list[Result]) -> str:
     by = {r.target: r for r in results}
     fast, robyn = by.get("fastapi"), by.get("robyn")
-    rows = [["target", "req/s", "p50", "p99", "vs FastAPI", "vs bare Robyn", "p99 @ ½ peak (rate)", "notes"]]
+    rows = [
+        [
+            "target",
+            "req/s",
+            "p50",
+            "p99",
+            "vs FastAPI",
+            "vs bare Robyn",
+            "p99 @ ½ peak (rate)",
+            "server p99 @ ½ peak, on the wire",
+            "notes",
+        ]
+    ]
     for r in results:
         if r.status != "ok":
-            rows.append([r.title, "-", "-", "-", "-", "-", "-", r.note])
+            rows.append([r.title, "-", "-", "-", "-", "-", "-", "-", r.note])
             continue
         half = "-" if r.half_rate is None else f"{fmt_ms(r.half_p99_ms)} ({r.half_rate:,.0f}/s)"
         notes = []
@@ -548,6 +621,8 @@ def table(results: list[Result]) -> str:
             notes.append(f"engine p99 at ½ peak (/metrics) {fmt_ms(r.half_metrics_p99_ms)}")
         if r.floor_p99_ms is not None:
             notes.append(f"p99 at the tracker's ½ peak ({r.floor_rate:,.0f}/s): {fmt_ms(r.floor_p99_ms)}")
+            if r.floor_wire_p99_ms is not None:
+                notes.append(f"on the wire {fmt_ms(r.floor_wire_p99_ms)}")
         if r.sqs_requests_per_1000 is not None:
             notes.append(f"SQS req/1k clicks {r.sqs_requests_per_1000:.2f}")
         if r.rss_mb is not None and r.target == "tracker":
@@ -563,6 +638,7 @@ def table(results: list[Result]) -> str:
                 ratio(r.rps, fast.rps if fast else None),
                 ratio(r.rps, robyn.rps if robyn else None),
                 half,
+                fmt_ms(r.half_wire_p99_ms),
                 "; ".join(notes),
             ]
         )
@@ -628,6 +704,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--locust-users", type=int, default=64, help="Locust users in --locust mode (default 64)")
     p.add_argument("--locust-processes", type=int, default=1, help="Locust worker processes in --locust mode")
     p.add_argument("--skip-half", action="store_true", help="skip the constant-rate run at half the peak")
+    p.add_argument(
+        "--no-wire",
+        action="store_true",
+        help="do not capture the constant-rate runs with tcpdump (the server-only p99 on the wire)",
+    )
     p.add_argument(
         "--million",
         type=int,

@@ -33,6 +33,19 @@ def start_dev(guard: ProcessGuard, tmp_path: Path, *extra: str) -> tuple[Managed
     return dev, ports, data
 
 
+def stopped(dev: ManagedProcess, timeout: float) -> int:
+    """dev's exit code; if it is still running after `timeout`, a failure that says where it stood."""
+    try:
+        return dev.wait(timeout)
+    except subprocess.TimeoutExpired:
+        children = subprocess.run(
+            ["ps", "-o", "pid,stat,etime,args", "--ppid", str(dev.popen.pid)], capture_output=True, text=True
+        ).stdout
+        tail = "\n".join(dev.output().splitlines()[-40:])
+        message = f"adclick dev still running {timeout:.0f} s after the signal\n{children}\n{tail}"
+        raise AssertionError(message) from None
+
+
 def query(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
     with sqlite3.connect(db) as connection:
         return connection.execute(sql, params).fetchall()
@@ -114,7 +127,7 @@ def test_dev_runs_every_role_on_embedded_servers_with_demo_data(process_guard: P
         assert "not in this build yet" in printed(out, "manager")
 
     os.kill(dev.pid, signal.SIGINT)  # Ctrl-C reaches `adclick dev` only; it stops its roles in order
-    assert dev.wait(90) == 0
+    assert stopped(dev, 90) == 0
     out = dev.output()
     assert "[ tracker]" in out and "flushed on shutdown" in out
     assert "[  worker]" in out and "worker stopped" in out
@@ -127,7 +140,7 @@ def test_dev_reports_a_crashed_role_and_stops_the_others(process_guard: ProcessG
     pid = re.search(r"^\[  worker\] \S+ \S+ worker (\d+) ", dev.output(), flags=re.M)
     assert pid, dev.output()
     os.kill(int(pid.group(1)), signal.SIGKILL)
-    assert dev.wait(60) == 1
+    assert stopped(dev, 60) == 1
     assert f"worker crashed: exited with code {-signal.SIGKILL}" in dev.output()
     wait_until(lambda: request_fails(ports["tracker"]), timeout=10, message="the tracker to be stopped too")
 

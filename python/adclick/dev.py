@@ -112,6 +112,8 @@ class Role:
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc.poll() is None:
+            say("dev", f"stopping {self.name}")
+            started = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -119,7 +121,9 @@ class Role:
                 say("dev", f"{self.name} did not stop within {timeout:.0f} s; killing it")
                 self.proc.kill()
                 self.proc.wait()
-        self._pump_thread.join(2.0)  # its last lines ("flushed on shutdown") before the next role's
+            self._pump_thread.join(2.0)  # its last lines ("flushed on shutdown") before the next role's
+            say("dev", f"{self.name} stopped in {time.monotonic() - started:.1f} s (exit code {self.proc.returncode})")
+        self._pump_thread.join(2.0)
 
 
 _print_lock = threading.Lock()

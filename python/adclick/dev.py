@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     roles: list[Role] = []
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Ctrl-C must stop us even when started with SIGINT ignored (a background job of a script, nohup): Python
+    # installs its KeyboardInterrupt handler only where SIGINT was not ignored at start.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if "ADCLICK_REDIS_URL" not in os.environ:
             port = free_port()

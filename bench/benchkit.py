@@ -308,6 +308,21 @@ def start_sqs(cpu: str | None, logs: Path) -> str:
     return endpoint
 
 
+def server_env(redis_url: str, sqs_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a server under test: this one, dummy AWS credentials, the bench Redis and SQS endpoint
+    and queue, unbuffered output, then `extra` (ADCLICK_ settings of one run)."""
+    return {
+        **os.environ,
+        **AWS_ENV,
+        "ADCLICK_REDIS_URL": redis_url,
+        "ADCLICK_SQS_ENDPOINT_URL": sqs_url,
+        "ADCLICK_AWS_REGION": "us-east-1",
+        "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
 def link_config(i: int) -> dict[str, Any]:
     """Link bench-i: a plain URL with macros; every 4th rotates 70/30, every 8th also targets US iOS mobile."""
     cfg: dict[str, Any] = {

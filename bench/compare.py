@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from benchkit import (
-    AWS_ENV,
     BENCH,
     PROCS,
-    SQS_QUEUE,
     VENV_BIN,
     build_loadgen,
     cpu_busy,
@@ -46,6 +44,7 @@ from benchkit import (
     raise_interrupt,
     rss_mb,
     scrape,
+    server_env,
     start_redis,
     start_sqs,
     tracker_available,
@@ -774,15 +773,7 @@ def main() -> int:
         redis_url = start_redis(args.client_cpu, logs)
         sqs = start_sqs(args.client_cpu, logs)
         write_links(redis_url, args.slugs)
-        env = {
-            **os.environ,
-            **AWS_ENV,
-            "ADCLICK_REDIS_URL": redis_url,
-            "ADCLICK_SQS_ENDPOINT_URL": sqs,
-            "ADCLICK_AWS_REGION": "us-east-1",
-            "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = server_env(redis_url, sqs)
         print(
             f"Redis {redis_url}, SQS {sqs}, {args.slugs} links; server on core {args.server_cpu}, "
             f"load on core {args.client_cpu}; {load_generator(args)}, {args.warmup:g} s warm-up + {args.duration:g} s"

@@ -46,11 +46,9 @@ ROOT_TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(ROOT_TESTS))
 
 from benchkit import (  # noqa: E402
-    AWS_ENV,
     BENCH,
     PROCS,
     ROOT,
-    SQS_QUEUE,
     VENV_BIN,
     build_loadgen,
     cpu_busy,
@@ -61,6 +59,7 @@ from benchkit import (  # noqa: E402
     proc_tree,
     raise_interrupt,
     scrape,
+    server_env,
     start_redis,
     start_sqs,
     tracker_available,
@@ -1097,16 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = start_redis(args.client_cpu, logs)
         sqs = start_sqs(args.client_cpu, logs)
         write_links(redis_url, args.slugs)
-        env = {
-            **os.environ,
-            **AWS_ENV,
-            "ADCLICK_REDIS_URL": redis_url,
-            "ADCLICK_SQS_ENDPOINT_URL": sqs,
-            "ADCLICK_AWS_REGION": "us-east-1",
-            "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
-            "ADCLICK_DRAIN_SECONDS": "0.5",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = server_env(redis_url, sqs, ADCLICK_DRAIN_SECONDS="0.5")
         if not args.skip_tracker:
             print("\n== tracker")
             tracker = tune_tracker(args, env, out, logs)

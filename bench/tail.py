@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 from benchkit import (
-    AWS_ENV,
     BENCH,
     PROCS,
-    SQS_QUEUE,
     build_loadgen,
     free_port,
     pinned,
     raise_interrupt,
+    server_env,
     start_redis,
     start_sqs,
     wait_http,
@@ -156,15 +155,7 @@ def main() -> int:
         redis_url = start_redis(args.client_cpu, args.out)
         sqs = start_sqs(args.client_cpu, args.out)
         write_links(redis_url, 64)
-        env = {
-            **os.environ,
-            **AWS_ENV,
-            "ADCLICK_REDIS_URL": redis_url,
-            "ADCLICK_SQS_ENDPOINT_URL": sqs,
-            "ADCLICK_AWS_REGION": "us-east-1",
-            "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = server_env(redis_url, sqs)
         print(f"{args.rate:,.0f} req/s, {args.rounds} rounds of {args.seconds:g} s per variant; logs in {args.out}")
         for name, target, extra in variants:
             run_variant(args, name, target, extra, env)

@@ -14,7 +14,7 @@ import pytest
 from adclick import _native
 from adclick.core.links import publish_link
 from support.procs import ProcessGuard, free_port, wait_until
-from support.servers import RedisServer, SqsServer
+from support.servers import QueueReader, RedisServer, SqsServer
 from support.tracker import (
     UA_DESKTOP,
     UA_IPHONE,
@@ -56,6 +56,16 @@ def collect_events(sqs_server: SqsServer, queue: str, want: set[str], timeout: f
 
     wait_until(arrived, timeout=timeout, interval=0.2, message=f"{len(want)} click events in SQS")
     return events
+
+
+def events_read(reader: QueueReader, want: set[str], timeout: float) -> list[dict]:
+    """Wait until the reader, which drains the queue all along, has read every ClickID in `want`."""
+    bodies = reader.wait_for(
+        lambda bodies: want <= {str(e["click_id"]) for e in events_in(bodies)},
+        timeout=timeout,
+        message=f"{len(want)} click events in SQS",
+    )
+    return events_in(bodies)
 
 
 def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
@@ -224,19 +234,21 @@ def test_sqs_outage_under_load_loses_no_click(
     env = {**adclick_env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
     tracker = TrackerProc(process_guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
     publish_link(redis_server.client(), link())
-    with Load(tracker.port, "summer") as load:
-        time.sleep(1.0)
-        sqs.pause()
-        try:
-            time.sleep(10.0)
-        finally:
-            sqs.resume()
-        time.sleep(1.0)
-    assert load.errors == 0 and set(load.statuses) == {302}
-    assert len(load.answered) > 200
-    m = tracker.metrics()
-    assert m["adclick_spilled_messages_total"] >= 1, "an outage of 10 s must have spilled to Redis"
-    events = collect_events(sqs, queue, load.answered, timeout=90)
+    # A consumer reads all along, as the worker does: moto slows down with queue depth (see QueueReader).
+    with sqs.reader(queue) as reader:
+        with Load(tracker.port, "summer") as load:
+            time.sleep(1.0)
+            sqs.pause()
+            try:
+                time.sleep(10.0)
+            finally:
+                sqs.resume()
+            time.sleep(1.0)
+        assert load.errors == 0 and set(load.statuses) == {302}
+        assert len(load.answered) > 200
+        m = tracker.metrics()
+        assert m["adclick_spilled_messages_total"] >= 1, "an outage of 10 s must have spilled to Redis"
+        events = events_read(reader, load.answered, timeout=60)
     ids = [e["click_id"] for e in events]
     assert load.answered <= set(ids)
 
@@ -250,17 +262,18 @@ def test_sigterm_under_load_drains_then_ships_every_answered_click(
 ) -> None:
     tracker = TrackerProc(process_guard, adclick_env, drain_seconds=2, flush_interval_ms=1000)
     publish_link(redis_server.client(), link())
-    with Load(tracker.port, "summer") as load:
-        time.sleep(1.0)
-        tracker.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert tracker.health() == 503, "health turns 503 while draining"
-        served_during_drain = sum(load.statuses.values())
-        time.sleep(1.0)
-        assert sum(load.statuses.values()) > served_during_drain, "clicks are still served while draining"
-        assert tracker.proc.wait(20) == 0
-    assert len(load.answered) > 100
-    events = collect_events(sqs_server, clicks_queue, load.answered, timeout=30)
+    with sqs_server.reader(clicks_queue) as reader:
+        with Load(tracker.port, "summer") as load:
+            time.sleep(1.0)
+            tracker.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert tracker.health() == 503, "health turns 503 while draining"
+            served_during_drain = sum(load.statuses.values())
+            time.sleep(1.0)
+            assert sum(load.statuses.values()) > served_during_drain, "clicks are still served while draining"
+            assert tracker.proc.wait(20) == 0
+        assert len(load.answered) > 100
+        events = events_read(reader, load.answered, timeout=30)
     assert load.answered <= {e["click_id"] for e in events}
     assert "still buffered" not in tracker.proc.output()
 

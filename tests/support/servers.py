@@ -6,6 +6,8 @@ import importlib.util
 import os
 import shutil
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -166,7 +168,7 @@ class SqsServer:
             self.proc.stop()
             self.proc = None
 
-    def client(self) -> Any:
+    def client(self, read_timeout: float = 60, attempts: int = 3) -> Any:
         """A sync botocore SQS client with dummy credentials."""
         session = botocore.session.get_session()
         return session.create_client(
@@ -175,7 +177,9 @@ class SqsServer:
             endpoint_url=self.endpoint_url,
             aws_access_key_id=DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-            config=botocore.config.Config(connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 3}),
+            config=botocore.config.Config(
+                connect_timeout=5, read_timeout=read_timeout, retries={"total_max_attempts": attempts}
+            ),
         )
 
     def create_queue(self, name: str, **attributes: str) -> str:
@@ -212,6 +216,10 @@ class SqsServer:
         finally:
             client.close()
 
+    def reader(self, queue_url: str, interval: float = 0.2) -> QueueReader:
+        """A consumer thread that keeps the queue drained, as the worker would (see `QueueReader`)."""
+        return QueueReader(self, queue_url, interval)
+
     def count(self, queue_url: str) -> int:
         """ApproximateNumberOfMessages (exact on moto)."""
         client = self.client()
@@ -222,4 +230,83 @@ class SqsServer:
             client.close()
 
 
-__all__ = ["DUMMY_AWS_ENV", "RedisServer", "SqsServer", "find_redis_server"]
+class QueueReader:
+    """Drains a queue every `interval` seconds on a thread, like a running worker, and keeps every body read.
+
+    moto's SQS is O(messages in the queue) per call (it scans its message list on every send and receive):
+    at 1,000 queued messages a SendMessageBatch takes about 0.4 s and a ReceiveMessage about 1.2 s. A queue left
+    to fill up during a load test therefore slows the endpoint down past the tracker's SQS timeout and makes
+    the final read take minutes. Real SQS does not slow down with depth, and in production a worker consumes
+    all along, so tests under load read the queue all along too. Calls that fail (an endpoint paused on
+    purpose) are retried on the next round.
+    """
+
+    def __init__(self, sqs: SqsServer, queue_url: str, interval: float = 0.2) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.interval = interval
+        self.bodies: list[str] = []
+        self.errors = 0
+        self.last_error: Exception | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqs-queue-reader", daemon=True)
+
+    def __enter__(self) -> QueueReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        client = self.sqs.client(read_timeout=20, attempts=1)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._read_until_empty(client)
+                except Exception as error:  # a paused or slow endpoint: try again next round
+                    self.errors += 1
+                    self.last_error = error
+                self._stop.wait(self.interval)
+        finally:
+            client.close()
+
+    def _read_until_empty(self, client: Any) -> None:
+        while not self._stop.is_set():
+            response = client.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                return
+            # Kept before the delete: a body read twice is harmless, a body deleted but not kept is lost.
+            with self._lock:
+                self.bodies.extend(message["Body"] for message in messages)
+            client.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+
+    def read(self) -> list[str]:
+        """Every body read so far."""
+        with self._lock:
+            return list(self.bodies)
+
+    def wait_for(self, done: Any, timeout: float, message: str) -> list[str]:
+        """Wait until `done(bodies)` is true for the bodies read so far; return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            bodies = self.read()
+            if done(bodies):
+                return bodies
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {message}: {len(bodies)} bodies read, "
+                    f"{self.errors} failed reads, last error: {self.last_error!r}"
+                )
+            time.sleep(self.interval)
+
+
+__all__ = ["DUMMY_AWS_ENV", "QueueReader", "RedisServer", "SqsServer", "find_redis_server"]

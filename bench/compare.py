@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -345,6 +346,29 @@ class Result:
     million_clicks: int | None = None
     sample_location: str | None = None
     busy_before: dict[str, float] = field(default_factory=dict)
+    # Peak req/s of every round, the first one included (see --rounds).
+    round_rps: list[float] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float | None:
+        """The median peak over the rounds (the one peak when there was one round)."""
+        return statistics.median(self.round_rps) if self.round_rps else self.rps
+
+
+ROUND_TARGETS = ("tracker", "robyn")  # the close pair whose ratio the extra rounds pin down
+
+
+def round_orders(rounds: int, targets: list[str]) -> list[list[str]]:
+    """The order of the peak-only runs after the first, full round: the pair alternates which goes first, so a
+    machine that slows down or speeds up during the run favours neither (A B | B A | A B ...)."""
+    pair = [t for t in ROUND_TARGETS if t in targets]
+    return [pair[::-1] if i % 2 else pair for i in range(1, rounds)]
+
+
+def paired_ratio(a: Result, b: Result) -> float | None:
+    """The median over rounds of a's peak over b's peak in the same round."""
+    pairs = [x / y for x, y in zip(a.round_rps, b.round_rps, strict=False) if x and y]
+    return statistics.median(pairs) if pairs else None
 
 
 def nginx_config(tmp: Path, port: int) -> Path:
@@ -430,7 +454,10 @@ def run_target(
     logs: Path,
     gens: dict[str, str],
     floor_rate: float | None,
+    peak_only: bool = False,
 ) -> Result:
+    """One target: start it, check a click, warm up, measure its peak; unless `peak_only`, also its SQS
+    requests, the constant-rate run at half the peak (with the wire capture), nginx's floor and --million."""
     oha = gens.get("oha")
     res = Result(target, TITLES[target])
     port = free_port()
@@ -482,10 +509,13 @@ def run_target(
 
             peak = run_load(args, port, args.duration)
             res.rps, res.p50_ms, res.p99_ms, res.errors = peak.rps, peak.p50_ms, peak.p99_ms, peak.errors
+            res.round_rps = [peak.rps]
             print(
                 f"  peak: {peak.rps:,.0f} req/s  p50 {fmt_ms(peak.p50_ms)}  p99 {fmt_ms(peak.p99_ms)}"
                 f"  ({peak.requests:,} requests, {peak.errors} errors)"
             )
+            if peak_only:
+                return res
             if is_tracker:
                 time.sleep(args.flush_wait)
                 after = scrape(port)
@@ -590,6 +620,16 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def robyn_ratio(r: Result, robyn: Result | None) -> str:
+    """vs bare Robyn: the median of per-round ratios when both ran more than one round."""
+    if robyn is None or robyn.status != "ok":
+        return "-"
+    if len(r.round_rps) > 1 and len(robyn.round_rps) > 1:
+        paired = paired_ratio(r, robyn)
+        return "-" if paired is None else f"{paired:.2f}x"
+    return ratio(r.peak, robyn.peak)
+
+
 def table(results: list[Result]) -> str:
     by = {r.target: r for r in results}
     fast, robyn = by.get("fastapi"), by.get("robyn")
@@ -614,6 +654,8 @@ def table(results: list[Result]) -> str:
         notes = []
         if any(v > 10 for v in r.busy_before.values()):
             notes.append("machine busy before: " + ", ".join(f"core {c} {v:.0f}%" for c, v in r.busy_before.items()))
+        if len(r.round_rps) > 1:
+            notes.append("median of rounds " + " / ".join(f"{x:,.0f}" for x in r.round_rps) + " req/s")
         if r.errors:
             notes.append(f"{r.errors} errors")
         if r.half_metrics_p99_ms is not None:
@@ -631,11 +673,11 @@ def table(results: list[Result]) -> str:
         rows.append(
             [
                 r.title,
-                f"{r.rps:,.0f}",
+                f"{r.peak:,.0f}",
                 fmt_ms(r.p50_ms),
                 fmt_ms(r.p99_ms),
-                ratio(r.rps, fast.rps if fast else None),
-                ratio(r.rps, robyn.rps if robyn else None),
+                ratio(r.peak, fast.peak if fast else None),
+                robyn_ratio(r, robyn),
                 half,
                 fmt_ms(r.half_wire_p99_ms),
                 "; ".join(notes),
@@ -702,6 +744,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--locust-users", type=int, default=64, help="Locust users in --locust mode (default 64)")
     p.add_argument("--locust-processes", type=int, default=1, help="Locust worker processes in --locust mode")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="peak runs of the tracker and bare Robyn, alternating which goes first; req/s is the median and the "
+        "ratio the median of the rounds' ratios (default 3; 1 = one run each)",
+    )
     p.add_argument("--skip-half", action="store_true", help="skip the constant-rate run at half the peak")
     p.add_argument(
         "--no-wire",
@@ -737,6 +786,8 @@ def parse_args() -> argparse.Namespace:
         only = only or ({"tracker", "fastapi"} - skip)
         args.skip_half, args.million = True, None
     args.targets = [t for t in TARGETS if t not in skip and (not only or t in only)]
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     return args
 
 
@@ -782,6 +833,15 @@ def main() -> int:
             print(f"\n== {TITLES[target]}")
             tracker = next((r for r in results if r.target == "tracker" and r.half_rate), None)
             results.append(run_target(target, args, env, logs, gens, tracker.half_rate if tracker else None))
+        by = {r.target: r for r in results if r.status == "ok"}
+        for number, order in enumerate(round_orders(args.rounds, list(by)), start=2):
+            for target in order:
+                print(f"\n== round {number} of {args.rounds}: {TITLES[target]}, peak only")
+                again = run_target(target, args, env, logs, gens, None, peak_only=True)
+                if again.status != "ok" or again.rps is None:
+                    print(f"  round {number} failed: {again.note}; the rounds so far stand")
+                    break
+                by[target].round_rps.append(again.rps)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process this run started")
         return 130
@@ -794,11 +854,12 @@ def main() -> int:
         "when": stamp,
         "machine": machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": [asdict(r) for r in results],
+        "results": [{**asdict(r), "peak_median": r.peak} for r in results],
     }
     header = (
         f"# adclick bench {stamp}\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; "
-        f"{load_generator(args)}, {args.duration:g} s per target; server on "
+        f"{load_generator(args)}, {args.duration:g} s per target, {args.rounds} round(s) of the tracker and bare "
+        f"Robyn; server on "
         f"core {args.server_cpu}, load on core {args.client_cpu}.\n\n"
     )
     for name in (f"bench-{stamp}", "latest"):

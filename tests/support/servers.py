@@ -7,8 +7,8 @@ import os
 import shutil
 import sys
 import threading
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,20 +201,10 @@ class SqsServer:
         client = self.client()
         bodies: list[str] = []
         try:
-            while True:
-                response = client.receive_message(
-                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
-                )
-                messages = response.get("Messages", [])
-                if not messages:
-                    return bodies
-                bodies.extend(message["Body"] for message in messages)
-                client.delete_message_batch(
-                    QueueUrl=queue_url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-                )
+            drain_into(client, queue_url, bodies.extend)
         finally:
             client.close()
+        return bodies
 
     def reader(self, queue_url: str, interval: float = 0.2) -> QueueReader:
         """A consumer thread that keeps the queue drained, as the worker would (see `QueueReader`)."""
@@ -228,6 +218,25 @@ class SqsServer:
             return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
         finally:
             client.close()
+
+
+def drain_into(
+    client: Any, queue_url: str, keep: Callable[[list[str]], object], stop: threading.Event | None = None
+) -> None:
+    """Receive and delete messages until the queue answers none (or `stop` is set), handing each batch's bodies
+    to `keep` before deleting them: a body read twice is harmless, a body deleted but not kept is lost."""
+    while stop is None or not stop.is_set():
+        response = client.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return
+        keep([message["Body"] for message in messages])
+        client.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
 
 
 class QueueReader:
@@ -265,7 +274,7 @@ class QueueReader:
         try:
             while not self._stop.is_set():
                 try:
-                    self._read_until_empty(client)
+                    drain_into(client, self.queue_url, self._keep, self._stop)
                 except Exception as error:  # a paused or slow endpoint: try again next round
                     self.errors += 1
                     self.last_error = error
@@ -273,40 +282,25 @@ class QueueReader:
         finally:
             client.close()
 
-    def _read_until_empty(self, client: Any) -> None:
-        while not self._stop.is_set():
-            response = client.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
-            )
-            messages = response.get("Messages", [])
-            if not messages:
-                return
-            # Kept before the delete: a body read twice is harmless, a body deleted but not kept is lost.
-            with self._lock:
-                self.bodies.extend(message["Body"] for message in messages)
-            client.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-            )
+    def _keep(self, bodies: list[str]) -> None:
+        with self._lock:
+            self.bodies.extend(bodies)
 
     def read(self) -> list[str]:
         """Every body read so far."""
         with self._lock:
             return list(self.bodies)
 
-    def wait_for(self, done: Any, timeout: float, message: str) -> list[str]:
+    def wait_for(self, done: Callable[[list[str]], bool], timeout: float, message: str) -> list[str]:
         """Wait until `done(bodies)` is true for the bodies read so far; return them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            bodies = self.read()
-            if done(bodies):
-                return bodies
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {message}: {len(bodies)} bodies read, "
-                    f"{self.errors} failed reads, last error: {self.last_error!r}"
-                )
-            time.sleep(self.interval)
+        try:
+            wait_until(lambda: done(self.read()), timeout=timeout, interval=self.interval, message=message)
+        except TimeoutError as timeout_error:
+            raise AssertionError(
+                f"{timeout_error}: {len(self.read())} bodies read, {self.errors} failed reads, "
+                f"last error: {self.last_error!r}"
+            ) from timeout_error
+        return self.read()
 
 
-__all__ = ["DUMMY_AWS_ENV", "QueueReader", "RedisServer", "SqsServer", "find_redis_server"]
+__all__ = ["DUMMY_AWS_ENV", "QueueReader", "RedisServer", "SqsServer", "drain_into", "find_redis_server"]

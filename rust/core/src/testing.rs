@@ -1,5 +1,4 @@
-//! Test support shared by the crate's tests: a real redis-server on its own port.
-#![cfg(test)]
+//! Test support shared by the crate's tests and adclick-ship's: a real redis-server on its own port.
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,7 +28,7 @@ fn redis_server_binary() -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

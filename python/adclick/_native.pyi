@@ -3,6 +3,8 @@
 from typing import Any, Final, final
 
 __all__ = [
+    "SPILL_KEY",
+    "SPILL_LOCK_KEY",
     "VERSION",
     "AdclickError",
     "ClickIdCodec",
@@ -13,12 +15,15 @@ __all__ = [
     "InvalidMessage",
     "InvalidTemplate",
     "RedisUnavailable",
+    "Shipper",
     "Tracker",
     "unpack_clicks",
     "validate_link",
 ]
 
 VERSION: Final[str]
+SPILL_KEY: Final[str]
+SPILL_LOCK_KEY: Final[str]
 
 class AdclickError(Exception): ...
 class InvalidClickId(AdclickError): ...
@@ -84,6 +89,37 @@ class Tracker:
     def ping(self) -> None: ...
     def invalidate(self, slug: str) -> None: ...
     def generate_click_id(self, link_id: int, ts_ms: int) -> str: ...
+    def stats(self) -> dict[str, Any]: ...
+
+@final
+class Shipper:
+    """Ships a tracker's click events to SQS from a Rust thread that never takes the GIL."""
+
+    def __new__(
+        cls,
+        tracker: Tracker,
+        *,
+        queue_name: str,
+        region: str,
+        endpoint_url: str | None = None,
+        sqs_timeout_s: float = 2.0,
+        max_receives: int = 5,
+        redis_url: str,
+        redis_connect_timeout_ms: int = 200,
+        redis_timeout_ms: int = 2000,
+        max_body_bytes: int = 262_144,
+        retry_attempts: int = 3,
+        flush_interval_ms: int = 100,
+        spill_high_water: float = 0.5,
+        max_pending_bytes: int = ...,
+        nice: int = 0,
+        log_level: int = 20,
+        log_role: str = ...,
+    ) -> Shipper: ...
+    def stop(self, deadline_s: float) -> tuple[int, int, int, int]:
+        """Flush (SQS, then Redis) within the deadline and join the thread: (sent, spilled, rejected, dropped)."""
+    @property
+    def running(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
 
 def unpack_clicks(body: str) -> list[str]:

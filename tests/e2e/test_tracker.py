@@ -278,6 +278,68 @@ def test_sigterm_under_load_drains_then_ships_every_answered_click(
     assert "still buffered" not in tracker.proc.output()
 
 
+def test_sigterm_as_soon_as_the_port_opens_still_drains_and_ships_every_answered_click(
+    process_guard: ProcessGuard,
+    adclick_env: dict[str, str],
+    redis_server: RedisServer,
+    sqs_server: SqsServer,
+    clicks_queue: str,
+) -> None:
+    publish_link(redis_server.client(), link())
+    tracker = TrackerProc(process_guard, adclick_env, wait=False, drain_seconds=1.5, flush_interval_ms=1000)
+
+    def port_open() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", tracker.port), timeout=0.2):
+            return True
+        return False
+
+    wait_until(port_open, timeout=20, interval=0.001, message="the tracker's port open", proc=tracker.proc)
+    tracker.proc.send_signal(signal.SIGTERM)  # before /health says ok: the window in which actix used to get it
+    with Load(tracker.port, "summer") as load:
+        time.sleep(1.0)
+    assert tracker.proc.wait(20) == 0
+    assert load.answered, "clicks are served while draining"
+    assert load.answered <= {e["click_id"] for e in collect_events(sqs_server, clicks_queue, load.answered)}
+    assert "SIGTERM: draining" in tracker.proc.output()
+
+
+def test_a_fresh_sqs_endpoint_after_an_outage_gets_every_click(
+    process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    # An endpoint of its own, replaced mid-test by a fresh one on the same port that has no queue yet.
+    sqs = SqsServer(process_guard)
+    sqs.start()
+    queue = sqs.create_queue("adclick-clicks")
+    env = {**adclick_env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
+    tracker = TrackerProc(process_guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
+    publish_link(redis_server.client(), link())
+
+    def clicks(n: int, tag: str) -> set[str]:
+        replies = [request(tracker.port, "GET", click_path("summer", sub1=tag, sub2=str(i))) for i in range(n)]
+        assert {r.status for r in replies} == {302}
+        return {urllib.parse.parse_qs(urllib.parse.urlsplit(r.location or "").query)["cid"][0] for r in replies}
+
+    before = clicks(5, "before")
+    collect_events(sqs, queue, before)
+    sqs.stop()
+    during = clicks(20, "during")
+    wait_until(lambda: tracker.metrics().get("adclick_spilled_messages_total", 0) >= 1, message="a spill to Redis")
+    sqs.start()
+    after = clicks(20, "after")
+    wait_until(lambda: _queue_exists(sqs, "adclick-clicks"), timeout=30, message="the tracker re-creating its queue")
+    events = collect_events(sqs, sqs.queue_url("adclick-clicks"), during | after, timeout=30)
+    assert during | after <= {e["click_id"] for e in events}
+    assert sqs.queue_url("adclick-clicks-dlq").endswith("/adclick-clicks-dlq")
+
+
+def _queue_exists(sqs: SqsServer, name: str) -> bool:
+    try:
+        sqs.queue_url(name)
+    except Exception:  # botocore's QueueDoesNotExist, generated at run time
+        return False
+    return True
+
+
 def test_two_processes_share_the_port_and_both_flush_on_sigterm(
     process_guard: ProcessGuard,
     adclick_env: dict[str, str],
@@ -442,9 +504,10 @@ def test_shipping_and_sweeping_threads_yield_the_core_to_clicks(
     tracker = TrackerProc(process_guard, adclick_env)
     assert request(tracker.port, "GET", "/c/none").status == 404  # the actix worker has served a request
     threads = _threads(tracker.proc.pid)
-    # The event loop (shipper, aiobotocore) runs on the main thread; the reaper has its own.
-    assert threads[tracker.proc.pid][1] == 10, threads
+    # The shipper (Rust) and the reaper have threads of their own; the event loop runs on the main thread.
+    assert [nice for name, nice in threads.values() if name == "adclick-ship"] == [10], threads
     assert [nice for name, nice in threads.values() if name == "adclick-reaper"] == [10], threads
+    assert threads[tracker.proc.pid][1] == 10, threads
     actix = [nice for name, nice in threads.values() if name.startswith("actix-rt")]
     assert actix and set(actix) == {0}, threads
 

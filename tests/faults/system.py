@@ -272,7 +272,7 @@ class System:
         if metrics.get("adclick_event_buffer_depth", 1) != 0:
             return False
         with self.redis.client() as client:
-            if client.llen("adclick:spill:clicks"):
+            if client.llen(_native.SPILL_KEY):
                 return False
         depths = self.queue_depths()
         return all(depths[name] == (0, 0) for name in (CLICKS_QUEUE, CONVERSIONS_QUEUE))

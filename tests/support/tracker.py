@@ -31,7 +31,9 @@ class Reply:
 class TrackerProc:
     """`adclick tracker` as a child process on a free port."""
 
-    def __init__(self, guard: ProcessGuard, env: Mapping[str, str], processes: int = 1, **settings: object) -> None:
+    def __init__(
+        self, guard: ProcessGuard, env: Mapping[str, str], processes: int = 1, wait: bool = True, **settings: object
+    ) -> None:
         self.port = free_port()
         full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         full.setdefault("ADCLICK_DRAIN_SECONDS", "1")
@@ -41,7 +43,8 @@ class TrackerProc:
         argv = [sys.executable, "-m", "adclick.cli", "tracker", "--host", "127.0.0.1", "--port", str(self.port)]
         argv += ["--processes", str(processes)]
         self.proc: ManagedProcess = guard.spawn(argv, name=f"tracker-{self.port}", env=full)
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
 
     @property
     def base(self) -> str:

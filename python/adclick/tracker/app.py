@@ -1,9 +1,8 @@
-"""The tracker process: Robyn routes over the Rust click engine, a shipper task, and our own SIGTERM drain."""
+"""The tracker process: Robyn routes over the Rust click engine, the Rust shipper thread, and our own SIGTERM drain."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import inspect
 import logging
@@ -12,7 +11,7 @@ import signal
 import socket
 import sys
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from adclick import _native
 from adclick.core.settings import TrackerSettings
 from adclick.tracker.reaper import ConnectionReaper
-from adclick.tracker.shipper import Shipper, ShipperMetrics
 
 log = logging.getLogger("adclick.tracker")
 
@@ -31,31 +29,47 @@ ERROR_TEXT = {
     404: "unknown link\n",
     503: "temporarily unavailable\n",
 }
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Held click messages beyond which the shipper drops the oldest while neither SQS nor Redis takes any.
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+DROP_REASONS = ("rejected", "overflow", "shutdown")
 
-
-def _c_signal_handler(signum: int) -> int:
-    """The address of the process's C-level handler for a signal (0 for SIG_DFL), read with sigaction(2)."""
-    buf = ctypes.create_string_buffer(256)  # larger than struct sigaction on every Linux ABI
-    if _libc.sigaction(int(signum), None, buf) != 0:
-        return -1
-    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_void_p)], sys.byteorder)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-# Longest time the event-loop thread (shipper, aiobotocore) may hold the GIL while an actix thread waits to
+# Longest time a Python thread (the reaper, a /metrics scrape) may hold the GIL while an actix thread waits to
 # answer a click. CPython's default is 5 ms, which shows up directly in the click p99.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def settle_heap() -> None:
-    """Move everything alive after startup (botocore's service model, Robyn, our modules: several hundred
-    thousand objects) into the collector's permanent generation, so that the full collections the shipper's
-    allocations trigger do not walk it again and again while a click waits for the GIL. Also bounds how long
-    the event-loop thread keeps the GIL from a waiting click handler."""
+    """Move everything alive after startup (Robyn, prometheus_client, our modules) into the collector's permanent
+    generation, so that a full collection never walks it again while a click waits for the GIL. Also bounds how
+    long another Python thread keeps the GIL from a waiting click handler."""
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+class SignalWatcher:
+    """Takes SIGTERM and SIGINT from every thread of the process, before the port opens, and hands them to us.
+
+    Actix (through tokio) installs handlers of its own that stop accepting at once, and Robyn then runs no shutdown
+    handler (Robyn #1324), which would drop buffered clicks. Replacing actix's handler after it is installed leaves
+    a window in which a SIGTERM reaches actix. Instead both signals are blocked in the main thread before any other
+    thread exists, so every thread (actix's, the shipper's, the reaper's) inherits the block, and one thread takes
+    them with sigwait(2): no handler of anyone's ever runs for them.
+    """
+
+    def __init__(self, on_signal: Callable[[int], None]) -> None:
+        self.on_signal = on_signal
+        self._thread = threading.Thread(target=self._run, name="adclick-signals", daemon=True)
+
+    def start(self) -> None:
+        """Call from the main thread before any other thread starts: the mask is inherited at thread creation."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.on_signal(signal.sigwait(SHUTDOWN_SIGNALS))
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -141,11 +155,36 @@ def build_tracker(settings: TrackerSettings) -> Any:
     )
 
 
-class NativeCollector:
-    """Exposes the Rust engine's atomic counters as Prometheus metrics at scrape time."""
+def start_shipper(tracker: Any, settings: TrackerSettings) -> Any:
+    """Starts the Rust thread that ships `tracker`'s click events to SQS and spills them to Redis."""
+    return _native.Shipper(
+        tracker,
+        queue_name=settings.clicks_queue,
+        region=settings.aws_region,
+        endpoint_url=settings.sqs_endpoint_url,
+        sqs_timeout_s=settings.sqs_timeout_seconds,
+        max_receives=settings.sqs_max_receives,
+        redis_url=settings.redis_url,
+        redis_connect_timeout_ms=settings.redis_connect_timeout_ms,
+        # Spilling writes up to 100 bodies of 256 KiB at once: the click path's 50 ms would be too tight.
+        redis_timeout_ms=max(1, int(settings.sqs_timeout_seconds * 1000)),
+        max_body_bytes=settings.sqs_max_body_bytes,
+        retry_attempts=settings.sqs_retry_attempts,
+        flush_interval_ms=settings.flush_interval_ms,
+        spill_high_water=settings.spill_high_water,
+        max_pending_bytes=MAX_PENDING_BYTES,
+        nice=settings.background_nice,
+        log_level=logging.getLogger("adclick.tracker.shipper").getEffectiveLevel(),
+        log_role="tracker",
+    )
 
-    def __init__(self, tracker: Any) -> None:
+
+class NativeCollector:
+    """Exposes the Rust engine's and shipper's atomic counters as Prometheus metrics at scrape time."""
+
+    def __init__(self, tracker: Any, shipper: Callable[[], Any] = lambda: None) -> None:
         self.tracker = tracker
+        self.shipper = shipper
 
     def collect(self) -> Any:
         s = self.tracker.stats()
@@ -176,6 +215,31 @@ class NativeCollector:
             yield CounterMetricFamily(name, doc, value=s[key])
         yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
         yield GaugeMetricFamily("adclick_cache_entries", "Entries in the link cache", value=s["cache_entries"])
+        yield from self.collect_shipping()
+
+    def collect_shipping(self) -> Any:
+        shipper = self.shipper()
+        s = shipper.stats() if shipper is not None else {}
+        for name, key, doc in (
+            ("adclick_sqs_messages_sent", "messages_sent", "Click messages (packed bodies) SQS accepted"),
+            ("adclick_sqs_requests", "requests", "SendMessageBatch calls made"),
+            ("adclick_sqs_failures", "failures", "SQS calls that failed in whole or in part"),
+            ("adclick_spilled_messages", "spilled", "Click messages written to the Redis spill list"),
+            ("adclick_replayed_messages", "replayed", "Click messages moved from the Redis spill list to SQS"),
+        ):
+            yield CounterMetricFamily(name, doc, value=s.get(key, 0))
+        dropped = CounterMetricFamily(
+            "adclick_dropped_messages",
+            "Click messages given up: refused by SQS, over the in-memory bound, or unsent at exit",
+            labels=["reason"],
+        )
+        counts = dict(s.get("dropped", ()))
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], counts.get(reason, 0))
+        yield dropped
+        yield GaugeMetricFamily(
+            "adclick_spill_backlog", "Click messages waiting in the Redis spill list", value=s.get("spill_backlog", 0)
+        )
 
 
 class TrackerProcess:
@@ -184,13 +248,15 @@ class TrackerProcess:
     def __init__(self, settings: TrackerSettings) -> None:
         self.settings = settings
         self.tracker = build_tracker(settings)
+        self.shipper: Any = None
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(NativeCollector(self.tracker))
-        self.shipper_metrics = ShipperMetrics(self.registry)
-        self.shipper: Shipper | None = None
-        self.shipper_task: asyncio.Task[None] | None = None
+        self.registry.register(NativeCollector(self.tracker, lambda: self.shipper))
         self.draining = False
-        self.signals_ready = False
+        self.started = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._signal_lock = threading.Lock()
+        self._early_signal: int | None = None
+        self.signals = SignalWatcher(self.signal_received)
         self._tasks: set[asyncio.Task[None]] = set()
         self.reaper = ConnectionReaper(
             settings.tracker_port,
@@ -234,7 +300,7 @@ class TrackerProcess:
         hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         if self.draining:
             return Response(503, hdrs, '{"status":"draining"}')
-        if not self.signals_ready:
+        if not self.started:
             return Response(503, hdrs, '{"status":"starting"}')
         try:
             self.tracker.ping()
@@ -255,37 +321,26 @@ class TrackerProcess:
     # -- lifecycle --
 
     async def on_startup(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.shipper = Shipper(self.tracker, self.settings, self.shipper_metrics)
-        try:
-            await self.shipper.open()
-        except Exception:  # a bad endpoint URL or region: the shipper retries and spills, as for any SQS failure
-            log.exception("could not create the SQS client at startup; the shipper will retry")
+        self.shipper = start_shipper(self.tracker, self.settings)
         settle_heap()
         lower_thread_priority(self.settings.background_nice)  # this is the event-loop thread
-        self.shipper_task = loop.create_task(self.shipper.run())
         self.reaper.start()
-        self._tasks.add(loop.create_task(self._take_over_signals()))
+        with self._signal_lock:
+            self.loop = asyncio.get_running_loop()
+            early, self._early_signal = self._early_signal, None
+        self.started = True
         log.info("tracker process %d ready on port %d", os.getpid(), self.settings.tracker_port)
+        if early is not None:
+            self.begin_shutdown(early)
 
-    async def _take_over_signals(self) -> None:
-        """Replaces actix's SIGTERM/SIGINT handlers with ours once it has installed them.
-
-        Actix stops accepting at once on SIGTERM and Robyn then runs no shutdown handler (Robyn #1324),
-        which would drop buffered clicks. Actix installs its handlers (through tokio) after our startup
-        handler returns, and Python's `signal.getsignal` cannot see that, so we watch the C-level handler
-        of SIGTERM change and then take both signals back.
-        """
-        before = _c_signal_handler(signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        # A C-level handler change raises no event to wait on: poll it, briefly, once per process.
-        while time.monotonic() < deadline and _c_signal_handler(signal.SIGTERM) == before:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.begin_shutdown, sig)
-        self.signals_ready = True
-        log.debug("signal handlers installed")
+    def signal_received(self, sig: int) -> None:
+        """Called on the signal thread: hands the signal to the event loop, or keeps it for startup to act on."""
+        with self._signal_lock:
+            if self.loop is None:
+                self._early_signal = sig
+                return
+            loop = self.loop
+        loop.call_soon_threadsafe(self.begin_shutdown, sig)
 
     def begin_shutdown(self, sig: int) -> None:
         if self.draining:
@@ -300,9 +355,9 @@ class TrackerProcess:
         try:
             await asyncio.sleep(self.settings.drain_seconds)
             self.tracker.close()
-            assert self.shipper is not None
-            result = await self.shipper.flush(deadline_s=max(5.0, self.settings.sqs_timeout_seconds * 4))
-            log.info("flushed on shutdown: %s", result)
+            deadline = max(5.0, self.settings.sqs_timeout_seconds * 4)
+            sent, spilled, rejected, dropped = await asyncio.to_thread(self.shipper.stop, deadline)
+            log.info("flushed on shutdown: sent=%d spilled=%d rejected=%d dropped=%d", sent, spilled, rejected, dropped)
             if self.tracker.buffered():
                 log.error("%d click events still buffered at exit", self.tracker.buffered())
                 code = 1
@@ -349,6 +404,8 @@ class TrackerProcess:
 
     def serve(self, *, check_port: bool = True) -> None:
         s = self.settings
+        # Before Robyn binds the port or starts a thread: a SIGTERM from now on is drained, never lost.
+        self.signals.start()
         if check_port:
             check_port_free(s.tracker_host, s.tracker_port)
         app = self.build_app()

@@ -1,4 +1,5 @@
-//! Thin PyO3 layer over adclick-core: type conversion, GIL release, one error adapter.
+//! Thin PyO3 layer over adclick-core and adclick-ship: type conversion, GIL release, one error adapter.
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -12,6 +13,7 @@ use adclick_core::event::unpack;
 use adclick_core::link::CompiledLink;
 use adclick_core::tracker::{Blocking, ClickRequest, Tracker, TrackerConfig};
 use adclick_core::CoreError;
+use adclick_ship::{Level, Logger, ShipConfig, Shipper, SqsConfig};
 
 create_exception!(
     _native,
@@ -137,7 +139,7 @@ impl PyClickIdCodec {
 /// The click engine of one tracker process: one call per request.
 #[pyclass(name = "Tracker", module = "adclick._native", frozen)]
 struct PyTracker {
-    inner: Tracker,
+    inner: Arc<Tracker>,
 }
 
 #[pymethods]
@@ -198,7 +200,7 @@ impl PyTracker {
             buffer_max_events,
         };
         Ok(PyTracker {
-            inner: Tracker::new(cfg).map_err(PyCoreError)?,
+            inner: Arc::new(Tracker::new(cfg).map_err(PyCoreError)?),
         })
     }
 
@@ -315,6 +317,107 @@ impl PyTracker {
     }
 }
 
+/// Ships a tracker's click events to SQS from a Rust thread that never takes the GIL (see adclick-ship).
+#[pyclass(name = "Shipper", module = "adclick._native", frozen)]
+struct PyShipper {
+    inner: Shipper,
+}
+
+#[pymethods]
+impl PyShipper {
+    /// Starts the shipping thread for `tracker`'s event buffer.
+    #[new]
+    #[pyo3(signature = (
+        tracker, *, queue_name, region, endpoint_url=None, sqs_timeout_s=2.0, max_receives=5,
+        redis_url, redis_connect_timeout_ms=200, redis_timeout_ms=2000,
+        max_body_bytes=262_144, retry_attempts=3, flush_interval_ms=100, spill_high_water=0.5,
+        max_pending_bytes=64 * 1024 * 1024, nice=0, log_level=20, log_role="tracker".to_owned(),
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        tracker: &PyTracker,
+        queue_name: String,
+        region: String,
+        endpoint_url: Option<String>,
+        sqs_timeout_s: f64,
+        max_receives: u32,
+        redis_url: String,
+        redis_connect_timeout_ms: u64,
+        redis_timeout_ms: u64,
+        max_body_bytes: usize,
+        retry_attempts: u32,
+        flush_interval_ms: u64,
+        spill_high_water: f64,
+        max_pending_bytes: usize,
+        nice: i32,
+        log_level: u32,
+        log_role: String,
+    ) -> PyResult<Self> {
+        if retry_attempts == 0 || max_body_bytes == 0 || flush_interval_ms == 0 {
+            return Err(ConfigError::new_err(
+                "retry_attempts, max_body_bytes and flush_interval_ms must be positive",
+            ));
+        }
+        let cfg = ShipConfig {
+            sqs: SqsConfig {
+                queue_name,
+                region,
+                endpoint_url,
+                timeout: secs(sqs_timeout_s),
+                max_receives,
+            },
+            redis_url,
+            redis_connect_timeout: millis(redis_connect_timeout_ms),
+            redis_timeout: millis(redis_timeout_ms),
+            max_body_bytes,
+            retry_attempts,
+            flush_interval: millis(flush_interval_ms),
+            spill_high_water,
+            max_pending_bytes,
+            nice,
+            log: Logger::new(log_role, Level::from_python(log_level)),
+        };
+        let source: Arc<Tracker> = Arc::clone(&tracker.inner);
+        let inner = Shipper::start(cfg, source).map_err(|e| AdclickError::new_err(e.to_string()))?;
+        Ok(PyShipper { inner })
+    }
+
+    /// Stops shipping, sends everything buffered or held (SQS, then Redis) within `deadline_s`, and joins the
+    /// thread: (sent, spilled, rejected, dropped) message counts. Close the tracker first so nothing follows.
+    fn stop(&self, py: Python<'_>, deadline_s: f64) -> (usize, usize, usize, usize) {
+        let r = py.detach(|| self.inner.stop(secs(deadline_s)));
+        (r.sent, r.spilled, r.rejected, r.dropped)
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    /// Counters for /metrics, as one dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("messages_sent", s.messages_sent)?;
+        d.set_item("requests", s.requests)?;
+        d.set_item("failures", s.failures)?;
+        d.set_item("spilled", s.spilled)?;
+        d.set_item("replayed", s.replayed)?;
+        d.set_item(
+            "dropped",
+            vec![
+                ("rejected", s.dropped_rejected),
+                ("overflow", s.dropped_overflow),
+                ("shutdown", s.dropped_shutdown),
+            ],
+        )?;
+        d.set_item("spill_backlog", s.spill_backlog)?;
+        d.set_item("pending", s.pending)?;
+        d.set_item("sqs_down", s.sqs_down)?;
+        Ok(d)
+    }
+}
+
 /// Decodes one packed SQS message body into a list of click events (JSON text each).
 #[pyfunction]
 fn unpack_clicks(py: Python<'_>, body: &str) -> PyResult<Vec<String>> {
@@ -337,9 +440,15 @@ mod _native {
     #[pymodule_export]
     use super::{
         unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink,
-        InvalidMessage, InvalidTemplate, PyClickIdCodec, PyTracker, RedisUnavailable,
+        InvalidMessage, InvalidTemplate, PyClickIdCodec, PyShipper, PyTracker, RedisUnavailable,
     };
 
     #[pymodule_export]
     const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The Redis list of click messages SQS did not take (docs/contracts.md).
+    #[pymodule_export]
+    const SPILL_KEY: &str = adclick_ship::SPILL_KEY;
+    /// The lock held by the one process replaying that list.
+    #[pymodule_export]
+    const SPILL_LOCK_KEY: &str = adclick_ship::LOCK_KEY;
 }

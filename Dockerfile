@@ -25,7 +25,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock pyproject.toml README.md ./
 COPY rust ./rust
 COPY python ./python
-RUN maturin build --release --locked --out /wheels
+# The dist profile: the release profile with fat LTO across every crate (Cargo.toml), for the wheel that ships only.
+RUN maturin build --profile dist --locked --out /wheels
 
 # -- runtime: slim Python, the wheel and its locked dependencies, nothing else, not root --
 FROM ${PYTHON_IMAGE} AS runtime

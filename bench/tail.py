@@ -28,6 +28,7 @@ from pathlib import Path
 from benchkit import (
     BENCH,
     PROCS,
+    SQS_ENDPOINTS,
     build_loadgen,
     free_port,
     pinned,
@@ -130,6 +131,7 @@ def main() -> int:
         help="a tracker variant with these extra environment settings (repeatable; 'now:' for the defaults)",
     )
     p.add_argument("--robyn", action="store_true", help="also bare Robyn (bench/baseline_robyn_dict.py)")
+    p.add_argument("--sqs", choices=SQS_ENDPOINTS, default="lite", help="SQS endpoint: sqs_lite (default) or moto")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
     p.add_argument("--out", type=Path, default=BENCH / "results" / f"tail-{dt.datetime.now():%Y%m%d-%H%M%S}")
@@ -153,7 +155,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         redis_url = start_redis(args.client_cpu, args.out)
-        sqs = start_sqs(args.client_cpu, args.out)
+        sqs = start_sqs(args.client_cpu, args.out, args.sqs)
         write_links(redis_url, 64)
         env = server_env(redis_url, sqs)
         print(f"{args.rate:,.0f} req/s, {args.rounds} rounds of {args.seconds:g} s per variant; logs in {args.out}")

@@ -264,7 +264,7 @@ mod tests {
             sub5: None,
             params: BTreeMap::from([("gclid".to_owned(), format!("g{n}"))]),
             dest: (n % 3) as u32,
-            fallback: n % 5 == 0,
+            fallback: n.is_multiple_of(5),
         }
     }
 

@@ -224,16 +224,25 @@ def test_unknown_slugs_get_404_and_junk_floods_stay_off_redis(tracker: TrackerPr
     assert m["adclick_cache_negative_hits_total"] >= 48
 
 
+def tracker_with_own_sqs(
+    guard: ProcessGuard, env: dict[str, str], redis_server: RedisServer
+) -> tuple[SqsServer, str, TrackerProc]:
+    """A tracker on an SQS endpoint of its own (with the clicks queue) that a test may stop or freeze, failing fast
+    on it (0.5 s timeout, 2 attempts), and the test link published."""
+    sqs = SqsServer(guard)
+    sqs.start()
+    queue = sqs.create_queue("adclick-clicks")
+    env = {**env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
+    tracker = TrackerProc(guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
+    publish_link(redis_server.client(), link())
+    return sqs, queue, tracker
+
+
 def test_sqs_outage_under_load_loses_no_click(
     process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer
 ) -> None:
     # An SQS endpoint of its own: frozen for 10 s mid-load, it must not take other tests' endpoint with it.
-    sqs = SqsServer(process_guard)
-    sqs.start()
-    queue = sqs.create_queue("adclick-clicks")
-    env = {**adclick_env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
-    tracker = TrackerProc(process_guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
-    publish_link(redis_server.client(), link())
+    sqs, queue, tracker = tracker_with_own_sqs(process_guard, adclick_env, redis_server)
     # A consumer reads all along, as the worker does: moto slows down with queue depth (see QueueReader).
     with sqs.reader(queue) as reader:
         with Load(tracker.port, "summer") as load:
@@ -307,12 +316,7 @@ def test_a_fresh_sqs_endpoint_after_an_outage_gets_every_click(
     process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer
 ) -> None:
     # An endpoint of its own, replaced mid-test by a fresh one on the same port that has no queue yet.
-    sqs = SqsServer(process_guard)
-    sqs.start()
-    queue = sqs.create_queue("adclick-clicks")
-    env = {**adclick_env, "ADCLICK_SQS_ENDPOINT_URL": sqs.endpoint_url}
-    tracker = TrackerProc(process_guard, env, sqs_timeout_seconds=0.5, sqs_retry_attempts=2)
-    publish_link(redis_server.client(), link())
+    sqs, queue, tracker = tracker_with_own_sqs(process_guard, adclick_env, redis_server)
 
     def clicks(n: int, tag: str) -> set[str]:
         replies = [request(tracker.port, "GET", click_path("summer", sub1=tag, sub2=str(i))) for i in range(n)]

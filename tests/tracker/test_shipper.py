@@ -7,6 +7,8 @@ beside it, in rust/ship/src/tests.rs, where each step can be driven on its own.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import threading
 import time
@@ -16,6 +18,7 @@ import pytest
 from adclick import _native
 from adclick.core.links import publish_link
 from adclick.core.settings import TrackerSettings
+from adclick.core.sqs import create_client, ensure_queues
 from adclick.tracker.app import NativeCollector, build_tracker, start_shipper
 from prometheus_client import CollectorRegistry
 from support.procs import wait_until
@@ -205,3 +208,47 @@ def test_bad_settings_are_refused(adclick_env: dict[str, str], redis_server: Red
     tracker = engine(settings_for(), redis_server)
     with pytest.raises(_native.ConfigError):
         _native.Shipper(tracker, queue_name="q", region="us-east-1", redis_url=redis_server.url, retry_attempts=0)
+
+
+def test_the_shipper_creates_queues_exactly_as_core_sqs_does(
+    adclick_env: dict[str, str], sqs_server: SqsServer, redis_server: RedisServer
+) -> None:
+    # Queue creation is spelled twice, in core/sqs.py (worker, postback, dev) and rust/ship/src/sqs.rs (the tracker):
+    # whichever creates the queues first, they must come out the same.
+    python_side = settings_for(clicks_queue="py-clicks", conversions_queue="py-conversions", sqs_max_receives=7)
+
+    async def create() -> dict[str, str]:
+        async with create_client(python_side) as client:
+            return await ensure_queues(client, python_side)
+
+    asyncio.run(create())
+    rust_side = settings_for(clicks_queue="rs-clicks", sqs_max_receives=7)
+    tracker = engine(rust_side, redis_server)
+    shipper = start_shipper(tracker, rust_side)  # the queue does not exist: the shipper creates it
+    try:
+        answered = click(tracker, 3, "create")
+        wait_until(lambda: shipper.stats()["messages_sent"] >= 1, timeout=20, message="the first send")
+    finally:
+        tracker.close()
+        shipper.stop(5)
+    assert sorted(wait_for_events(sqs_server, sqs_server.queue_url("rs-clicks"), answered, [])) == sorted(answered)
+
+    client = sqs_server.client()
+    try:
+
+        def attributes(name: str) -> dict[str, Any]:
+            url = client.get_queue_url(QueueName=name)["QueueUrl"]
+            found = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            kept = {k: found[k] for k in ("MaximumMessageSize", "MessageRetentionPeriod") if k in found}
+            if "RedrivePolicy" in found:
+                policy = json.loads(found["RedrivePolicy"])
+                kept["maxReceiveCount"] = str(policy["maxReceiveCount"])
+                kept["deadLetterTarget"] = policy["deadLetterTargetArn"].rsplit(":", 1)[1].split("-", 1)[1]
+            return kept
+
+        assert attributes("rs-clicks") == attributes("py-clicks")
+        assert attributes("rs-clicks")["maxReceiveCount"] == "7"
+        assert attributes("rs-clicks")["deadLetterTarget"] == "clicks-dlq"
+        assert attributes("rs-clicks-dlq") == attributes("py-clicks-dlq")
+    finally:
+        client.close()

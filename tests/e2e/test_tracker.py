@@ -514,6 +514,17 @@ def test_shipping_and_sweeping_threads_yield_the_core_to_clicks(
     assert threads[tracker.proc.pid][1] == 10, threads
     actix = [nice for name, nice in threads.values() if name.startswith("actix-rt")]
     assert actix and set(actix) == {0}, threads
+    # SIGTERM and SIGINT are blocked in every thread but the one that takes them with sigwait (the kernel unblocks
+    # them there while it waits): no handler of actix's can run.
+    threads = _threads(tracker.proc.pid)
+    assert [name for name, _ in threads.values()].count("adclick-signals") == 1, threads
+    for tid, (name, _) in threads.items():
+        if name == "adclick-signals":
+            continue
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{tracker.proc.pid}/task/{tid}/status").read_text()
+            blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+            assert all(blocked >> (sig - 1) & 1 for sig in (signal.SIGTERM, signal.SIGINT)), (name, hex(blocked))
 
     quiet = TrackerProc(process_guard, adclick_env, background_nice=0)
     assert {nice for _, nice in _threads(quiet.proc.pid).values()} == {0}

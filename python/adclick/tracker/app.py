@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from adclick import _native
 from adclick.core.settings import TrackerSettings
-from adclick.tracker.reaper import ConnectionReaper
+from adclick.tracker.reaper import ConnectionReaper, name_os_thread
 
 log = logging.getLogger("adclick.tracker")
 
@@ -68,7 +68,9 @@ class SignalWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        name_os_thread("adclick-signals")
         while True:
+            # While it waits, the kernel lets exactly these signals through to this thread, and to no other.
             self.on_signal(signal.sigwait(SHUTDOWN_SIGNALS))
 
 

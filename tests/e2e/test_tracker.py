@@ -21,7 +21,9 @@ from support.tracker import (
     UA_SLACKBOT,
     Load,
     TrackerProc,
+    click_id_from,
     click_path,
+    collect_events,
     events_in,
     request,
 )
@@ -44,18 +46,6 @@ def clicks_queue(sqs_server: SqsServer) -> str:
 @pytest.fixture
 def tracker(process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str) -> TrackerProc:
     return TrackerProc(process_guard, adclick_env)
-
-
-def collect_events(sqs_server: SqsServer, queue: str, want: set[str], timeout: float = 30.0) -> list[dict]:
-    """Read the queue until every ClickID in `want` has arrived; return every event read."""
-    events: list[dict] = []
-
-    def arrived() -> bool:
-        events.extend(events_in(sqs_server.drain(queue)))
-        return want <= {str(e["click_id"]) for e in events}
-
-    wait_until(arrived, timeout=timeout, interval=0.2, message=f"{len(want)} click events in SQS")
-    return events
 
 
 def events_read(reader: QueueReader, want: set[str], timeout: float) -> list[dict]:
@@ -321,7 +311,7 @@ def test_a_fresh_sqs_endpoint_after_an_outage_gets_every_click(
     def clicks(n: int, tag: str) -> set[str]:
         replies = [request(tracker.port, "GET", click_path("summer", sub1=tag, sub2=str(i))) for i in range(n)]
         assert {r.status for r in replies} == {302}
-        return {urllib.parse.parse_qs(urllib.parse.urlsplit(r.location or "").query)["cid"][0] for r in replies}
+        return {click_id_from(r.location or "") for r in replies}
 
     before = clicks(5, "before")
     collect_events(sqs, queue, before)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from adclick import _native
 
 from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
+from support.servers import SqsServer
 
 
 @dataclass
@@ -90,6 +91,21 @@ def request(
 
 def click_path(slug: str, **params: str) -> str:
     return f"/c/{slug}" + (("?" + urllib.parse.urlencode(params)) if params else "")
+
+
+def collect_events(
+    sqs: SqsServer, queue: str, want: set[str], timeout: float = 30.0, bodies: list[str] | None = None
+) -> list[dict[str, object]]:
+    """Read the queue until every ClickID in `want` has arrived; return every event read. Each body read is also
+    appended to `bodies` when given (pass the same list again to wait for more on top of what was read)."""
+    kept = [] if bodies is None else bodies
+
+    def arrived() -> bool:
+        kept.extend(sqs.drain(queue))
+        return want <= {str(e["click_id"]) for e in events_in(kept)}
+
+    wait_until(arrived, timeout=timeout, interval=0.2, message=f"{len(want)} click events in SQS")
+    return events_in(kept)
 
 
 def events_in(bodies: Iterable[str]) -> list[dict[str, object]]:

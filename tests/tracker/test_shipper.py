@@ -23,7 +23,7 @@ from adclick.tracker.app import NativeCollector, build_tracker, start_shipper
 from prometheus_client import CollectorRegistry
 from support.procs import wait_until
 from support.servers import RedisServer, SqsServer
-from support.tracker import UA_IPHONE, click_id_from, events_in
+from support.tracker import UA_IPHONE, click_id_from, collect_events, events_in
 
 LINK = {
     "v": 1,
@@ -69,17 +69,6 @@ def metrics(tracker: Any, shipper: Any) -> dict[str, float]:
     }
 
 
-def wait_for_events(sqs_server: SqsServer, queue: str, want: set[str], into: list[str]) -> list[str]:
-    """Drain the queue into `into` until every ClickID of `want` is there; the ClickIDs read, in order."""
-
-    def arrived() -> bool:
-        into.extend(sqs_server.drain(queue))
-        return want <= {str(e["click_id"]) for e in events_in(into)}
-
-    wait_until(arrived, timeout=30, interval=0.1, message=f"{len(want)} click events in SQS")
-    return [str(e["click_id"]) for e in events_in(into)]
-
-
 def test_clicks_reach_sqs_and_the_metrics_count_them(
     adclick_env: dict[str, str], sqs_server: SqsServer, redis_server: RedisServer
 ) -> None:
@@ -91,9 +80,9 @@ def test_clicks_reach_sqs_and_the_metrics_count_them(
         assert shipper.running
         first = click(tracker, 30, "a")
         bodies: list[str] = []
-        wait_for_events(sqs_server, queue, first, bodies)
+        collect_events(sqs_server, queue, first, bodies=bodies)
         second = click(tracker, 12, "b")
-        ids = wait_for_events(sqs_server, queue, second, bodies)
+        ids = [str(e["click_id"]) for e in collect_events(sqs_server, queue, second, bodies=bodies)]
         assert sorted(ids) == sorted(first | second), "every click once"
         m = metrics(tracker, shipper)
         assert m["adclick_sqs_messages_sent_total"] == len(bodies)
@@ -124,7 +113,7 @@ def test_stop_ships_every_buffered_click(
     sent, spilled, rejected, dropped = shipper.stop(5)
     assert (sent >= 1, spilled, rejected, dropped) == (True, 0, 0, 0)
     assert tracker.buffered() == 0
-    assert sorted(wait_for_events(sqs_server, queue, answered, [])) == sorted(answered)
+    assert sorted(str(e["click_id"]) for e in collect_events(sqs_server, queue, answered)) == sorted(answered)
 
 
 def test_past_high_water_clicks_spill_to_redis_and_are_replayed(
@@ -137,7 +126,7 @@ def test_past_high_water_clicks_spill_to_redis_and_are_replayed(
     shipper = start_shipper(tracker, settings)
     try:
         wait_until(lambda: shipper.stats()["spilled"] >= 1, timeout=10, message="a spill to Redis")
-        assert sorted(wait_for_events(sqs_server, queue, answered, [])) == sorted(answered)
+        assert sorted(str(e["click_id"]) for e in collect_events(sqs_server, queue, answered)) == sorted(answered)
         wait_until(lambda: shipper.stats()["replayed"] >= 1, timeout=10, message="the replay counted")
     finally:
         tracker.close()
@@ -231,7 +220,9 @@ def test_the_shipper_creates_queues_exactly_as_core_sqs_does(
     finally:
         tracker.close()
         shipper.stop(5)
-    assert sorted(wait_for_events(sqs_server, sqs_server.queue_url("rs-clicks"), answered, [])) == sorted(answered)
+    assert sorted(
+        str(e["click_id"]) for e in collect_events(sqs_server, sqs_server.queue_url("rs-clicks"), answered)
+    ) == sorted(answered)
 
     client = sqs_server.client()
     try:

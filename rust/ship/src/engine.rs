@@ -160,7 +160,7 @@ impl Engine {
     }
 
     /// RPUSH bodies to the spill list; returns those Redis did not take.
-    async fn spill(&self, bodies: Vec<String>) -> Vec<String> {
+    async fn spill(&self, bodies: &[String]) -> Vec<String> {
         let log = &self.cfg.log;
         for (i, chunk) in bodies.chunks(SPILL_CHUNK).enumerate() {
             match self.spill.push(chunk).await {
@@ -231,17 +231,18 @@ impl Engine {
         // While SQS is down, the replay loop probes it with spilled messages; we probe from here only when
         // Redis is down too, since then nothing is spilled.
         let use_sqs = !high_water && (!sqs_down || (self.redis_down.get() && Instant::now() >= self.next_probe.get()));
+        let taken = snapshot.len();
         let mut rest = if use_sqs {
             let attempts = if sqs_down { 1 } else { self.cfg.retry_attempts };
             self.send_with_retries(&snapshot, attempts, None).await.retry
         } else {
-            snapshot.clone()
+            snapshot
         };
         if !rest.is_empty() {
-            rest = self.spill(rest).await;
+            rest = self.spill(&rest).await;
         }
         // Only this loop appends to `pending`, and only in `take` above: the snapshot is still its prefix.
-        self.pending.borrow_mut().splice(..snapshot.len(), rest);
+        self.pending.borrow_mut().splice(..taken, rest);
         self.enforce_bound();
         self.sync_pending();
     }
@@ -385,7 +386,7 @@ impl Engine {
             let left = end
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));
-            let rest = tokio::time::timeout(left, self.spill(bodies.clone()))
+            let rest = tokio::time::timeout(left, self.spill(&bodies))
                 .await
                 .unwrap_or_else(|_| bodies.clone());
             result.spilled = bodies.len() - rest.len();

@@ -364,6 +364,29 @@ def test_busy_port_fails_fast_without_prompting(process_guard: ProcessGuard, adc
     assert "already in use" in proc.output()
 
 
+def time_wait_on(port: int) -> None:
+    """Leave a server-side connection in TIME_WAIT on `port` and nothing listening, as a stopped tracker does."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server closes first, so its side waits
+            client.recv(1)
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # the state a plain bind refuses
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_tracker_is_taken_again(
+    process_guard: ProcessGuard, adclick_env: dict[str, str]
+) -> None:
+    port = free_port()
+    time_wait_on(port)
+    tracker = TrackerProc(process_guard, adclick_env, port=port)
+    assert tracker.health() == 200
+
+
 BAD_REQUESTS = [
     ("GET", "/c/" + "a" * 10_000, {}, None),
     ("GET", "/c/bad%zzslug", {}, None),

@@ -33,9 +33,15 @@ class TrackerProc:
     """`adclick tracker` as a child process on a free port."""
 
     def __init__(
-        self, guard: ProcessGuard, env: Mapping[str, str], processes: int = 1, wait: bool = True, **settings: object
+        self,
+        guard: ProcessGuard,
+        env: Mapping[str, str],
+        processes: int = 1,
+        wait: bool = True,
+        port: int | None = None,
+        **settings: object,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         full.setdefault("ADCLICK_DRAIN_SECONDS", "1")
         full.setdefault("ADCLICK_FLUSH_INTERVAL_MS", "50")

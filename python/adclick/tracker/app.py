@@ -122,9 +122,15 @@ class PortBusyError(RuntimeError):
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fails fast when the port is taken (a bind without SO_REUSEPORT fails even against Robyn's own sockets)."""
+    """Fails fast when something listens on the port (Robyn would prompt on stdin instead).
+
+    A bind without SO_REUSEPORT fails even against Robyn's own sockets. SO_REUSEADDR, which Robyn sets too,
+    lets connections a previous tracker left in TIME_WAIT pass: a tracker restarted on its port after SIGTERM
+    under load must start, as Robyn itself would.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

@@ -1,5 +1,14 @@
 //! Link configs as stored in Redis (docs/contracts.md), decoded once per cache fill into a form that
 //! serves a click without parsing or allocating.
+//!
+//! A decoded link is small: its ids and flags, plus an `Arc` of its [`Routes`] (rules, destinations,
+//! fallback, their templates pre-split). Routes are interned, so the many links of one offer (one per
+//! affiliate, per campaign) share one copy of its landing-page templates however many of them are cached.
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 use serde::Deserialize;
 
 use crate::error::CoreError;
@@ -30,7 +39,7 @@ pub fn valid_slug(s: &str) -> bool {
 }
 
 /// A weighted rotation of destination templates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destinations {
     templates: Vec<UrlTemplate>,
     /// Running totals of the weights: entry i is chosen for `ends[i-1] <= r < ends[i]`.
@@ -95,7 +104,7 @@ impl Destinations {
 }
 
 /// A targeting rule; an empty list matches anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// ISO 3166-1 alpha-2 codes, upper-case.
     pub countries: Vec<String>,
@@ -115,20 +124,133 @@ impl Rule {
     }
 }
 
+/// Where a link's clicks go: its targeting rules, default destinations and fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Routes {
+    pub default: Option<Destinations>,
+    pub rules: Vec<Rule>,
+    pub fallback: Option<UrlTemplate>,
+}
+
+fn dests_bytes(d: &Destinations) -> usize {
+    d.templates
+        .iter()
+        .map(|t| std::mem::size_of::<UrlTemplate>() + t.heap_bytes())
+        .sum::<usize>()
+        + d.ends.len() * std::mem::size_of::<u32>()
+}
+
+fn strings_bytes(v: &[String]) -> usize {
+    v.iter().map(|s| std::mem::size_of::<String>() + s.len()).sum()
+}
+
+impl Routes {
+    /// Bytes these routes take in memory, their `Arc` included (an estimate: allocator slack is not counted).
+    pub fn bytes(&self) -> usize {
+        let rules: usize = self
+            .rules
+            .iter()
+            .map(|r| {
+                std::mem::size_of::<Rule>()
+                    + strings_bytes(&r.countries)
+                    + strings_bytes(&r.devices)
+                    + strings_bytes(&r.os)
+                    + dests_bytes(&r.dests)
+            })
+            .sum();
+        2 * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Self>()
+            + self.default.as_ref().map_or(0, dests_bytes)
+            + rules
+            + self.fallback.as_ref().map_or(0, |t| t.heap_bytes())
+    }
+}
+
 /// A decoded, validated link config ready to serve clicks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledLink {
     pub id: u64,
-    pub slug: String,
     pub offer_id: Option<u64>,
     pub affiliate_id: Option<u64>,
-    pub active: bool,
     /// Unix seconds; the link stops routing at this instant.
     pub expires_at: Option<u64>,
-    pub default: Option<Destinations>,
-    pub rules: Vec<Rule>,
-    pub fallback: Option<UrlTemplate>,
+    /// Shared with every other live link that routes the same way (see [`intern`]).
+    pub routes: Arc<Routes>,
+    pub active: bool,
     pub cookie: bool,
+}
+
+impl CompiledLink {
+    /// Bytes this link adds to a cache that already holds its routes through other links: the link itself
+    /// in its `Arc`. Its routes are weighed apart, since they are shared.
+    pub const OWN_BYTES: usize = std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>();
+}
+
+impl crate::cache::Weigh for CompiledLink {
+    /// The link itself, plus its share of its routes: the whole routes when it is their only user, a
+    /// fraction when other live links share them (weighed once, when the link is cached).
+    fn weight(&self) -> usize {
+        Self::OWN_BYTES + self.routes.bytes() / Arc::strong_count(&self.routes).max(1)
+    }
+}
+
+/// Live interned routes, by content hash; a dead `Weak` is swept out as the table grows.
+struct Interner {
+    hasher: std::hash::RandomState,
+    table: HashMap<u64, Vec<Weak<Routes>>>,
+    /// Entries in `table` after the last sweep; the next sweep comes when it doubles.
+    swept_at: usize,
+    entries: usize,
+}
+
+fn interner() -> &'static Mutex<Interner> {
+    static INTERNER: OnceLock<Mutex<Interner>> = OnceLock::new();
+    INTERNER.get_or_init(|| {
+        Mutex::new(Interner {
+            hasher: std::hash::RandomState::new(),
+            table: HashMap::new(),
+            swept_at: 0,
+            entries: 0,
+        })
+    })
+}
+
+impl Interner {
+    fn sweep(&mut self) {
+        self.table.retain(|_, bucket| {
+            bucket.retain(|w| w.strong_count() > 0);
+            !bucket.is_empty()
+        });
+        self.entries = self.table.values().map(Vec::len).sum();
+        self.swept_at = self.entries;
+    }
+}
+
+/// The shared copy of `routes`: an equal one already in use by another link, else `routes` itself, now shared.
+/// Equality is checked in full, so two links whose routes merely hash alike never swap destinations.
+pub fn intern(routes: Routes) -> Arc<Routes> {
+    let mut guard = interner().lock();
+    let h = guard.hasher.hash_one(&routes);
+    if let Some(bucket) = guard.table.get(&h) {
+        if let Some(found) = bucket.iter().filter_map(Weak::upgrade).find(|r| **r == routes) {
+            return found;
+        }
+    }
+    let shared = Arc::new(routes);
+    guard.table.entry(h).or_default().push(Arc::downgrade(&shared));
+    guard.entries += 1;
+    if guard.entries > 1024 && guard.entries >= 2 * guard.swept_at {
+        guard.sweep();
+    }
+    shared
+}
+
+/// Distinct routes alive in this process and the bytes they take (sweeps the table, so call it seldom).
+pub fn interned() -> (usize, usize) {
+    let mut guard = interner().lock();
+    guard.sweep();
+    let live = guard.table.values().flatten().filter_map(Weak::upgrade);
+    live.fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.bytes()))
 }
 
 #[derive(Deserialize)]
@@ -281,14 +403,15 @@ impl CompiledLink {
             .transpose()?;
         Ok(CompiledLink {
             id: raw.id,
-            slug: raw.slug,
             offer_id: raw.offer_id,
             affiliate_id: raw.affiliate_id,
-            active: raw.status == RawStatus::Active,
             expires_at: raw.expires_at,
-            default,
-            rules,
-            fallback,
+            routes: intern(Routes {
+                default,
+                rules,
+                fallback,
+            }),
+            active: raw.status == RawStatus::Active,
             cookie: raw.cookie,
         })
     }
@@ -353,19 +476,20 @@ mod tests {
             link,
             CompiledLink {
                 id: 42,
-                slug: "summer-sale".into(),
                 offer_id: Some(7),
                 affiliate_id: Some(3),
-                active: true,
                 expires_at: None,
-                default: Some(default),
-                rules: vec![Rule {
-                    countries: vec!["US".into(), "CA".into()],
-                    devices: vec!["smartphone".into(), "mobilephone".into()],
-                    os: vec!["iOS".into()],
-                    dests: Destinations::single(t("https://ios.example/?c={click_id}")),
-                }],
-                fallback: Some(t("https://shop.example/")),
+                routes: Arc::new(Routes {
+                    default: Some(default),
+                    rules: vec![Rule {
+                        countries: vec!["US".into(), "CA".into()],
+                        devices: vec!["smartphone".into(), "mobilephone".into()],
+                        os: vec!["iOS".into()],
+                        dests: Destinations::single(t("https://ios.example/?c={click_id}")),
+                    }],
+                    fallback: Some(t("https://shop.example/")),
+                }),
+                active: true,
                 cookie: false,
             }
         );
@@ -378,10 +502,10 @@ mod tests {
         assert!(!link.cookie);
         assert_eq!(link.expires_at, None);
         assert_eq!(link.offer_id, None);
-        assert!(link.rules.is_empty());
-        assert_eq!(link.fallback, None);
+        assert!(link.routes.rules.is_empty());
+        assert_eq!(link.routes.fallback, None);
         assert_eq!(
-            link.default,
+            link.routes.default,
             Some(Destinations::single(t("https://shop.example/lp?cid={click_id}")))
         );
     }
@@ -405,8 +529,8 @@ mod tests {
         v.as_object_mut().unwrap().remove("url");
         v["fallback_url"] = json!("https://shop.example/");
         let link = decode(v).unwrap();
-        assert_eq!(link.default, None);
-        assert!(link.fallback.is_some());
+        assert_eq!(link.routes.default, None);
+        assert!(link.routes.fallback.is_some());
     }
 
     #[test]
@@ -466,7 +590,9 @@ mod tests {
         assert_eq!(
             decode(with("destinations", json!(just_enough)))
                 .unwrap()
+                .routes
                 .default
+                .clone()
                 .unwrap()
                 .total(),
             64
@@ -491,7 +617,7 @@ mod tests {
         let rules =
             json!([{"url": "https://a.example/", "destinations": [{"url": "https://b.example/", "weight": 3}]}]);
         let link = decode(with("rules", rules)).unwrap();
-        let dests = &link.rules[0].dests;
+        let dests = &link.routes.rules[0].dests;
         assert_eq!((dests.len(), dests.total()), (1, 3));
         assert_eq!(dests.pick(2).1.as_str(), "https://b.example/");
     }
@@ -533,5 +659,50 @@ mod tests {
         assert!(!r.matches(Some("DE"), "smartphone", "iOS"));
         assert!(!r.matches(Some("US"), "desktop", "iOS"));
         assert!(!r.matches(Some("US"), "smartphone", "Android"));
+    }
+}
+
+#[cfg(test)]
+mod intern_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn link(id: u64, offer: u64, url: &str) -> CompiledLink {
+        let cfg = json!({"v": 1, "id": id, "slug": format!("s{id}"), "offer_id": offer, "url": url,
+                         "fallback_url": "https://fallback.example/"});
+        CompiledLink::decode(cfg.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn links_that_route_alike_share_one_copy_of_their_routes() {
+        let a = link(1, 7, "https://intern-a.example/lp?c={click_id}");
+        let b = link(2, 7, "https://intern-a.example/lp?c={click_id}");
+        let c = link(3, 8, "https://intern-c.example/lp?c={click_id}");
+        assert!(Arc::ptr_eq(&a.routes, &b.routes));
+        assert!(!Arc::ptr_eq(&a.routes, &c.routes));
+        assert_ne!(a.routes, c.routes);
+        // Ids stay the link's own.
+        assert_eq!((a.id, b.id, a.offer_id, c.offer_id), (1, 2, Some(7), Some(8)));
+    }
+
+    #[test]
+    fn routes_no_link_uses_are_freed_and_counted_out() {
+        let url = "https://intern-freed.example/only-here?c={click_id}";
+        let first = link(10, 1, url);
+        let weak = Arc::downgrade(&first.routes);
+        drop(first);
+        assert!(weak.upgrade().is_none());
+        // The next decode builds it again rather than resurrecting a dead entry.
+        let again = link(11, 1, url);
+        assert_eq!(again.routes.default.as_ref().unwrap().get(0).unwrap().as_str(), url);
+        let (count, bytes) = interned();
+        assert!(count >= 1 && bytes >= again.routes.bytes());
+    }
+
+    #[test]
+    fn routes_weigh_their_templates() {
+        let small = link(20, 1, "https://w.example/");
+        let big = link(21, 1, &format!("https://w.example/{}?c={{click_id}}", "p".repeat(2000)));
+        assert!(big.routes.bytes() > small.routes.bytes() + 2000);
     }
 }

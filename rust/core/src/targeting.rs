@@ -33,13 +33,14 @@ pub fn choose<'a>(
     let live = link.active && link.expires_at.is_none_or(|at| now_s < at);
     if live {
         let matched = link
+            .routes
             .rules
             .iter()
             .enumerate()
             .find(|(_, r)| r.matches(country, device, os));
         let route = match matched {
             Some((i, rule)) => Some((Some(i as u32), &rule.dests)),
-            None => link.default.as_ref().map(|d| (None, d)),
+            None => link.routes.default.as_ref().map(|d| (None, d)),
         };
         if let Some((rule, dests)) = route {
             let (index, template) = dests.pick(scale(rand, dests));
@@ -50,7 +51,7 @@ pub fn choose<'a>(
             };
         }
     }
-    match &link.fallback {
+    match &link.routes.fallback {
         Some(t) => Choice::Fallback(t),
         None => Choice::NoRoute,
     }
@@ -111,7 +112,8 @@ fn anonymized(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::Rule;
+    use crate::link::{Routes, Rule};
+    use std::sync::Arc;
 
     fn t(url: &str) -> UrlTemplate {
         UrlTemplate::parse(url).unwrap()
@@ -129,18 +131,21 @@ mod tests {
     fn link() -> CompiledLink {
         CompiledLink {
             id: 42,
-            slug: "summer-sale".into(),
             offer_id: None,
             affiliate_id: None,
-            active: true,
             expires_at: Some(1000),
-            default: Some(Destinations::new(vec![(3, t("https://a.example/")), (1, t("https://b.example/"))]).unwrap()),
-            rules: vec![
-                rule(&["US"], &["smartphone"], &["iOS"], "https://us-ios.example/"),
-                rule(&["US", "CA"], &[], &[], "https://north-america.example/"),
-                rule(&[], &["tablet"], &[], "https://tablet.example/"),
-            ],
-            fallback: Some(t("https://fallback.example/")),
+            routes: Arc::new(Routes {
+                default: Some(
+                    Destinations::new(vec![(3, t("https://a.example/")), (1, t("https://b.example/"))]).unwrap(),
+                ),
+                rules: vec![
+                    rule(&["US"], &["smartphone"], &["iOS"], "https://us-ios.example/"),
+                    rule(&["US", "CA"], &[], &[], "https://north-america.example/"),
+                    rule(&[], &["tablet"], &[], "https://tablet.example/"),
+                ],
+                fallback: Some(t("https://fallback.example/")),
+            }),
+            active: true,
             cookie: false,
         }
     }
@@ -162,7 +167,7 @@ mod tests {
             Choice::Dest {
                 rule: Some(0),
                 index: 0,
-                template: l.rules[0].dests.get(0).unwrap()
+                template: l.routes.rules[0].dests.get(0).unwrap()
             }
         );
         let c = choose(&l, 0, Some("US"), "smartphone", "Android", 0);
@@ -171,7 +176,7 @@ mod tests {
             Choice::Dest {
                 rule: Some(1),
                 index: 0,
-                template: l.rules[1].dests.get(0).unwrap()
+                template: l.routes.rules[1].dests.get(0).unwrap()
             }
         );
         let na = "https://north-america.example/";
@@ -190,7 +195,7 @@ mod tests {
             Choice::Dest {
                 rule: None,
                 index: 0,
-                template: l.default.as_ref().unwrap().get(0).unwrap()
+                template: l.routes.default.as_ref().unwrap().get(0).unwrap()
             }
         );
         let c = choose(&l, 0, Some("DE"), "desktop", "Windows", u32::MAX);
@@ -199,7 +204,7 @@ mod tests {
             Choice::Dest {
                 rule: None,
                 index: 1,
-                template: l.default.as_ref().unwrap().get(1).unwrap()
+                template: l.routes.default.as_ref().unwrap().get(1).unwrap()
             }
         );
     }
@@ -243,14 +248,14 @@ mod tests {
             choose(&l, 0, Some("US"), "smartphone", "iOS", 0),
             Choice::Fallback(_)
         ));
-        l.fallback = None;
+        Arc::make_mut(&mut l.routes).fallback = None;
         assert_eq!(choose(&l, 0, Some("US"), "smartphone", "iOS", 0), Choice::NoRoute);
     }
 
     #[test]
     fn unmatched_without_default_goes_to_fallback_or_nowhere() {
         let mut l = link();
-        l.default = None;
+        Arc::make_mut(&mut l.routes).default = None;
         assert_eq!(
             url(&choose(&l, 0, Some("DE"), "desktop", "Linux", 0)),
             "https://fallback.example/"
@@ -259,7 +264,7 @@ mod tests {
             url(&choose(&l, 0, Some("US"), "desktop", "Linux", 0)),
             "https://north-america.example/"
         );
-        l.fallback = None;
+        Arc::make_mut(&mut l.routes).fallback = None;
         assert_eq!(choose(&l, 0, Some("DE"), "desktop", "Linux", 0), Choice::NoRoute);
     }
 

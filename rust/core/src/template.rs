@@ -32,7 +32,7 @@ pub struct MacroValues<'a> {
     pub ts_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Macro {
     ClickId,
     LinkId,
@@ -66,14 +66,14 @@ impl Macro {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
     Literal(Box<str>),
     Macro(Macro),
 }
 
 /// A compiled destination URL template such as `https://shop.example/lp?cid={click_id}&s1={sub1}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UrlTemplate {
     source: Box<str>,
     segments: Box<[Segment]>,
@@ -174,6 +174,19 @@ impl UrlTemplate {
             return Err(invalid("the path or query changes the host"));
         }
         Ok(())
+    }
+
+    /// Heap bytes this template holds (its source, segments and literals), for the cache's weigher.
+    pub fn heap_bytes(&self) -> usize {
+        let literals: usize = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.len(),
+                Segment::Macro(_) => 0,
+            })
+            .sum();
+        self.source.len() + std::mem::size_of_val(&*self.segments) + literals
     }
 
     /// The template as written in the link config.

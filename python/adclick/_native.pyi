@@ -60,6 +60,7 @@ class Tracker:
         cookie_domain: str | None = None,
         cookie_secure: bool = False,
         cache_max_entries: int = 100_000,
+        cache_max_bytes: int = 67_108_864,
         cache_ttl_s: float = 60.0,
         cache_stale_s: float = 600.0,
         negative_ttl_s: float = 5.0,

@@ -504,6 +504,22 @@ def test_metrics_expose_outcomes_latency_cache_and_shipping(
     assert m["adclick_cache_hits_total"] >= 9
     assert m["adclick_events_buffered_total"] == 10
     assert m["adclick_event_buffer_depth"] == 0
+    # The link cache's size against both of its bounds: "summer" and the remembered "nope".
+    assert m["adclick_cache_entries"] == 2
+    assert (m["adclick_cache_max_entries"], m["adclick_cache_max_bytes"]) == (100_000, 64 << 20)
+    assert 800 <= m["adclick_cache_bytes"] < 64 << 20
+    assert m["adclick_link_routes"] >= 1 and m["adclick_link_routes_bytes"] > 0
+
+
+def test_cache_bounds_come_from_settings_and_a_byte_bound_too_small_is_refused(
+    process_guard: ProcessGuard, adclick_env: dict[str, str]
+) -> None:
+    tracker = TrackerProc(process_guard, adclick_env, cache_max_entries=5000, cache_max_bytes=8 << 20)
+    m = tracker.metrics()
+    assert (m["adclick_cache_max_entries"], m["adclick_cache_max_bytes"]) == (5000, 8 << 20)
+    refused = TrackerProc(process_guard, adclick_env, wait=False, cache_max_entries=100_000, cache_max_bytes=1 << 20)
+    assert refused.proc.wait(30) != 0
+    assert "max_bytes" in refused.proc.output()
 
 
 def _threads(pid: int) -> dict[int, tuple[str, int]]:

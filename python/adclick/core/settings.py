@@ -79,6 +79,9 @@ class TrackerSettings(Settings):
     cookie_secure: bool | None = None
 
     cache_max_entries: int = Field(100_000, ge=1)
+    # Bounds the link cache by its estimated bytes as well; it must leave at least 400 bytes per entry
+    # of cache_max_entries (the tracker refuses to start otherwise).
+    cache_max_bytes: int = Field(64 << 20, ge=1 << 20)
     cache_ttl_seconds: float = Field(60.0, gt=0)
     cache_stale_seconds: float = Field(600.0, gt=0)
     negative_ttl_seconds: float = Field(5.0, gt=0)

@@ -153,6 +153,7 @@ def build_tracker(settings: TrackerSettings) -> Any:
         cookie_domain=settings.cookie_domain,
         cookie_secure=settings.secure_cookie,
         cache_max_entries=settings.cache_max_entries,
+        cache_max_bytes=settings.cache_max_bytes,
         cache_ttl_s=settings.cache_ttl_seconds,
         cache_stale_s=settings.cache_stale_seconds,
         negative_ttl_s=settings.negative_ttl_seconds,
@@ -222,7 +223,15 @@ class NativeCollector:
         ):
             yield CounterMetricFamily(name, doc, value=s[key])
         yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
-        yield GaugeMetricFamily("adclick_cache_entries", "Entries in the link cache", value=s["cache_entries"])
+        for name, key, doc in (
+            ("adclick_cache_entries", "cache_entries", "Entries in the link cache"),
+            ("adclick_cache_bytes", "cache_bytes", "Estimated bytes of the link cache's entries"),
+            ("adclick_cache_max_entries", "cache_max_entries", "ADCLICK_CACHE_MAX_ENTRIES: the cache's entry bound"),
+            ("adclick_cache_max_bytes", "cache_max_bytes", "ADCLICK_CACHE_MAX_BYTES: the cache's byte bound"),
+            ("adclick_link_routes", "link_routes", "Distinct link routes in memory, shared by links that route alike"),
+            ("adclick_link_routes_bytes", "link_routes_bytes", "Bytes of the shared link routes"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=s[key])
         yield from self.collect_shipping()
 
     def collect_shipping(self) -> Any:

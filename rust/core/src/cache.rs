@@ -33,6 +33,8 @@ pub struct CacheConfig {
     pub channel: String,
     /// Upper bound on cached slugs, found and absent together.
     pub max_entries: u64,
+    /// Upper bound on the bytes cached entries take, as [`Weigh`] and [`ENTRY_OVERHEAD`] estimate them.
+    pub max_bytes: u64,
     /// After this an entry is re-read from Redis on next use: the backstop for a missed invalidation.
     pub fresh_ttl: Duration,
     /// While Redis is unreachable, an entry older than `fresh_ttl` is still served up to this age.
@@ -55,6 +57,7 @@ impl CacheConfig {
             key_prefix: "adclick:link:".to_owned(),
             channel: "adclick:invalidate".to_owned(),
             max_entries: 100_000,
+            max_bytes: 64 << 20,
             fresh_ttl: Duration::from_secs(60),
             stale_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
@@ -63,6 +66,17 @@ impl CacheConfig {
             retry_after: Duration::from_secs(1),
         }
     }
+}
+
+/// What a cached entry costs beyond its value: moka's bookkeeping (its hash table slot, the access and
+/// write order queues, the entry's timestamps), the key `String`, the entry struct and allocator slack.
+/// Measured (bench/longtail.py, docs/capacity/2026-12-02-link-cache-long-tail.md): 100,000 cached links
+/// grew a tracker's RSS by 555 bytes each, of which their own [`Weigh::weight`] estimates about 150.
+pub const ENTRY_OVERHEAD: usize = 400;
+
+/// A cached value's own size in bytes, for the weigher that bounds the cache by `max_bytes`.
+pub trait Weigh {
+    fn weight(&self) -> usize;
 }
 
 /// The answer for one slug.
@@ -118,6 +132,11 @@ pub struct CacheStats {
     pub reconnects: u64,
     /// Cached slugs (approximate, as moka counts them).
     pub entries: u64,
+    /// Estimated bytes of the cached entries (what `max_bytes` bounds).
+    pub bytes: u64,
+    /// The configured bounds, for dashboards that plot use against them.
+    pub max_entries: u64,
+    pub max_bytes: u64,
     /// Whether the invalidation listener is subscribed right now.
     pub subscribed: bool,
 }
@@ -193,7 +212,7 @@ struct Shared<V> {
     counters: Counters,
 }
 
-impl<V: Send + Sync + 'static> Shared<V> {
+impl<V: Weigh + Send + Sync + 'static> Shared<V> {
     fn nanos(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -377,12 +396,20 @@ pub struct LinkCache<V> {
     listener: OnceLock<Listener>,
 }
 
-impl<V: Send + Sync + 'static> LinkCache<V> {
+impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
     /// Checks the settings; connects to nothing and starts no thread, since the process may fork after.
     pub fn new(cfg: CacheConfig, decode: fn(&[u8]) -> Result<V, CoreError>) -> Result<Self, CoreError> {
         let bad = |what: &str| Err(CoreError::Config(format!("link cache: {what}")));
         if cfg.max_entries == 0 {
             return bad("max_entries must be positive");
+        }
+        let min_weight = cfg.max_bytes.div_ceil(cfg.max_entries);
+        if min_weight < ENTRY_OVERHEAD as u64 {
+            return bad(&format!(
+                "max_bytes must allow at least {ENTRY_OVERHEAD} bytes per entry ({} for {} entries)",
+                ENTRY_OVERHEAD as u64 * cfg.max_entries,
+                cfg.max_entries
+            ));
         }
         if cfg.connect_timeout.is_zero() || cfg.io_timeout.is_zero() {
             return bad("connect_timeout and io_timeout must be positive");
@@ -399,8 +426,18 @@ impl<V: Send + Sync + 'static> LinkCache<V> {
         let client = redis::Client::open(cfg.redis_url.as_str())
             .map_err(|e| CoreError::Config(format!("link cache: bad redis_url: {e}")))?;
         let hard_ttl = cfg.stale_ttl.max(cfg.negative_ttl).max(cfg.fresh_ttl);
+        // One capacity bounds both: every entry weighs at least max_bytes / max_entries, so the weights
+        // reach max_bytes no later than the count reaches max_entries.
         let cache = Cache::builder()
-            .max_capacity(cfg.max_entries)
+            .max_capacity(cfg.max_bytes)
+            .weigher(move |key: &String, e: &Entry<V>| -> u32 {
+                let own = match &e.slot {
+                    Slot::Found(v) => v.weight(),
+                    Slot::Absent | Slot::Invalid => 0,
+                };
+                let bytes = (ENTRY_OVERHEAD + key.len() + own) as u64;
+                u32::try_from(bytes.max(min_weight)).unwrap_or(u32::MAX)
+            })
             .time_to_live(hard_ttl)
             .build();
         Ok(Self {
@@ -545,6 +582,9 @@ impl<V: Send + Sync + 'static> LinkCache<V> {
             invalidations: get(&c.invalidations),
             reconnects: get(&c.reconnects),
             entries: s.cache.entry_count(),
+            bytes: s.cache.weighted_size(),
+            max_entries: s.cfg.max_entries,
+            max_bytes: s.cfg.max_bytes,
             subscribed: s.subscribed.load(Ordering::Relaxed),
         }
     }
@@ -597,7 +637,7 @@ enum ListenEnd {
     },
 }
 
-fn listen_forever<V: Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBool) {
+fn listen_forever<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBool) {
     let mut backoff = BACKOFF_MIN;
     let mut after_failure = false;
     loop {
@@ -627,7 +667,7 @@ fn listen_forever<V: Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBool) {
     s.subscribed.store(false, Ordering::Release);
 }
 
-fn listen_once<V: Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBool, after_failure: bool) -> ListenEnd {
+fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBool, after_failure: bool) -> ListenEnd {
     let failed = ListenEnd::Failed { established: false };
     let Ok(mut conn) = s.client.get_connection_with_timeout(s.cfg.connect_timeout) else {
         return failed;
@@ -692,6 +732,12 @@ mod tests {
 
     type Json = serde_json::Value;
 
+    impl Weigh for Json {
+        fn weight(&self) -> usize {
+            self.to_string().len()
+        }
+    }
+
     fn decode(b: &[u8]) -> Result<Json, CoreError> {
         serde_json::from_slice(b).map_err(|e| CoreError::InvalidLink(e.to_string()))
     }
@@ -748,6 +794,58 @@ mod tests {
         assert_eq!((st.misses, st.hits, st.entries), (1, 1, 1));
         assert!(cache.redis_available());
         cache.ping().unwrap();
+    }
+
+    #[test]
+    fn bytes_and_entries_both_bound_the_cache() {
+        let redis = Server::start();
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(10_000));
+        for i in 0..300 {
+            redis.set(&format!("big-{i}"), &big);
+            redis.set(&format!("small-{i}"), "{}");
+        }
+        // 100 entries of at least 1,000 bytes: 300 KB of big values cannot all stay, nor 300 small ones.
+        let cfg = CacheConfig {
+            max_entries: 100,
+            max_bytes: 100_000,
+            ..config(redis.url())
+        };
+        let cache = LinkCache::new(cfg, decode).unwrap();
+        for i in 0..300 {
+            assert!(matches!(cache.get(&format!("big-{i}")), Lookup::Miss(_)));
+        }
+        let st = cache.stats();
+        assert!(st.bytes <= 100_000 && st.bytes >= 10_000, "{st:?}");
+        assert!(st.entries <= 10, "10 KB values in 100 KB: {st:?}");
+        assert_eq!((st.max_entries, st.max_bytes), (100, 100_000));
+        let cfg = CacheConfig {
+            max_entries: 100,
+            max_bytes: 100_000,
+            ..config(redis.url())
+        };
+        let cache = LinkCache::new(cfg, decode).unwrap();
+        for i in 0..300 {
+            cache.get(&format!("small-{i}"));
+        }
+        let st = cache.stats();
+        assert!(
+            st.entries <= 100 && st.entries >= 50,
+            "small values are bound by the count: {st:?}"
+        );
+        assert!(st.bytes <= 100_000, "{st:?}");
+    }
+
+    #[test]
+    fn a_byte_bound_too_small_for_the_entry_bound_is_refused() {
+        let cfg = CacheConfig {
+            max_entries: 1000,
+            max_bytes: 1000 * (ENTRY_OVERHEAD as u64 - 1),
+            ..CacheConfig::new("redis://127.0.0.1:1/")
+        };
+        match LinkCache::new(cfg, decode) {
+            Err(CoreError::Config(m)) => assert!(m.contains("max_bytes"), "{m}"),
+            other => panic!("expected a config error, got {:?}", other.err()),
+        }
     }
 
     #[test]

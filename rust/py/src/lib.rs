@@ -149,7 +149,7 @@ impl PyTracker {
         *, redis_url, secret, key_id, previous_secret=None, previous_key_id=0,
         trusted_proxies=0, anonymize_ip=false,
         cookie_name="adclick_cid".to_owned(), cookie_max_age_s=2_592_000, cookie_domain=None, cookie_secure=false,
-        cache_max_entries=100_000, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
+        cache_max_entries=100_000, cache_max_bytes=67_108_864, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
         redis_connect_timeout_ms=200, redis_timeout_ms=50, redis_retry_after_ms=1000,
         buffer_max_events=500_000,
     ))]
@@ -167,6 +167,7 @@ impl PyTracker {
         cookie_domain: Option<String>,
         cookie_secure: bool,
         cache_max_entries: u64,
+        cache_max_bytes: u64,
         cache_ttl_s: f64,
         cache_stale_s: f64,
         negative_ttl_s: f64,
@@ -181,6 +182,7 @@ impl PyTracker {
                 key_prefix: "adclick:link:".to_owned(),
                 channel: "adclick:invalidate".to_owned(),
                 max_entries: cache_max_entries,
+                max_bytes: cache_max_bytes,
                 fresh_ttl: secs(cache_ttl_s),
                 stale_ttl: secs(cache_stale_s),
                 negative_ttl: secs(negative_ttl_s),
@@ -310,6 +312,12 @@ impl PyTracker {
         d.set_item("cache_negative_hits", c.negative_hits)?;
         d.set_item("cache_invalid", c.invalid)?;
         d.set_item("cache_entries", c.entries)?;
+        d.set_item("cache_bytes", c.bytes)?;
+        d.set_item("cache_max_entries", c.max_entries)?;
+        d.set_item("cache_max_bytes", c.max_bytes)?;
+        let (routes, routes_bytes) = adclick_core::link::interned();
+        d.set_item("link_routes", routes)?;
+        d.set_item("link_routes_bytes", routes_bytes)?;
         d.set_item("redis_errors", c.redis_errors)?;
         d.set_item("cache_invalidations", c.invalidations)?;
         d.set_item("redis_reconnects", c.reconnects)?;

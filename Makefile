@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-dist dev test test-rust test-python lint fmt bench hpa-tune chaos fuzz soak bench-manager bench-worker
+.PHONY: help install build build-dist dev test test-rust test-python lint fmt bench bench-longtail hpa-tune chaos fuzz soak bench-manager bench-worker
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,8 +61,13 @@ fmt: ## Format Python and Rust sources
 	cargo fmt --all
 
 BENCH_MODE ?= wrk
-bench: $(STAMP) build-dist ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx (BENCH_ARGS="--duration 5"; BENCH_MODE=locust)
+BENCH_LONGTAIL ?= 1
+bench: $(STAMP) build-dist ## Side-by-side benchmark vs FastAPI, bare Robyn, nginx, then the long tail (BENCH_ARGS, LONGTAIL_ARGS; BENCH_LONGTAIL=0 skips it)
 	$(BIN)/python bench/compare.py $(if $(filter locust,$(BENCH_MODE)),--locust) $(BENCH_ARGS)
+	$(if $(filter 1,$(BENCH_LONGTAIL)),$(BIN)/python bench/longtail.py $(LONGTAIL_ARGS))
+
+bench-longtail: $(STAMP) build-dist ## The tracker at 10,000 and 1,000,000 live links, uniform and Zipf (LONGTAIL_ARGS=...)
+	$(BIN)/python bench/longtail.py $(LONGTAIL_ARGS)
 
 bench-manager: install ## Manager on 10M clicks: report p95 per grouping, 1M-row CSV peak RSS (MANAGER_BENCH_ARGS=...)
 	$(BIN)/python bench/manager_bench.py $(MANAGER_BENCH_ARGS)

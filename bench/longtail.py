@@ -1,0 +1,289 @@
+"""Long-tail benchmark: the tracker when a network's live links outgrow its link cache.
+
+One tracker process pinned to one core, wrk on the other, 64 connections, as in bench/compare.py. Redis holds
+bench-0 .. bench-N-1 for each N in --links (10,000 and 1,000,000 by default; a network of 2,000 offers, each
+link pointing at its offer's landing page), and wrk clicks them uniformly or Zipf-distributed (bench/longtail.lua).
+Each (links, distribution) pair gets a fresh tracker, a warm-up, then a measured run; the table gives req/s, wrk's
+p99, the cache hit rate over the measured run (from /metrics), the cache's size, and RSS, each beside the
+all-cached run (the first --links value, uniform).
+
+A benchmark measures, it does not pass or fail: see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchkit import (
+    BENCH,
+    PROCS,
+    VENV_BIN,
+    cpu_busy,
+    delta,
+    free_port,
+    http_get,
+    metric_sum,
+    pinned,
+    raise_interrupt,
+    rss_mb,
+    scrape,
+    server_env,
+    start_redis,
+    start_sqs,
+    tracker_available,
+    wait_http,
+)
+
+OFFERS = 2000
+
+
+def tail_config(i: int) -> dict[str, Any]:
+    """Link bench-i of a network with OFFERS offers: the link's own ids, its offer's landing page."""
+    offer = i % OFFERS
+    cfg: dict[str, Any] = {
+        "v": 1,
+        "id": 1000 + i,
+        "slug": f"bench-{i}",
+        "offer_id": offer,
+        "affiliate_id": 3 + i % 5000,
+        "status": "active",
+        "url": f"https://offer{offer}.example/lp?cid={{click_id}}&l={{link_id}}&s1={{sub1}}&s2={{sub2}}&c={{country}}",
+        "fallback_url": "https://shop.example/",
+        "cookie": False,
+    }
+    if offer % 4 == 0:
+        cfg["destinations"] = [
+            {"url": f"https://a{offer}.example/?c={{click_id}}&s1={{sub1}}&o={{offer_id}}", "weight": 70},
+            {"url": f"https://b{offer}.example/?c={{click_id}}&s1={{sub1}}&a={{aff_id}}", "weight": 30},
+        ]
+    if offer % 8 == 0:
+        cfg["rules"] = [
+            {
+                "countries": ["US", "CA"],
+                "devices": ["mobile"],
+                "os": ["iOS"],
+                "url": f"https://ios{offer}.example/app?c={{click_id}}&d={{device}}&t={{ts}}",
+            }
+        ]
+    return cfg
+
+
+def write_tail_links(redis_url: str, start: int, stop: int) -> None:
+    """SET bench-start .. bench-(stop-1), in pipelined chunks (1,000,000 take about half a minute)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for lo in range(start, stop, 20_000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(lo, min(stop, lo + 20_000)):
+            pipe.set(f"adclick:link:bench-{i}", json.dumps(tail_config(i), separators=(",", ":")))
+        pipe.execute()
+    client.publish("adclick:invalidate", "*")
+
+
+@dataclass
+class Run:
+    links: int
+    dist: str
+    rps: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+    hit_rate: float | None = None
+    cache_entries: float | None = None
+    cache_bytes: float | None = None
+    rss_mb: float | None = None
+    busy_before: str = ""
+    note: str = ""
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def wrk(args: argparse.Namespace, port: int, seconds: float, links: int, dist: str) -> dict[str, Any]:
+    cmd = pinned(
+        args.client_cpu,
+        [
+            "wrk",
+            "--latency",
+            f"--threads={args.threads}",
+            f"--connections={args.connections}",
+            f"--duration={max(1, round(seconds))}s",
+            "--timeout=5s",
+            f"--script={BENCH / 'longtail.lua'}",
+            f"http://127.0.0.1:{port}",
+        ],
+    )
+    env = {**os.environ, "BENCH_SLUGS": str(links), "BENCH_DIST": dist}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not rps:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return {
+        "rps": float(rps.group(1)),
+        "p50": _ms(p50.group(1)) if p50 else None,
+        "p99": _ms(p99.group(1)) if p99 else None,
+        "errors": errors,
+    }
+
+
+def tracker_command(args: argparse.Namespace, port: int) -> list[str]:
+    cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--processes", "1"]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    return cmd
+
+
+def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: int, dist: str) -> Run:
+    run = Run(links, dist)
+    busy = cpu_busy([args.server_cpu, args.client_cpu])
+    deadline = time.monotonic() + args.wait_idle
+    while any(v > 10 for v in busy.values()) and time.monotonic() < deadline:
+        busy = cpu_busy([args.server_cpu, args.client_cpu], seconds=2.0)
+    run.busy_before = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
+    quiet = not any(v > 10 for v in busy.values())
+    warning = "" if quiet else "  <- other work is running, figures will be low"
+    print(f"  idle check: {run.busy_before} busy{warning}")
+    if not quiet:
+        run.note = "busy machine"
+    port = free_port()
+    name = f"tracker-{links}-{dist}"
+    proc = PROCS.start(name, pinned(args.server_cpu, tracker_command(args, port)), logs / f"{name}.log", env=env)
+    try:
+        wait_http(port, "/health", proc)
+        status, _, _ = http_get(port, "/c/bench-1?sub1=x")
+        if status != 302:
+            run.note = f"GET /c/bench-1 answered {status}"
+            return run
+        print(f"  warm-up {args.warmup:g} s")
+        wrk(args, port, args.warmup, links, dist)
+        time.sleep(0.3)
+        before = scrape(port)
+        got = wrk(args, port, args.duration, links, dist)
+        after = scrape(port)
+        run.rps, run.p50_ms, run.p99_ms, run.errors = got["rps"], got["p50"], got["p99"], got["errors"]
+        hits = delta(before, after, "adclick_cache_hits_total") or 0.0
+        misses = delta(before, after, "adclick_cache_misses_total") or 0.0
+        run.hit_rate = hits / (hits + misses) if hits + misses else None
+        run.cache_entries = metric_sum(after, "adclick_cache_entries")
+        run.cache_bytes = metric_sum(after, "adclick_cache_bytes")
+        run.rss_mb = rss_mb(proc.pid)
+        hit = "-" if run.hit_rate is None else f"{100 * run.hit_rate:.1f}%"
+        print(
+            f"  {run.rps:,.0f} req/s  p50 {run.p50_ms} ms  p99 {run.p99_ms} ms  errors {run.errors}  "
+            f"hit rate {hit}  cache entries {run.cache_entries}  RSS {run.rss_mb:.0f} MiB"
+        )
+        if proc.poll() is not None:
+            run.note = f"exited with {proc.returncode} during the run"
+    finally:
+        PROCS.stop(proc, grace=15.0)
+    return run
+
+
+def table(runs: list[Run]) -> str:
+    base = runs[0] if runs else None
+    rows = [
+        "| live links | clicks | req/s | vs all-cached | p99 (wrk) | vs all-cached | hit rate | cache entries | RSS |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in runs:
+        thr = f"{r.rps / base.rps:.2f}x" if base and base.rps else "-"
+        p99 = f"{r.p99_ms / base.p99_ms:.2f}x" if base and base.p99_ms and r.p99_ms else "-"
+        hit = "-" if r.hit_rate is None else f"{100 * r.hit_rate:.1f}%"
+        entries = "-" if r.cache_entries is None else f"{r.cache_entries:,.0f}"
+        rss = "-" if r.rss_mb is None else f"{r.rss_mb:.0f} MiB"
+        note = f" ({r.note})" if r.note else ""
+        cells = [f"{r.links:,}", f"{r.dist}{note}", f"{r.rps:,.0f}", thr, f"{r.p99_ms} ms", p99, hit, entries, rss]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--links", default="10000,1000000", help="live link counts, the first is the all-cached run")
+    p.add_argument("--dists", default="uniform,zipf", help="click distributions: uniform, zipf")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default 10)")
+    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first, to fill the cache (default 5)")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="tracker --workers (default: the tracker's own default)")
+    p.add_argument("--server-cpu", default="1")
+    p.add_argument("--client-cpu", default="0")
+    p.add_argument("--wait-idle", type=float, default=60.0, help="seconds to wait for quiet cores before a run")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="extra tracker setting (env)")
+    p.add_argument("--out", type=Path, default=BENCH / "results")
+    args = p.parse_args()
+    args.link_counts = list(dict.fromkeys(int(x) for x in args.links.split(",")))
+    args.dist_list = [d.strip() for d in args.dists.split(",") if d.strip()]
+    for d in args.dist_list:
+        if d not in ("uniform", "zipf"):
+            p.error(f"unknown distribution {d!r}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    if why := tracker_available():
+        print(f"tracker not available: {why}")
+        return 2
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    logs = args.out / f"logs-longtail-{stamp}"
+    logs.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    try:
+        redis_url = start_redis(args.client_cpu, logs)
+        sqs = start_sqs(args.client_cpu, logs)
+        extra = dict(kv.split("=", 1) for kv in args.set)
+        env = server_env(redis_url, sqs, ADCLICK_DRAIN_SECONDS="0.5", **extra)
+        written = 0
+        for links in args.link_counts:
+            if links > written:
+                print(f"writing links bench-{written} .. bench-{links - 1} ...")
+                started = time.monotonic()
+                write_tail_links(redis_url, written, links)
+                written = links
+                print(f"  {time.monotonic() - started:.0f} s")
+            for dist in args.dist_list:
+                print(f"\n== {links:,} live links, {dist}")
+                runs.append(one_run(args, env, logs, links, dist))
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+        return 130
+    finally:
+        PROCS.stop_all()
+    md = table(runs)
+    print("\n" + md)
+    out = {"when": stamp, "settings": {k: str(v) for k, v in vars(args).items()}, "runs": [asdict(r) for r in runs]}
+    (args.out / f"longtail-{stamp}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (args.out / f"longtail-{stamp}.md").write_text(f"# adclick long-tail bench {stamp}\n\n{md}\n")
+    print(f"\nwritten: {args.out / f'longtail-{stamp}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,6 +79,22 @@ pub trait Weigh {
     fn weight(&self) -> usize;
 }
 
+/// Told what the invalidation listener hears, from its thread, so a structure beside the cache (the link
+/// replica) can follow the same channel. Calls must be quick: the listener waits for them.
+pub trait Follower: Send + Sync {
+    /// A subscription was just established: invalidations published before it may have been missed.
+    fn subscribed(&self);
+    /// The subscription broke: invalidations are being missed until the next `subscribed`.
+    fn lost(&self);
+    /// `slug` changed (or was created or deleted).
+    fn changed(&self, slug: &str);
+    /// Anything may have changed.
+    fn changed_all(&self);
+    /// The listener thread is starting: the follower may start threads of its own now (never before, since
+    /// the process may fork between construction and the first click).
+    fn start(&self);
+}
+
 /// The answer for one slug.
 #[derive(Debug)]
 pub enum Lookup<V> {
@@ -210,6 +226,7 @@ struct Shared<V> {
     epoch: AtomicU64,
     subscribed: AtomicBool,
     counters: Counters,
+    follower: OnceLock<Arc<dyn Follower>>,
 }
 
 impl<V: Weigh + Send + Sync + 'static> Shared<V> {
@@ -372,6 +389,10 @@ impl<V: Weigh + Send + Sync + 'static> Shared<V> {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
+
+    fn follower(&self) -> Option<&dyn Follower> {
+        self.follower.get().map(|f| &**f)
+    }
 }
 
 struct Listener {
@@ -453,6 +474,7 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
                 epoch: AtomicU64::new(0),
                 subscribed: AtomicBool::new(false),
                 counters: Counters::default(),
+                follower: OnceLock::new(),
             }),
             listener: OnceLock::new(),
         })
@@ -540,6 +562,16 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
         answer.unwrap_or(Lookup::Unavailable)
     }
 
+    /// Has `follower` told what the invalidation listener hears. Only the first call counts.
+    pub fn follow(&self, follower: Arc<dyn Follower>) {
+        let _ = self.shared.follower.set(follower);
+    }
+
+    /// Starts the invalidation listener (and the follower's threads) if not yet started.
+    pub fn start(&self) {
+        self.start_listener();
+    }
+
     /// Forgets `slug`; the next `get` asks Redis.
     pub fn invalidate(&self, slug: &str) {
         self.shared.drop_slug(slug);
@@ -606,6 +638,9 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
 
     fn start_listener(&self) {
         self.listener.get_or_init(|| {
+            if let Some(f) = self.shared.follower() {
+                f.start();
+            }
             let stop = Arc::new(AtomicBool::new(false));
             let shared = Arc::clone(&self.shared);
             let flag = Arc::clone(&stop);
@@ -645,6 +680,9 @@ fn listen_forever<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &Atomic
             ListenEnd::Stopped => break,
             ListenEnd::Failed { established } => {
                 s.subscribed.store(false, Ordering::Release);
+                if let Some(f) = s.follower() {
+                    f.lost();
+                }
                 bump(&s.counters.redis_errors);
                 if established {
                     // Open the breaker now rather than let clicks find out one timeout at a time.
@@ -684,6 +722,9 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
     // Invalidations published before this point were missed: nothing fetched earlier is fresh any more.
     s.valid_from.store(s.nanos(Instant::now()), Ordering::Release);
     s.subscribed.store(true, Ordering::Release);
+    if let Some(f) = s.follower() {
+        f.subscribed();
+    }
     s.redis_answered();
     if after_failure {
         bump(&s.counters.reconnects);
@@ -702,10 +743,19 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
                 }
                 bump(&s.counters.invalidations);
                 match std::str::from_utf8(msg.get_payload_bytes()) {
-                    Ok("*") => s.drop_all(),
-                    Ok(slug) => s.drop_slug(slug),
-                    // Not a slug we could have cached; clear rather than guess.
-                    Err(_) => s.drop_all(),
+                    Ok("*") | Err(_) => {
+                        // Err: not a slug we could have cached; clear rather than guess.
+                        s.drop_all();
+                        if let Some(f) = s.follower() {
+                            f.changed_all();
+                        }
+                    }
+                    Ok(slug) => {
+                        s.drop_slug(slug);
+                        if let Some(f) = s.follower() {
+                            f.changed(slug);
+                        }
+                    }
                 }
             }
             Err(e) if e.is_timeout() => {

@@ -4,6 +4,7 @@ pub mod clickid;
 pub mod error;
 pub mod event;
 pub mod link;
+pub mod replica;
 pub mod targeting;
 pub mod template;
 /// A real redis-server for tests, here and in the crates built on this one (feature `test-support`).

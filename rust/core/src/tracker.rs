@@ -5,11 +5,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use percent_encoding::percent_decode_str;
 
-use crate::cache::{CacheConfig, CacheStats, LinkCache, Lookup};
+use crate::cache::{CacheConfig, CacheStats, Follower, LinkCache, Lookup};
 use crate::clickid::ClickIdCodec;
 use crate::error::CoreError;
 use crate::event::{pack, ClickEvent, EventBuffer, PushError};
 use crate::link::{valid_slug, CompiledLink};
+use crate::replica::{Replica, ReplicaConfig, ReplicaLookup, ReplicaStats, State as ReplicaState};
 use crate::targeting::{choose, client_ip, country_from, Choice};
 use crate::template::MacroValues;
 use crate::ua::{classify, UaInfo};
@@ -35,6 +36,11 @@ pub struct TrackerConfig {
     pub cookie_domain: Option<String>,
     pub cookie_secure: bool,
     pub buffer_max_events: usize,
+    /// The link replica's byte budget (0: no replica) and its backstop re-read interval.
+    pub replica_max_bytes: u64,
+    pub replica_resync: Duration,
+    /// Niceness of the replica's loader thread.
+    pub replica_nice: i32,
 }
 
 /// The request fields a click uses; borrowed from the HTTP layer, nothing copied up front.
@@ -129,6 +135,7 @@ pub struct StatsSnapshot {
     pub events_dropped_total: u64,
     pub buffer_depth: u64,
     pub cache: CacheStats,
+    pub replica: ReplicaStats,
 }
 
 /// Runs work that may wait (a Redis round trip) so the caller can let others run meanwhile
@@ -150,6 +157,8 @@ impl Blocking for InPlace {
 pub struct Tracker {
     codec: ClickIdCodec,
     cache: LinkCache<CompiledLink>,
+    /// Every link in memory where they fit `replica_max_bytes`; `None` when that is 0.
+    replica: Option<Arc<Replica>>,
     buffer: EventBuffer,
     trusted_proxies: usize,
     anonymize_ip: bool,
@@ -257,7 +266,25 @@ impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Result<Self, CoreError> {
         let previous = cfg.previous.as_ref().map(|(kid, key)| (*kid, key.as_slice()));
         let codec = ClickIdCodec::new(cfg.key_id, &cfg.secret, previous)?;
+        let replica = if cfg.replica_max_bytes > 0 {
+            let replica = Arc::new(Replica::new(ReplicaConfig {
+                redis_url: cfg.cache.redis_url.clone(),
+                key_prefix: cfg.cache.key_prefix.clone(),
+                max_bytes: cfg.replica_max_bytes,
+                resync: cfg.replica_resync,
+                stale_ttl: cfg.cache.stale_ttl,
+                connect_timeout: cfg.cache.connect_timeout,
+                io_timeout: cfg.cache.io_timeout.max(Duration::from_secs(2)),
+                nice: cfg.replica_nice,
+            })?);
+            Some(replica)
+        } else {
+            None
+        };
         let cache = LinkCache::new(cfg.cache, decode_link)?;
+        if let Some(r) = &replica {
+            cache.follow(Arc::clone(r) as Arc<dyn Follower>);
+        }
         crate::ua::warm_up();
         if cfg.cookie_name.is_empty() || !cfg.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(CoreError::Config("cookie name must be [A-Za-z0-9_]+".into()));
@@ -282,6 +309,7 @@ impl Tracker {
         Ok(Tracker {
             codec,
             cache,
+            replica,
             buffer: EventBuffer::new(cfg.buffer_max_events),
             trusted_proxies: cfg.trusted_proxies,
             anonymize_ip: cfg.anonymize_ip,
@@ -346,21 +374,44 @@ impl Tracker {
             return Self::reply(503, Outcome::Closed);
         }
         let slug = req.slug;
-        let lookup = match self.cache.get_cached(slug) {
-            Some(hit) => hit,
-            None => blocking.run(|| self.cache.fetch(slug)),
-        };
-        let link = match lookup {
-            Lookup::Hit(l) | Lookup::Stale(l) | Lookup::Miss(l) => l,
-            Lookup::Absent | Lookup::Invalid => return Self::reply(404, Outcome::NotFound),
-            Lookup::Unavailable => return Self::reply(503, Outcome::Unavailable),
+        // The listener (and the replica's loader with it) starts with the first click, never before a fork.
+        self.cache.start();
+        let from_replica: CompiledLink;
+        let from_cache: Arc<CompiledLink>;
+        let link: &CompiledLink = match self.replica.as_deref().map(|r| r.get(slug)) {
+            Some(ReplicaLookup::Link(l)) => {
+                from_replica = l;
+                &from_replica
+            }
+            Some(ReplicaLookup::Absent) => return Self::reply(404, Outcome::NotFound),
+            Some(ReplicaLookup::Unknown) | None => {
+                let lookup = match self.cache.get_cached(slug) {
+                    Some(hit) => hit,
+                    None => blocking.run(|| self.cache.fetch(slug)),
+                };
+                match lookup {
+                    Lookup::Hit(l) | Lookup::Stale(l) | Lookup::Miss(l) => {
+                        from_cache = l;
+                        &from_cache
+                    }
+                    Lookup::Absent | Lookup::Invalid => return Self::reply(404, Outcome::NotFound),
+                    // Redis cannot be asked: the replica's copy, if recent enough, beats a 503.
+                    Lookup::Unavailable => match self.replica.as_deref().and_then(|r| r.stale(slug)) {
+                        Some(l) => {
+                            from_replica = l;
+                            &from_replica
+                        }
+                        None => return Self::reply(503, Outcome::Unavailable),
+                    },
+                }
+            }
         };
 
         let ua = self.classify(user_agent);
         let country = country_from(req.country);
         let ts = now_ms();
         let choice = choose(
-            &link,
+            link,
             ts / 1000,
             country.as_deref(),
             ua.device,
@@ -517,6 +568,14 @@ impl Tracker {
 
     pub fn invalidate(&self, slug: &str) {
         self.cache.invalidate(slug);
+        if let Some(r) = &self.replica {
+            r.changed(slug);
+        }
+    }
+
+    /// The link replica's state (None without one).
+    pub fn replica_state(&self) -> Option<ReplicaState> {
+        self.replica.as_deref().map(Replica::state)
     }
 
     pub fn codec(&self) -> &ClickIdCodec {
@@ -544,6 +603,7 @@ impl Tracker {
             events_dropped_total: s.events_dropped.load(Relaxed),
             buffer_depth: self.buffer.len() as u64,
             cache: self.cache.stats(),
+            replica: self.replica.as_deref().map(Replica::stats).unwrap_or_default(),
         }
     }
 }
@@ -561,7 +621,11 @@ mod tests {
         let mut cache = CacheConfig::new(server.url());
         cache.connect_timeout = Duration::from_millis(500);
         cache.io_timeout = Duration::from_millis(300);
-        Tracker::new(TrackerConfig {
+        Tracker::new(tracker_config(cache, buffer_max_events)).unwrap()
+    }
+
+    fn tracker_config(cache: CacheConfig, buffer_max_events: usize) -> TrackerConfig {
+        TrackerConfig {
             cache,
             key_id: 1,
             secret: b"test-secret".to_vec(),
@@ -573,8 +637,10 @@ mod tests {
             cookie_domain: None,
             cookie_secure: true,
             buffer_max_events,
-        })
-        .unwrap()
+            replica_max_bytes: 0,
+            replica_resync: Duration::from_secs(300),
+            replica_nice: 0,
+        }
     }
 
     fn req<'a>(slug: &'a str, query: Vec<(&'a str, &'a str)>) -> ClickRequest<'a, Vec<(&'a str, &'a str)>> {
@@ -709,5 +775,44 @@ mod tests {
         assert!(r.location.unwrap().starts_with("https://fb.example/?c="));
         let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
         assert!(events[0].fallback);
+    }
+
+    #[test]
+    fn with_a_replica_a_link_outside_the_cache_costs_no_redis_round_trip() {
+        let mut server = Server::start();
+        server.set("s", LINK);
+        server.set("t", &LINK.replace(r#""id":42,"slug":"s""#, r#""id":43,"slug":"t""#));
+        let mut cache = CacheConfig::new(server.url());
+        cache.connect_timeout = Duration::from_millis(500);
+        cache.io_timeout = Duration::from_millis(300);
+        cache.retry_after = Duration::from_millis(200);
+        let t = Tracker::new(TrackerConfig {
+            replica_max_bytes: 16 << 20,
+            ..tracker_config(cache, 100)
+        })
+        .unwrap();
+        assert_eq!(t.click(req("s", vec![]), &InPlace).status, 302);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while t.replica_state() != Some(ReplicaState::Ready) {
+            assert!(std::time::Instant::now() < deadline, "replica never loaded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let misses = t.stats().cache.misses;
+        let r = t.click(req("t", vec![]), &InPlace);
+        assert_eq!(r.status, 302);
+        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 404);
+        assert_eq!(t.stats().cache.misses, misses, "answered from the replica");
+        assert!(t.stats().replica.hits >= 1 && t.stats().replica.absent >= 1);
+        // Redis gone for good: the links the replica holds are still served (stale), unknown ones are not.
+        server.kill();
+        while t.replica_state() != Some(ReplicaState::Stale) {
+            assert!(
+                std::time::Instant::now() < deadline + Duration::from_secs(10),
+                "loss never noticed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(t.click(req("t", vec![]), &InPlace).status, 302);
+        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 503);
     }
 }

@@ -68,6 +68,9 @@ class Tracker:
         redis_timeout_ms: int = 50,
         redis_retry_after_ms: int = 1000,
         buffer_max_events: int = 500_000,
+        replica_max_bytes: int = 83_886_080,
+        replica_resync_s: float = 300.0,
+        replica_nice: int = 10,
     ) -> Tracker: ...
     def click(
         self,

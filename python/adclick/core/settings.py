@@ -82,6 +82,10 @@ class TrackerSettings(Settings):
     # Bounds the link cache by its estimated bytes as well; it must leave at least 400 bytes per entry
     # of cache_max_entries (the tracker refuses to start otherwise).
     cache_max_bytes: int = Field(64 << 20, ge=1 << 20)
+    # Every live link in memory while they fit this many bytes (0: no replica): misses then cost no Redis
+    # round trip on the click's thread. Re-read in full every replica_resync_seconds as a backstop.
+    replica_max_bytes: int = Field(80 << 20, ge=0)
+    replica_resync_seconds: float = Field(300.0, ge=10.0)
     cache_ttl_seconds: float = Field(60.0, gt=0)
     cache_stale_seconds: float = Field(600.0, gt=0)
     negative_ttl_seconds: float = Field(5.0, gt=0)

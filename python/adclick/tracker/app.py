@@ -154,6 +154,9 @@ def build_tracker(settings: TrackerSettings) -> Any:
         cookie_secure=settings.secure_cookie,
         cache_max_entries=settings.cache_max_entries,
         cache_max_bytes=settings.cache_max_bytes,
+        replica_max_bytes=settings.replica_max_bytes,
+        replica_resync_s=settings.replica_resync_seconds,
+        replica_nice=settings.background_nice,
         cache_ttl_s=settings.cache_ttl_seconds,
         cache_stale_s=settings.cache_stale_seconds,
         negative_ttl_s=settings.negative_ttl_seconds,
@@ -220,6 +223,13 @@ class NativeCollector:
             ("adclick_redis_reconnects", "redis_reconnects", "Pub/sub resubscriptions after a Redis outage"),
             ("adclick_events_buffered", "events_buffered_total", "Click events accepted into the buffer"),
             ("adclick_events_dropped", "events_dropped_total", "Click events refused because the buffer was full"),
+            ("adclick_replica_hits", "replica_hits", "Clicks whose link the replica answered from memory"),
+            ("adclick_replica_absent", "replica_absent", "Unknown slugs the replica answered (404)"),
+            ("adclick_replica_passed", "replica_passed", "Lookups the replica passed to the cache"),
+            ("adclick_replica_loads", "replica_loads", "Full loads of every link config into the replica"),
+            ("adclick_replica_refreshes", "replica_refreshes", "Links the replica re-read after an invalidation"),
+            ("adclick_replica_invalid", "replica_invalid", "Link configs the replica found undecodable"),
+            ("adclick_replica_redis_errors", "replica_redis_errors", "Failed Redis commands of the replica's loader"),
         ):
             yield CounterMetricFamily(name, doc, value=s[key])
         yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
@@ -230,6 +240,11 @@ class NativeCollector:
             ("adclick_cache_max_bytes", "cache_max_bytes", "ADCLICK_CACHE_MAX_BYTES: the cache's byte bound"),
             ("adclick_link_routes", "link_routes", "Distinct link routes in memory, shared by links that route alike"),
             ("adclick_link_routes_bytes", "link_routes_bytes", "Bytes of the shared link routes"),
+            ("adclick_replica_state", "replica_state", "Link replica: 0 off, 1 loading, 2 serving, 3 stale"),
+            ("adclick_replica_links", "replica_links", "Links held by the replica"),
+            ("adclick_replica_bytes", "replica_bytes", "Bytes of the replica's table (routes apart)"),
+            ("adclick_replica_max_bytes", "replica_max_bytes", "ADCLICK_REPLICA_MAX_BYTES"),
+            ("adclick_replica_over_budget", "replica_over_budget", "1 when the links did not fit the replica's budget"),
         ):
             yield GaugeMetricFamily(name, doc, value=s[key])
         yield from self.collect_shipping()

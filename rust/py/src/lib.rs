@@ -151,7 +151,7 @@ impl PyTracker {
         cookie_name="adclick_cid".to_owned(), cookie_max_age_s=2_592_000, cookie_domain=None, cookie_secure=false,
         cache_max_entries=100_000, cache_max_bytes=67_108_864, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
         redis_connect_timeout_ms=200, redis_timeout_ms=50, redis_retry_after_ms=1000,
-        buffer_max_events=500_000,
+        buffer_max_events=500_000, replica_max_bytes=83_886_080, replica_resync_s=300.0, replica_nice=10,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -175,6 +175,9 @@ impl PyTracker {
         redis_timeout_ms: u64,
         redis_retry_after_ms: u64,
         buffer_max_events: usize,
+        replica_max_bytes: u64,
+        replica_resync_s: f64,
+        replica_nice: i32,
     ) -> PyResult<Self> {
         let cfg = TrackerConfig {
             cache: CacheConfig {
@@ -200,6 +203,9 @@ impl PyTracker {
             cookie_domain,
             cookie_secure,
             buffer_max_events,
+            replica_max_bytes,
+            replica_resync: secs(replica_resync_s),
+            replica_nice,
         };
         Ok(PyTracker {
             inner: Arc::new(Tracker::new(cfg).map_err(PyCoreError)?),
@@ -321,6 +327,19 @@ impl PyTracker {
         d.set_item("redis_errors", c.redis_errors)?;
         d.set_item("cache_invalidations", c.invalidations)?;
         d.set_item("redis_reconnects", c.reconnects)?;
+        let r = s.replica;
+        d.set_item("replica_state", r.state)?;
+        d.set_item("replica_links", r.links)?;
+        d.set_item("replica_bytes", r.bytes)?;
+        d.set_item("replica_max_bytes", r.max_bytes)?;
+        d.set_item("replica_over_budget", r.over_budget)?;
+        d.set_item("replica_hits", r.hits)?;
+        d.set_item("replica_absent", r.absent)?;
+        d.set_item("replica_passed", r.passed)?;
+        d.set_item("replica_loads", r.loads)?;
+        d.set_item("replica_refreshes", r.refreshes)?;
+        d.set_item("replica_invalid", r.invalid)?;
+        d.set_item("replica_redis_errors", r.redis_errors)?;
         Ok(d)
     }
 }

@@ -196,8 +196,20 @@ struct Counters {
     reconnects: AtomicU64,
 }
 
-fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A connection with our timeouts on connect and on every command, never the crate's defaults.
+pub(crate) fn connect_with(
+    client: &redis::Client,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(connect_timeout)?;
+    conn.set_read_timeout(Some(io_timeout))?;
+    conn.set_write_timeout(Some(io_timeout))?;
+    Ok(conn)
 }
 
 /// What a GET can come back with, short of a Redis failure.
@@ -321,10 +333,7 @@ impl<V: Weigh + Send + Sync + 'static> Shared<V> {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(self.cfg.connect_timeout)?;
-        conn.set_read_timeout(Some(self.cfg.io_timeout))?;
-        conn.set_write_timeout(Some(self.cfg.io_timeout))?;
-        Ok(conn)
+        connect_with(&self.client, self.cfg.connect_timeout, self.cfg.io_timeout)
     }
 
     fn give_back(&self, conn: redis::Connection) {
@@ -855,12 +864,15 @@ mod tests {
             redis.set(&format!("small-{i}"), "{}");
         }
         // 100 entries of at least 1,000 bytes: 300 KB of big values cannot all stay, nor 300 small ones.
-        let cfg = CacheConfig {
-            max_entries: 100,
-            max_bytes: 100_000,
-            ..config(redis.url())
+        let bounded = || {
+            let cfg = CacheConfig {
+                max_entries: 100,
+                max_bytes: 100_000,
+                ..config(redis.url())
+            };
+            LinkCache::new(cfg, decode).unwrap()
         };
-        let cache = LinkCache::new(cfg, decode).unwrap();
+        let cache = bounded();
         for i in 0..300 {
             assert!(matches!(cache.get(&format!("big-{i}")), Lookup::Miss(_)));
         }
@@ -868,12 +880,7 @@ mod tests {
         assert!(st.bytes <= 100_000 && st.bytes >= 10_000, "{st:?}");
         assert!(st.entries <= 10, "10 KB values in 100 KB: {st:?}");
         assert_eq!((st.max_entries, st.max_bytes), (100, 100_000));
-        let cfg = CacheConfig {
-            max_entries: 100,
-            max_bytes: 100_000,
-            ..config(redis.url())
-        };
-        let cache = LinkCache::new(cfg, decode).unwrap();
+        let cache = bounded();
         for i in 0..300 {
             cache.get(&format!("small-{i}"));
         }

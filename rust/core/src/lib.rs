@@ -14,3 +14,19 @@ pub mod tracker;
 pub mod ua;
 
 pub use error::CoreError;
+
+/// Lowers the calling thread's priority to `nice` (nothing for 0 or less), so a background thread (the shipper,
+/// the link replica's loader) competes little with the threads that answer clicks.
+pub fn lower_thread_priority(nice: i32) -> std::io::Result<()> {
+    if nice <= 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscalls on this thread's own id; Linux applies PRIO_PROCESS with a thread id to that thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
-use crate::cache::Follower;
-use crate::link::{CompiledLink, Routes};
+use crate::cache::{bump, connect_with, Follower};
+use crate::link::{valid_slug, CompiledLink, Routes};
 
 /// A Redis round trip of the loader carries this many keys (SCAN COUNT, then one MGET).
 const BATCH: usize = 1000;
@@ -173,14 +173,15 @@ struct Table {
     free: Vec<u32>,
 }
 
-impl Table {
-    fn slug(&self, r: &Rec) -> &[u8] {
-        &self.slugs[r.slug_at as usize..r.slug_at as usize + r.slug_len as usize]
-    }
+/// `r`'s slug in the arena.
+fn slug_in<'a>(slugs: &'a [u8], r: &Rec) -> &'a [u8] {
+    &slugs[r.slug_at as usize..r.slug_at as usize + r.slug_len as usize]
+}
 
+impl Table {
     fn find(&self, h: u64, slug: &[u8]) -> Option<usize> {
         self.index
-            .find(h, |&i| self.slug(&self.recs[i as usize]) == slug)
+            .find(h, |&i| slug_in(&self.slugs, &self.recs[i as usize]) == slug)
             .map(|&i| i as usize)
     }
 
@@ -213,11 +214,8 @@ impl Table {
                     }
                 };
                 let (recs, slugs) = (&self.recs, &self.slugs);
-                let slug_of = |&j: &u32| {
-                    let r = &recs[j as usize];
-                    hasher.hash_one(&slugs[r.slug_at as usize..r.slug_at as usize + r.slug_len as usize])
-                };
-                self.index.insert_unique(h, i as u32, slug_of);
+                let rehash = |&j: &u32| hasher.hash_one(slug_in(slugs, &recs[j as usize]));
+                self.index.insert_unique(h, i as u32, rehash);
                 i
             }
         };
@@ -227,10 +225,7 @@ impl Table {
     fn remove(&mut self, hasher: &impl BuildHasher, slug: &[u8]) {
         let h = hasher.hash_one(slug);
         let (recs, slugs) = (&self.recs, &self.slugs);
-        let found = self.index.find_entry(h, |&i| {
-            let r = &recs[i as usize];
-            &slugs[r.slug_at as usize..r.slug_at as usize + r.slug_len as usize] == slug
-        });
+        let found = self.index.find_entry(h, |&i| slug_in(slugs, &recs[i as usize]) == slug);
         if let Ok(entry) = found {
             let (i, _) = entry.remove();
             self.vacate(i);
@@ -258,17 +253,18 @@ impl Table {
 
     /// Drops the records the load just finished did not see (deleted links), except pending ones, whose
     /// re-read decides. Rebuilds the slug arena when most of it belongs to dead records.
-    fn sweep_unseen(&mut self, hasher: &impl BuildHasher) {
-        let gone: Vec<u32> = self
-            .index
-            .iter()
-            .copied()
-            .filter(|&i| self.recs[i as usize].flags & (SEEN | PENDING) == 0)
-            .collect();
+    fn sweep_unseen(&mut self) {
+        let recs = &self.recs;
+        let mut gone = Vec::new();
+        self.index.retain(|&mut i| {
+            let keep = recs[i as usize].flags & (SEEN | PENDING) != 0;
+            if !keep {
+                gone.push(i);
+            }
+            keep
+        });
         for i in gone {
-            let r = &self.recs[i as usize];
-            let slug = self.slug(r).to_vec();
-            self.remove(hasher, &slug);
+            self.vacate(i);
         }
         if self.slugs.len() > 1024 && self.slugs.len() > 2 * self.live() * 24 {
             self.compact_slugs();
@@ -280,7 +276,7 @@ impl Table {
         for &i in self.index.iter() {
             let r = &mut self.recs[i as usize];
             let at = u32::try_from(slugs.len()).unwrap_or(u32::MAX);
-            slugs.extend_from_slice(&self.slugs[r.slug_at as usize..r.slug_at as usize + r.slug_len as usize]);
+            slugs.extend_from_slice(slug_in(&self.slugs, r));
             r.slug_at = at;
         }
         self.slugs = slugs;
@@ -301,10 +297,6 @@ struct Counters {
     refreshes: AtomicU64,
     invalid: AtomicU64,
     redis_errors: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Inner {
@@ -502,7 +494,9 @@ impl Follower for Replica {
     }
 
     fn changed(&self, slug: &str) {
-        if !self.enabled() || self.state() == State::Off {
+        // A payload that is no valid slug names nothing a click can ask for (clicks on it get a 400), and a
+        // placeholder for it would only grow the table; its arena length is a u8 besides.
+        if !self.enabled() || self.state() == State::Off || !valid_slug(slug) {
             return;
         }
         let s = &*self.inner;
@@ -523,7 +517,7 @@ impl Follower for Replica {
 enum Loaded {
     Done,
     OverBudget(usize),
-    Failed(redis::RedisError),
+    Failed,
     Stopped,
 }
 
@@ -543,14 +537,13 @@ impl Inner {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(self.cfg.connect_timeout)?;
-        conn.set_read_timeout(Some(self.cfg.io_timeout))?;
-        conn.set_write_timeout(Some(self.cfg.io_timeout))?;
-        Ok(conn)
+        connect_with(&self.client, self.cfg.connect_timeout, self.cfg.io_timeout)
     }
 
     fn run(&self, rx: &Receiver<Cmd>) {
-        set_nice(self.cfg.nice);
+        if let Err(e) = crate::lower_thread_priority(self.cfg.nice) {
+            log_warning(&format!("could not lower the replica loader's priority: {e}"));
+        }
         let mut conn: Option<redis::Connection> = None;
         let mut next_resync: Option<Instant> = None;
         let mut load_due = false;
@@ -569,15 +562,14 @@ impl Inner {
             };
             match cmd {
                 Some(Cmd::Refresh(slug)) => {
-                    if let Err(e) = self.refresh(&mut conn, &slug) {
-                        self.failed(&mut conn, &e);
+                    if self.refresh(&mut conn, &slug).is_err() {
+                        self.failed(&mut conn);
                         load_due = true;
                     }
                     continue;
                 }
-                Some(Cmd::Load) => load_due = true,
-                // A timeout: the periodic re-read, or the retry of a failed load.
-                None => load_due = true,
+                // A timeout is the periodic re-read, or the retry of a failed load.
+                Some(Cmd::Load) | None => load_due = true,
             }
             if !self.subscribed.load(Ordering::Acquire) {
                 // Without a subscription a load could not be trusted; `subscribed` will ask for one.
@@ -618,13 +610,13 @@ impl Inner {
                         self.cfg.resync.as_secs()
                     ));
                 }
-                Loaded::Failed(e) => self.failed(&mut conn, &e),
+                Loaded::Failed => self.failed(&mut conn),
                 Loaded::Stopped => return,
             }
         }
     }
 
-    fn failed(&self, conn: &mut Option<redis::Connection>, _e: &redis::RedisError) {
+    fn failed(&self, conn: &mut Option<redis::Connection>) {
         bump(&self.counters.redis_errors);
         *conn = None;
         // Changes may go unread until a load succeeds: let the cache answer meanwhile.
@@ -680,7 +672,7 @@ impl Inner {
         if conn.is_none() {
             match self.connect() {
                 Ok(c) => *conn = Some(c),
-                Err(e) => return Loaded::Failed(e),
+                Err(_) => return Loaded::Failed,
             }
         }
         let c = conn.as_mut().expect("connected above");
@@ -707,12 +699,12 @@ impl Inner {
                 .query(c)
             {
                 Ok(v) => v,
-                Err(e) => return Loaded::Failed(e),
+                Err(_) => return Loaded::Failed,
             };
             if !keys.is_empty() {
                 let values: Vec<Option<Vec<u8>>> = match redis::cmd("MGET").arg(&keys).query(c) {
                     Ok(v) => v,
-                    Err(e) => return Loaded::Failed(e),
+                    Err(_) => return Loaded::Failed,
                 };
                 let decoded: Vec<(&str, Option<CompiledLink>)> = keys
                     .iter()
@@ -754,20 +746,9 @@ impl Inner {
                 break;
             }
         }
-        self.table.write().sweep_unseen(&self.hasher);
+        self.table.write().sweep_unseen();
         self.over_budget.store(false, Ordering::Release);
         Loaded::Done
-    }
-}
-
-fn set_nice(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: plain syscalls on this thread's own id.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
 
@@ -908,6 +889,10 @@ mod tests {
         }
         replica.changed("brand-new");
         assert!(!matches!(replica.get("brand-new"), ReplicaLookup::Absent));
+        // A payload no click could name leaves no placeholder behind.
+        let links = replica.stats().links;
+        replica.changed(&"x/".repeat(200));
+        assert_eq!(replica.stats().links, links);
     }
 
     #[test]

@@ -172,21 +172,11 @@ impl Shipper {
 }
 
 fn lower_priority(nice: i32, log: &Logger) {
-    if nice <= 0 {
-        return;
-    }
-    // SAFETY: plain syscalls on this thread's own id; Linux applies PRIO_PROCESS with a thread id to that thread.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
-            log.log(
-                Level::Warning,
-                format_args!(
-                    "could not lower the shipper thread's priority: {}",
-                    std::io::Error::last_os_error()
-                ),
-            );
-        }
+    if let Err(e) = adclick_core::lower_thread_priority(nice) {
+        log.log(
+            Level::Warning,
+            format_args!("could not lower the shipper thread's priority: {e}"),
+        );
     }
 }
 

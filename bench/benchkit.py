@@ -162,6 +162,19 @@ def cpu_busy(cpus: list[str], seconds: float = 1.0) -> dict[str, float]:
     return {c: round(100 * (1 - (b[c][1] - a[c][1]) / max(1, b[c][0] - a[c][0])), 1) for c in a if c in b}
 
 
+def idle_check(cpus: list[str], wait: float) -> tuple[dict[str, float], bool]:
+    """Waits up to `wait` seconds for every named core to be under 10% busy, prints the check, and returns the
+    last sample and whether it passed (a figure taken after a failed check is a busy machine's)."""
+    busy = cpu_busy(cpus)
+    deadline = time.monotonic() + wait
+    while any(v > 10 for v in busy.values()) and time.monotonic() < deadline:
+        busy = cpu_busy(cpus, seconds=2.0)
+    quiet = not any(v > 10 for v in busy.values())
+    shown = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
+    print(f"  idle check: {shown} busy" + ("" if quiet else "  <- other work is running, figures will be low"))
+    return busy, quiet
+
+
 # ---------------------------------------------------------------- prometheus
 
 

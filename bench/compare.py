@@ -36,11 +36,11 @@ from benchkit import (
     SQS_ENDPOINTS,
     VENV_BIN,
     build_loadgen,
-    cpu_busy,
     delta,
     free_port,
     histogram_quantile,
     http_get,
+    idle_check,
     moto_requests,
     pinned,
     raise_interrupt,
@@ -88,7 +88,10 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> Load:
+def run_wrk(
+    args: argparse.Namespace, port: int, seconds: float, script: str = "clicks.lua", env: dict[str, str] | None = None
+) -> Load:
+    """wrk with `script` (bench/clicks.lua over --slugs links unless told otherwise) in a closed loop."""
     cmd = pinned(
         args.client_cpu,
         [
@@ -98,12 +101,12 @@ def run_wrk(args: argparse.Namespace, port: int, seconds: float) -> Load:
             f"--connections={args.connections}",
             f"--duration={max(1, round(seconds))}s",
             "--timeout=5s",
-            f"--script={BENCH / 'clicks.lua'}",
+            f"--script={BENCH / script}",
             f"http://127.0.0.1:{port}",
         ],
     )
-    env = {**os.environ, "BENCH_SLUGS": str(args.slugs)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
+    full_env = {**os.environ, **(env if env is not None else {"BENCH_SLUGS": str(args.slugs)})}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=seconds + 30).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
@@ -469,19 +472,7 @@ def run_target(
             print(f"  {spec}")
             return res
         cmd, ready = spec
-        res.busy_before = cpu_busy([args.server_cpu, args.client_cpu])
-        deadline = time.monotonic() + args.wait_idle
-        while any(v > 10 for v in res.busy_before.values()) and time.monotonic() < deadline:
-            res.busy_before = cpu_busy([args.server_cpu, args.client_cpu], seconds=2.0)
-        busy = ", ".join(f"core {c} {v:.0f}%" for c, v in res.busy_before.items())
-        print(
-            f"  idle check: {busy} busy"
-            + (
-                "  <- other work is running, figures will be low"
-                if any(v > 10 for v in res.busy_before.values())
-                else ""
-            )
-        )
+        res.busy_before, _ = idle_check([args.server_cpu, args.client_cpu], args.wait_idle)
         if target == "tracker":
             # A short drain keeps the stop quick; the tracker still flushes every buffered event before exiting.
             env = {**env, "ADCLICK_DRAIN_SECONDS": "0.5"}

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,10 +27,10 @@ from benchkit import (
     BENCH,
     PROCS,
     VENV_BIN,
-    cpu_busy,
     delta,
     free_port,
     http_get,
+    idle_check,
     metric_sum,
     pinned,
     raise_interrupt,
@@ -45,6 +42,7 @@ from benchkit import (
     tracker_available,
     wait_http,
 )
+from compare import Load, run_wrk
 
 OFFERS = 2000
 
@@ -112,45 +110,8 @@ class Run:
     note: str = ""
 
 
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-
-
-def wrk(args: argparse.Namespace, port: int, seconds: float, links: int, dist: str) -> dict[str, Any]:
-    cmd = pinned(
-        args.client_cpu,
-        [
-            "wrk",
-            "--latency",
-            f"--threads={args.threads}",
-            f"--connections={args.connections}",
-            f"--duration={max(1, round(seconds))}s",
-            "--timeout=5s",
-            f"--script={BENCH / 'longtail.lua'}",
-            f"http://127.0.0.1:{port}",
-        ],
-    )
-    env = {**os.environ, "BENCH_SLUGS": str(links), "BENCH_DIST": dist}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not rps:
-        raise RuntimeError(f"could not parse wrk output:\n{out}")
-    errors = 0
-    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(m.group(1))
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(g) for g in m.groups())
-    return {
-        "rps": float(rps.group(1)),
-        "p50": _ms(p50.group(1)) if p50 else None,
-        "p99": _ms(p99.group(1)) if p99 else None,
-        "errors": errors,
-    }
+def wrk(args: argparse.Namespace, port: int, seconds: float, links: int, dist: str) -> Load:
+    return run_wrk(args, port, seconds, script="longtail.lua", env={"BENCH_SLUGS": str(links), "BENCH_DIST": dist})
 
 
 def tracker_command(args: argparse.Namespace, port: int) -> list[str]:
@@ -163,14 +124,8 @@ def tracker_command(args: argparse.Namespace, port: int) -> list[str]:
 
 def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: int, dist: str) -> Run:
     run = Run(links, dist)
-    busy = cpu_busy([args.server_cpu, args.client_cpu])
-    deadline = time.monotonic() + args.wait_idle
-    while any(v > 10 for v in busy.values()) and time.monotonic() < deadline:
-        busy = cpu_busy([args.server_cpu, args.client_cpu], seconds=2.0)
+    busy, quiet = idle_check([args.server_cpu, args.client_cpu], args.wait_idle)
     run.busy_before = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
-    quiet = not any(v > 10 for v in busy.values())
-    warning = "" if quiet else "  <- other work is running, figures will be low"
-    print(f"  idle check: {run.busy_before} busy{warning}")
     if not quiet:
         run.note = "busy machine"
     port = free_port()
@@ -205,7 +160,7 @@ def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: in
         before = scrape(port)
         got = wrk(args, port, args.duration, links, dist)
         after = scrape(port)
-        run.rps, run.p50_ms, run.p99_ms, run.errors = got["rps"], got["p50"], got["p99"], got["errors"]
+        run.rps, run.p50_ms, run.p99_ms, run.errors = got.rps, got.p50_ms, got.p99_ms, got.errors
         # Answered from memory: a cache hit, or the link replica (which answers before the cache when it holds
         # every link); a miss is a Redis round trip on the click's thread.
         hits = (delta(before, after, "adclick_cache_hits_total") or 0.0) + (

@@ -87,10 +87,18 @@ pub fn link_config(data: &[u8]) {
         return;
     };
     assert!(link.id <= MAX_LINK_ID, "link id {} past 40 bits", link.id);
-    assert!(valid_slug(&link.slug), "accepted slug {:?}", link.slug);
+    // A decoded link keeps no slug (the cache key is the slug): read back the one it accepted, skipping the
+    // other fields as decode does.
+    #[derive(serde::Deserialize)]
+    struct Slug {
+        slug: String,
+    }
+    let Slug { slug } = serde_json::from_slice(data).expect("decode accepted it, so it has a string slug");
+    assert!(valid_slug(&slug), "accepted slug {slug:?}");
+    let routes = &*link.routes;
     let mut templates: Vec<&UrlTemplate> = Vec::new();
-    let mut lists: Vec<&Destinations> = link.rules.iter().map(|r| &r.dests).collect();
-    lists.extend(link.default.as_ref());
+    let mut lists: Vec<&Destinations> = routes.rules.iter().map(|r| &r.dests).collect();
+    lists.extend(routes.default.as_ref());
     for list in lists {
         assert!(!list.is_empty() && list.total() > 0);
         for r in [0, 1, list.total() - 1, list.total(), u32::MAX] {
@@ -100,7 +108,7 @@ pub fn link_config(data: &[u8]) {
         }
         templates.extend((0..list.len()).filter_map(|i| list.get(i)));
     }
-    templates.extend(link.fallback.as_ref());
+    templates.extend(routes.fallback.as_ref());
     for (n, template) in templates.into_iter().enumerate() {
         let hostile = HOSTILE[n % HOSTILE.len()];
         check_render(

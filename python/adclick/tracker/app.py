@@ -224,7 +224,7 @@ class NativeCollector:
             ("adclick_events_buffered", "events_buffered_total", "Click events accepted into the buffer"),
             ("adclick_events_dropped", "events_dropped_total", "Click events refused because the buffer was full"),
             ("adclick_replica_hits", "replica_hits", "Clicks whose link the replica answered from memory"),
-            ("adclick_replica_absent", "replica_absent", "Unknown slugs the replica answered (404)"),
+            ("adclick_replica_absent", "replica_absent", "Slugs not in the replica, passed to the cache"),
             ("adclick_replica_passed", "replica_passed", "Lookups the replica passed to the cache"),
             ("adclick_replica_loads", "replica_loads", "Full loads of every link config into the replica"),
             ("adclick_replica_refreshes", "replica_refreshes", "Links the replica re-read after an invalidation"),

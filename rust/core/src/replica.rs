@@ -11,6 +11,10 @@
 //! nothing missed. Otherwise (loading, subscription lost, over budget) every lookup goes to the cache as
 //! before; while Redis is down, a link the replica holds is still served as stale, up to `stale_ttl`.
 //!
+//! A slug the replica does not hold is still the cache's to answer: a link created a moment ago may not have
+//! reached the replica yet (its invalidation is in flight), and the cache's negative caching keeps floods of
+//! unknown slugs at one Redis read per slug and `negative_ttl`, as before the replica.
+//!
 //! A link takes about 60 bytes here, plus its slug: its ids and flags, an `Arc` of its interned routes, an
 //! index slot. Links live in one `Vec`, slugs in one byte arena, and a `hashbrown::HashTable` of `u32`
 //! indexes finds them, so a million links cost about 80 MB rather than the cache's 550 bytes each.
@@ -88,7 +92,8 @@ pub struct ReplicaConfig {
 #[derive(Debug)]
 pub enum ReplicaLookup {
     Link(CompiledLink),
-    /// Authoritatively unknown (or its config does not decode).
+    /// Not in the replica (or its config does not decode): a new link's invalidation may still be in flight,
+    /// so the caller asks the cache, whose negative caching bounds what unknown slugs cost Redis.
     Absent,
     /// Ask the cache: not authoritative now, or this slug changed and is being re-read.
     Unknown,
@@ -103,7 +108,7 @@ pub struct ReplicaStats {
     pub over_budget: bool,
     /// Lookups answered with a link, authoritatively or as stale.
     pub hits: u64,
-    /// Lookups answered `Absent`.
+    /// Lookups answered `Absent` (then passed to the cache).
     pub absent: u64,
     /// Lookups passed to the cache.
     pub passed: u64,

@@ -383,8 +383,9 @@ impl Tracker {
                 from_replica = l;
                 &from_replica
             }
-            Some(ReplicaLookup::Absent) => return Self::reply(404, Outcome::NotFound),
-            Some(ReplicaLookup::Unknown) | None => {
+            // Not in the replica: a link created a moment ago may be, so the cache (whose negative caching
+            // keeps unknown slugs off Redis) answers, exactly as without a replica.
+            Some(ReplicaLookup::Absent | ReplicaLookup::Unknown) | None => {
                 let lookup = match self.cache.get_cached(slug) {
                     Some(hit) => hit,
                     None => blocking.run(|| self.cache.fetch(slug)),
@@ -800,9 +801,19 @@ mod tests {
         let misses = t.stats().cache.misses;
         let r = t.click(req("t", vec![]), &InPlace);
         assert_eq!(r.status, 302);
-        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 404);
         assert_eq!(t.stats().cache.misses, misses, "answered from the replica");
-        assert!(t.stats().replica.hits >= 1 && t.stats().replica.absent >= 1);
+        // A slug the replica lacks is the cache's: one Redis read, then the negative cache.
+        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 404);
+        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 404);
+        assert_eq!(t.stats().cache.misses, misses + 1);
+        assert_eq!(t.stats().cache.negative_hits, 1);
+        assert!(t.stats().replica.hits >= 1 && t.stats().replica.absent >= 2);
+        // A link created after the load is served at once, before its invalidation reaches the replica.
+        server.set(
+            "fresh",
+            &LINK.replace(r#""id":42,"slug":"s""#, r#""id":44,"slug":"fresh""#),
+        );
+        assert_eq!(t.click(req("fresh", vec![]), &InPlace).status, 302);
         // Redis gone for good: the links the replica holds are still served (stale), unknown ones are not.
         server.kill();
         while t.replica_state() != Some(ReplicaState::Stale) {
@@ -813,6 +824,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(t.click(req("t", vec![]), &InPlace).status, 302);
-        assert_eq!(t.click(req("unknown", vec![]), &InPlace).status, 503);
+        assert_eq!(t.click(req("never-seen", vec![]), &InPlace).status, 503);
     }
 }

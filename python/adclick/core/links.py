@@ -1,4 +1,9 @@
-"""Link configs in Redis: the one place that writes them, and tells every tracker to drop its cached copy."""
+"""Link configs in Redis: their key and channel, and the checks a slug and a config must pass.
+
+The one writer of link configs is the manager's code path (`adclick.manager.livecache`), backed by the database,
+which gives every link its id; `adclick links` goes through it too. `publish_link` writes a config straight to
+Redis for what has no database: the tracker's own tests and benchmark fixtures.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,6 @@ import redis
 
 LINK_KEY_PREFIX = "adclick:link:"
 INVALIDATE_CHANNEL = "adclick:invalidate"
-# Outside the adclick:link:{slug} namespace: "next_id" is a valid slug, and SCANs of link keys must not see it.
-NEXT_ID_KEY = "adclick:next_link_id"
 SLUG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -62,7 +65,11 @@ def validate_link(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish_link(redis_client: redis.Redis, config: dict[str, Any]) -> dict[str, Any]:
-    """Validate, store at `adclick:link:{slug}` and publish the slug on `adclick:invalidate`, atomically."""
+    """Validate, store at `adclick:link:{slug}` and publish the slug on `adclick:invalidate`, atomically.
+
+    Only for trackers without a database behind them (tests, benchmarks): a link the database does not hold is a
+    stray to the manager's reconciler, which deletes it.
+    """
     validate_link(config)
     body = json.dumps(config, separators=(",", ":"), ensure_ascii=False)
     with redis_client.pipeline(transaction=True) as pipe:
@@ -70,26 +77,3 @@ def publish_link(redis_client: redis.Redis, config: dict[str, Any]) -> dict[str,
         pipe.publish(INVALIDATE_CHANNEL, config["slug"])
         pipe.execute()
     return config
-
-
-def get_link(redis_client: redis.Redis, slug: str) -> dict[str, Any] | None:
-    """The stored config of `slug`, or None."""
-    raw = redis_client.get(link_key(check_slug(slug)))
-    if raw is None:
-        return None
-    config: dict[str, Any] = json.loads(raw)
-    return config
-
-
-def delete_link(redis_client: redis.Redis, slug: str) -> bool:
-    """Remove the link and tell trackers; True if it existed."""
-    with redis_client.pipeline(transaction=True) as pipe:
-        pipe.delete(link_key(check_slug(slug)))
-        pipe.publish(INVALIDATE_CHANNEL, slug)
-        deleted, _ = pipe.execute()
-    return bool(deleted)
-
-
-def allocate_link_id(redis_client: redis.Redis) -> int:
-    """A new link id, unique across every writer (INCR `adclick:next_link_id`)."""
-    return int(redis_client.incr(NEXT_ID_KEY))

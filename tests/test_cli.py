@@ -1,4 +1,4 @@
-"""`adclick` as a user runs it: a real subprocess. `adclick links` on a database is in
+"""`adclick` as a user runs it: a real subprocess. `adclick links` and `bench-links` on a database are in
 tests/manager/test_link_commands.py."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    for name in ("links", "tracker", "dev"):
+    for name in ("links", "bench-links", "tracker", "dev"):
         assert f"  {name}" in result.stdout
 
 
@@ -41,7 +41,7 @@ def test_unknown_command_fails() -> None:
     assert "unknown command 'nope'" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["links"], ["links", "put"], ["links", "get"], ["links", "delete"]])
+@pytest.mark.parametrize("args", [["links"], ["links", "put"], ["links", "get"], ["links", "delete"], ["bench-links"]])
 def test_links_help(args: list[str]) -> None:
     result = run_cli(*args, "--help")
     assert result.returncode == 0, result.stderr
@@ -58,13 +58,14 @@ def test_role_help_reaches_the_role(command: str, module: str) -> None:
 
 
 def test_links_on_a_missing_sqlite_database_are_refused_and_create_no_file(tmp_path: Path) -> None:
-    """`adclick links` writes the database; one that is not there is not made up on the spot."""
+    """`adclick links` and `bench-links` write the database; one that is not there is not made up on the spot."""
     path = tmp_path / "nowhere.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADCLICK_")}
     env["ADCLICK_DATABASE_URL"] = f"sqlite+aiosqlite:///{path}"
     for args in (
         ["links", "get", "x"],
         ["links", "put", "x", "https://a.example/", "--offer", "1"],
+        ["bench-links", "3"],
     ):
         done = run_cli(*args, env=env)
         assert done.returncode == 2, done.stderr

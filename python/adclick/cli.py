@@ -25,6 +25,9 @@ COMMANDS: dict[str, Command] = {
     "links": Command(
         "adclick.manager.link_commands", "links_main", "put, get or delete a link: in the database, then in Redis"
     ),
+    "bench-links": Command(
+        "adclick.manager.link_commands", "bench_links_main", "create or reuse N links on a bench offer, for load tests"
+    ),
     "migrate": Command("adclick.core.db.migrate", "main", "upgrade the database schema (ADCLICK_DATABASE_URL)"),
     "postback": Command("adclick.postback.main", "main", "receive advertisers' postbacks and pixels into SQS"),
     "postback-token": Command("adclick.postback.main", "token_main", "print an advertiser's postback token and URL"),

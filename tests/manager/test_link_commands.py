@@ -1,5 +1,5 @@
-"""`adclick links` as a user runs it (real processes), beside the manager on one database and one Redis: one writer
-of link configs, ids from the database only, and links the reconciler keeps."""
+"""`adclick links` and `adclick bench-links` as a user runs them (real processes), beside the manager on one database
+and one Redis: one writer of link configs, ids from the database only, and links the reconciler keeps."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 import redis as redis_lib
-from adclick.core.db.models import Link, Offer
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager.livecache import rebuild, serving_configs
 from conftest import Manager
 from sqlalchemy import func, select
@@ -274,3 +274,65 @@ async def test_put_while_redis_is_down_saves_says_so_and_the_reconciler_publishe
     assert redis_configs(manager) == {}
     assert (await rebuild(manager.sessions, manager.redis.client())).written == 1
     assert redis_configs(manager) == await database_configs(manager)
+
+
+async def bench_ids(manager: Manager, prefix: str = "bench-") -> dict[str, int]:
+    async with manager.sessions() as session:
+        rows = await session.execute(select(Link.slug, Link.id).where(Link.slug.startswith(prefix)))
+        return {slug: link_id for slug, link_id in rows}
+
+
+async def test_bench_links_twice_gives_the_same_links_and_ids_all_published(manager: Manager) -> None:
+    mine = await manager_link(manager, "staff-link")
+    first = await adclick(manager, "bench-links", "50")
+    assert first.returncode == 0, first.stderr
+    assert "bench links bench-0 .. bench-49: 50 created, 0 reused" in first.stdout
+    ids = await bench_ids(manager)
+    assert sorted(ids) == sorted(f"bench-{i}" for i in range(50))
+    assert len(set(ids.values())) == 50 and mine["id"] not in ids.values()
+    published = redis_configs(manager)
+    assert published == await database_configs(manager)
+    assert {slug: published[slug]["id"] for slug in ids} == ids
+    assert all(published[slug]["status"] == "active" for slug in ids)
+
+    async with manager.sessions() as session:  # on a bench advertiser, offer and affiliate of their own
+        offer = await session.get(Offer, published["bench-0"]["offer_id"])
+        affiliate = await session.get(Affiliate, published["bench-0"]["affiliate_id"])
+        assert offer is not None and affiliate is not None
+        advertiser = await session.get(Advertiser, offer.advertiser_id)
+        assert advertiser is not None
+        assert (offer.name, affiliate.name, advertiser.name) == ("Bench offer", "Bench affiliate", "Bench advertiser")
+        assert offer.id != manager.ids["offer"] and affiliate.id != manager.ids["affiliate"]
+
+    second = await adclick(manager, "bench-links", "50")
+    assert second.returncode == 0, second.stderr
+    assert "0 created, 50 reused" in second.stdout
+    assert await bench_ids(manager) == ids
+    assert redis_configs(manager) == published
+
+    # Another URL: the same links and ids, every one serving it.
+    new_url = "https://lp.example/bench?c={click_id}"
+    third = await adclick(manager, "bench-links", "50", "--url", new_url)
+    assert third.returncode == 0, third.stderr
+    assert await bench_ids(manager) == ids
+    now = redis_configs(manager)
+    assert {now[slug]["url"] for slug in ids} == {new_url}
+    assert {slug: now[slug]["id"] for slug in ids} == ids
+
+    result = await rebuild(manager.sessions, manager.redis.client())
+    assert (result.links, result.written, result.deleted) == (51, 0, 0)
+
+
+async def test_bench_links_leave_other_links_alone(manager: Manager) -> None:
+    await manager_link(manager, "bench-3")  # staff's, on a real offer
+    taken = await adclick(manager, "bench-links", "5")
+    assert taken.returncode == 2 and "bench-3" in taken.stderr and "another prefix" in taken.stderr
+    assert await bench_ids(manager) == {"bench-3": (await database_configs(manager))["bench-3"]["id"]}
+
+    other = await adclick(manager, "bench-links", "5", "--prefix", "lt-")
+    assert other.returncode == 0, other.stderr
+    assert len(await bench_ids(manager, "lt-")) == 5
+    for args in (["0"], ["5", "--prefix", "bad/"], ["5", "--url", "javascript:alert(1)"]):
+        refused = await adclick(manager, "bench-links", *args)
+        assert refused.returncode == 2 and "error" in refused.stderr, args
+    assert await link_rows(manager) == 6

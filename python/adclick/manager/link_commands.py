@@ -1,4 +1,4 @@
-"""`adclick links put|get|delete`: the command line's way to the manager's link writes.
+"""`adclick links put|get|delete` and `adclick bench-links`: the command line's way to the manager's link writes.
 
 There is one writer of link configs: a link is a row in the database (ADCLICK_DATABASE_URL, migrated with
 `adclick migrate`), its id comes from the database, and its config reaches Redis the way the manager publishes
@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,9 +34,11 @@ from adclick.core.db.session import create_engine, database_url, is_sqlite_memor
 from adclick.core.links import LinkConfigError, check_slug, link_key
 from adclick.core.settings import ManagerSettings
 from adclick.manager import campaigns
+from adclick.manager.bench_links import BENCH_OFFER, DEFAULT_PREFIX, DEFAULT_URL, MAX_LINKS, ensure_bench_links
 from adclick.manager.campaigns import Conflict, Invalid, NotFound
 from adclick.manager.livecache import (
     publish,
+    publish_links_of,
     published_state,
     redis_client,
     serving_config,
@@ -129,6 +132,25 @@ def links_parser() -> argparse.ArgumentParser:
         "delete", help="delete a link", description="Delete a link from the database and its config from Redis."
     )
     delete.add_argument("slug")
+    return parser
+
+
+def bench_links_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adclick bench-links",
+        description="Create or reuse N links {prefix}0 .. {prefix}N-1 for load tests, on a bench advertiser, offer "
+        "and affiliate (made if missing), in the database, and publish them to Redis. A second run reuses the "
+        "same links and ids.",
+    )
+    parser.add_argument("count", type=int, metavar="N", help=f"how many links (1..{MAX_LINKS:,})")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"slug prefix (default: {DEFAULT_PREFIX})")
+    parser.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        metavar="TEMPLATE",
+        help=f"destination URL template of every bench link, kept on the bench offer (default: {DEFAULT_URL})",
+    )
+    _connection_options(parser)
     return parser
 
 
@@ -338,10 +360,10 @@ def _command(prog: str, body: Callable[[], int]) -> int:
     return code
 
 
-def _held(held: list[str]) -> str:
-    """The note for a link that its parents keep paused."""
+def _held(held: list[str], them: str = "it") -> str:
+    """The note for a link (or links) that its parents keep paused."""
     parents = " and ".join(held) + (" is" if len(held) == 1 else " are")
-    return f"note: trackers serve it paused (the fallback URL, or 404): its {parents} not active\n"
+    return f"note: trackers serve {them} paused (the fallback URL, or 404): its {parents} not active\n"
 
 
 def _not_live(redis_url: str) -> str:
@@ -387,3 +409,33 @@ def links_main(argv: list[str]) -> int:
         return run(_settings(args), step)
 
     return _command("adclick links", body)
+
+
+def bench_links_main(argv: list[str]) -> int:
+    """`adclick bench-links N [--prefix bench-] [--url TEMPLATE]`."""
+    args = bench_links_parser().parse_args(argv)
+
+    async def step(backends: Backends) -> int:
+        started = time.monotonic()
+        async with backends.sessions() as session:
+            made = await ensure_bench_links(session, args.count, args.prefix, args.url)
+            saved = time.monotonic()
+            live = await publish_links_of(backends.redis, session, offer_id=made.offer_id)
+        published = time.monotonic()
+        span = made.slugs[0] if len(made.slugs) == 1 else f"{made.slugs[0]} .. {made.slugs[-1]}"
+        changed = " (changed: every bench link serves it now)" if made.url_changed else ""
+        print(
+            f"bench links {span}: {made.created:,} created, {len(made.slugs) - made.created:,} reused, "
+            f"ids {min(made.ids)} .. {max(made.ids)}\n"
+            f"  offer {made.offer_id} ({BENCH_OFFER}, advertiser {made.advertiser_id}), "
+            f"affiliate {made.affiliate_id}\n"
+            f"  url {args.url}{changed}\n"
+            f"  database {saved - started:.2f} s, Redis {published - saved:.2f} s{'' if live else ' (failed)'}"
+        )
+        if made.held_by:
+            sys.stderr.write(_held(made.held_by, "them"))
+        if not live:
+            raise CommandError(_not_live(backends.redis_url), 3)
+        return 0
+
+    return _command("adclick bench-links", lambda: run(_settings(args), step))

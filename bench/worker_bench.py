@@ -232,7 +232,7 @@ async def naive_conversions(url: str, events: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
     for event in events:
         async with sessions() as session, session.begin():
-            _, _, _, link_id = CODEC.verify(event["click_id"])
+            _, _, _, link_id, _ = CODEC.verify(event["click_id"])
             link = await session.get(Link, link_id)
             assert link is not None
             offer = await session.get(Offer, link.offer_id)

@@ -28,8 +28,8 @@ const HOSTILE: [&str; 8] = [
     "{click_id}",
 ];
 
-/// ClickID verification: arbitrary text never verifies, never panics; issued ids round-trip, sort by time,
-/// fail on any one-character change, and survive exactly one key rotation.
+/// ClickID verification: arbitrary text never verifies, never panics; issued ids round-trip (their flags too), sort
+/// by time, fail on any one-character change, and survive exactly one key rotation.
 pub fn clickid(data: &[u8]) {
     let verifier = ClickIdCodec::new(1, KEY_UNUSED, Some((2, KEY_UNUSED))).expect("codec");
     let text = String::from_utf8_lossy(data);
@@ -78,6 +78,24 @@ pub fn clickid(data: &[u8]) {
     // Same key id, different secret: a server that reuses a key id with a new secret rejects old ids.
     let reused = ClickIdCodec::new(1, KEY_B, None).expect("codec");
     assert!(reused.verify(&id).is_err());
+
+    // Flags: sealed in version 2, read back exactly; none at all is version 1. Changing one character of a
+    // flagged id (its flags or version among them) breaks the seal as for any other.
+    let Ok(flags) = u.arbitrary::<u8>() else {
+        return;
+    };
+    let flagged = a.generate_flagged(link_a, ts_a, flags).expect("generate in range");
+    let info = a.verify(&flagged).expect("own flagged ClickID verifies");
+    let version = if flags == 0 { 1 } else { 2 };
+    assert_eq!(
+        (info.version, info.flags, info.link_id, info.ts_ms),
+        (version, flags, link_a, ts_a)
+    );
+    let mut changed = flagged.clone().into_bytes();
+    let at = ALPHABET.iter().position(|&c| c == changed[pos]).expect("alphabet");
+    changed[pos] = ALPHABET[(at + sym) % ALPHABET.len()];
+    let changed = String::from_utf8(changed).expect("ascii");
+    assert!(a.verify(&changed).is_err(), "{changed} verified after changing {flagged}");
 }
 
 /// Link config decoding: never panics; what it accepts is in range and every URL it can redirect to keeps

@@ -3,6 +3,8 @@
 from typing import Any, Final, final
 
 __all__ = [
+    "FLAG_BLOCKED",
+    "FLAG_BOT",
     "SPILL_KEY",
     "SPILL_LOCK_KEY",
     "VERSION",
@@ -24,6 +26,8 @@ __all__ = [
 VERSION: Final[str]
 SPILL_KEY: Final[str]
 SPILL_LOCK_KEY: Final[str]
+FLAG_BOT: Final[int]
+FLAG_BLOCKED: Final[int]
 
 class AdclickError(Exception): ...
 class InvalidClickId(AdclickError): ...
@@ -39,9 +43,10 @@ class ClickIdCodec:
     def __new__(
         cls, key_id: int, secret: bytes, previous_key_id: int | None = None, previous_secret: bytes | None = None
     ) -> ClickIdCodec: ...
-    def generate(self, link_id: int, ts_ms: int) -> str: ...
-    def verify(self, click_id: str) -> tuple[int, int, int, int]:
-        """(version, key_id, ts_ms, link_id); raises InvalidClickId."""
+    def generate(self, link_id: int, ts_ms: int, flags: int = 0) -> str:
+        """A ClickID; with flags (FLAG_BOT | FLAG_BLOCKED) a version 2 one, else version 1."""
+    def verify(self, click_id: str) -> tuple[int, int, int, int, int]:
+        """(version, key_id, ts_ms, link_id, flags); flags is 0 for version 1; raises InvalidClickId."""
 
 @final
 class Tracker:

@@ -86,8 +86,8 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
     assert q["s1"] == "a b&c=d" and q["s2"] == "é/ü" and q["s3"] == "x" and q["s4"] == "" and q["s5"] == "<s>"
     assert q["c"] == "BR" and q["d"] == "smartphone" and q["os"] == "iOS"
     codec = _native.ClickIdCodec(1, b"dev-only-click-secret-change-me")
-    version, key_id, ts_ms, link_id = codec.verify(q["cid"])
-    assert (version, key_id, link_id) == (1, 1, 42)
+    version, key_id, ts_ms, link_id, flags = codec.verify(q["cid"])
+    assert (version, key_id, link_id, flags) == (1, 1, 42, 0)
     assert abs(ts_ms - int(q["t"])) == 0 and abs(ts_ms / 1000 - time.time()) < 60
 
     [event] = collect_events(sqs_server, clicks_queue, {q["cid"]})

@@ -2,6 +2,10 @@
 //!
 //! Layout (30 bytes, see docs/contracts.md): u48 ms timestamp BE | version nibble, key id nibble |
 //! u40 link id BE | 8 random bytes | HMAC-SHA256(key, bytes 0..20) truncated to 10 bytes.
+//!
+//! Version 2, issued only for flagged clicks (a bot, a blocked address), spends the first random byte on a flags
+//! byte; the HMAC covers it as before, so a flag can be neither added nor removed by anyone without the key.
+//! Unflagged clicks keep version 1 byte for byte, so verifiers of either version read every click without flags.
 use base64::alphabet::Alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -15,8 +19,14 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Characters of a ClickID.
 pub const CLICK_ID_LEN: usize = 40;
-/// Format version written into every new ClickID.
+/// Format version of a ClickID without flags (byte 12 random).
 pub const CLICK_ID_VERSION: u8 = 1;
+/// Format version of a ClickID with flags (byte 12 the flags, bytes 13..20 random).
+pub const CLICK_ID_VERSION_FLAGGED: u8 = 2;
+/// Flag: the User-Agent is a bot's.
+pub const FLAG_BOT: u8 = 1;
+/// Flag: the client address is on the IP blocklist.
+pub const FLAG_BLOCKED: u8 = 2;
 /// Largest link id a ClickID can carry (40 bits).
 pub const MAX_LINK_ID: u64 = (1 << 40) - 1;
 /// Largest timestamp a ClickID can carry (48 bits of milliseconds, about the year 10889).
@@ -47,6 +57,8 @@ pub struct ClickIdInfo {
     pub key_id: u8,
     pub ts_ms: u64,
     pub link_id: u64,
+    /// [`FLAG_BOT`], [`FLAG_BLOCKED`]: 0 for version 1.
+    pub flags: u8,
 }
 
 /// Signs new ClickIDs with the current key and verifies them with the current or the previous key.
@@ -99,6 +111,12 @@ impl ClickIdCodec {
 
     /// Issues a ClickID for a click on `link_id` at `ts_ms` (milliseconds since the Unix epoch).
     pub fn generate(&self, link_id: u64, ts_ms: u64) -> Result<String, CoreError> {
+        self.generate_flagged(link_id, ts_ms, 0)
+    }
+
+    /// Issues a ClickID carrying `flags`: version 1 exactly as [`ClickIdCodec::generate`] when there are none,
+    /// else version 2 with the flags sealed in byte 12.
+    pub fn generate_flagged(&self, link_id: u64, ts_ms: u64, flags: u8) -> Result<String, CoreError> {
         if link_id > MAX_LINK_ID {
             return Err(CoreError::InvalidClickId("link id does not fit in 40 bits"));
         }
@@ -107,9 +125,15 @@ impl ClickIdCodec {
         }
         let mut raw = [0u8; RAW_LEN];
         raw[0..6].copy_from_slice(&ts_ms.to_be_bytes()[2..8]);
-        raw[6] = (CLICK_ID_VERSION << 4) | self.current.0;
         raw[7..12].copy_from_slice(&link_id.to_be_bytes()[3..8]);
-        random_bytes(&mut raw[12..20])?;
+        if flags == 0 {
+            raw[6] = (CLICK_ID_VERSION << 4) | self.current.0;
+            random_bytes(&mut raw[12..20])?;
+        } else {
+            raw[6] = (CLICK_ID_VERSION_FLAGGED << 4) | self.current.0;
+            raw[12] = flags;
+            random_bytes(&mut raw[13..20])?;
+        }
         let mut mac = self.current.1.clone();
         mac.update(&raw[..SIGNED_LEN]);
         raw[SIGNED_LEN..].copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
@@ -134,7 +158,7 @@ impl ClickIdCodec {
             _ => return Err(CoreError::InvalidClickId("bad character")),
         }
         let version = raw[6] >> 4;
-        if version != CLICK_ID_VERSION {
+        if version != CLICK_ID_VERSION && version != CLICK_ID_VERSION_FLAGGED {
             return Err(CoreError::InvalidClickId("unknown version"));
         }
         let key_id = raw[6] & 0x0f;
@@ -160,6 +184,13 @@ impl ClickIdCodec {
             key_id,
             ts_ms: u64::from_be_bytes(ts),
             link_id: u64::from_be_bytes(link),
+            // Signed like the rest, so whatever bits a version 2 id carries are ours; a bit this build does not
+            // know (from a newer tracker) is passed on rather than failing the click.
+            flags: if version == CLICK_ID_VERSION_FLAGGED {
+                raw[12]
+            } else {
+                0
+            },
         })
     }
 }
@@ -252,9 +283,95 @@ mod tests {
                 version: 1,
                 key_id: 3,
                 ts_ms: TS,
-                link_id: 42
+                link_id: 42,
+                flags: 0,
             }
         );
+    }
+
+    #[test]
+    fn flagged_ids_are_version_2_and_round_trip_their_flags() {
+        let c = codec();
+        for flags in [FLAG_BOT, FLAG_BLOCKED, FLAG_BOT | FLAG_BLOCKED] {
+            let id = c.generate_flagged(42, TS, flags).unwrap();
+            assert_eq!(
+                c.verify(&id).unwrap(),
+                ClickIdInfo {
+                    version: 2,
+                    key_id: 3,
+                    ts_ms: TS,
+                    link_id: 42,
+                    flags,
+                }
+            );
+            let raw = decode(&id);
+            assert_eq!((raw[6], raw[12]), (0x23, flags), "version 2, key 3, flags in byte 12");
+        }
+        // No flag: version 1, exactly as before flags existed.
+        let plain = c.generate_flagged(42, TS, 0).unwrap();
+        assert_eq!(decode(&plain)[6], 0x13);
+        assert_eq!(c.verify(&plain).unwrap().flags, 0);
+    }
+
+    #[test]
+    fn flagged_ids_stay_unique() {
+        let c = codec();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            assert!(seen.insert(c.generate_flagged(7, TS, FLAG_BOT).unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_flag_can_be_neither_removed_nor_added() {
+        let c = codec();
+        let reseal = |raw: &mut [u8; RAW_LEN]| {
+            // Only the holder of the key could make these pass: re-sealing is what a forger cannot do.
+            let mut mac = HmacSha256::new_from_slice(b"current secret").unwrap();
+            mac.update(&raw[..20]);
+            raw[20..].copy_from_slice(&mac.finalize().into_bytes()[..10]);
+        };
+        let blocked = decode(&c.generate_flagged(42, TS, FLAG_BLOCKED).unwrap());
+        // Clearing the flag, dropping to version 1, or both, without the key.
+        let mut cleared = blocked;
+        cleared[12] = 0;
+        let mut downgraded = blocked;
+        downgraded[6] = 0x13;
+        let mut both = downgraded;
+        both[12] = 0;
+        for forged in [cleared, downgraded, both] {
+            assert_eq!(
+                c.verify(&reencode(&forged)),
+                Err(CoreError::InvalidClickId("bad signature"))
+            );
+        }
+        // And the other way: a clean id does not turn flagged.
+        let mut raised = decode(&c.generate(42, TS).unwrap());
+        raised[6] = 0x23;
+        assert!(c.verify(&reencode(&raised)).is_err());
+        // With the key, the same bytes do verify: the signature, nothing else, is what refused them.
+        let mut resealed = cleared;
+        reseal(&mut resealed);
+        assert_eq!(c.verify(&reencode(&resealed)).unwrap().flags, 0);
+        let mut resealed = downgraded;
+        reseal(&mut resealed);
+        assert_eq!(c.verify(&reencode(&resealed)).unwrap().version, 1);
+    }
+
+    #[test]
+    fn every_single_byte_tamper_of_a_flagged_id_fails() {
+        let c = codec();
+        let raw = decode(&c.generate_flagged(42, TS, FLAG_BOT | FLAG_BLOCKED).unwrap());
+        for pos in 0..RAW_LEN {
+            for bit in 0..8 {
+                let mut forged = raw;
+                forged[pos] ^= 1 << bit;
+                assert!(
+                    c.verify(&reencode(&forged)).is_err(),
+                    "accepted flip of bit {bit} of byte {pos}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -333,7 +450,9 @@ mod tests {
         assert_eq!(err(&format!("é{}", &id[..38])), "bad character");
 
         let mut raw = decode(&id);
-        raw[6] = 0x23;
+        raw[6] = 0x33;
+        assert_eq!(err(&reencode(&raw)), "unknown version");
+        raw[6] = 0x03;
         assert_eq!(err(&reencode(&raw)), "unknown version");
         raw[6] = 0x15;
         assert_eq!(err(&reencode(&raw)), "unknown key id");
@@ -413,7 +532,24 @@ mod tests {
         fn round_trip_any_link_and_ts(link_id in 0..=MAX_LINK_ID, ts in 0..=MAX_TS_MS) {
             let c = codec();
             let info = c.verify(&c.generate(link_id, ts).unwrap()).unwrap();
-            prop_assert_eq!(info, ClickIdInfo { version: 1, key_id: 3, ts_ms: ts, link_id });
+            prop_assert_eq!(info, ClickIdInfo { version: 1, key_id: 3, ts_ms: ts, link_id, flags: 0 });
+        }
+
+        #[test]
+        fn round_trip_any_flags(link_id in 0..=MAX_LINK_ID, ts in 0..=MAX_TS_MS, flags in any::<u8>()) {
+            let c = codec();
+            let info = c.verify(&c.generate_flagged(link_id, ts, flags).unwrap()).unwrap();
+            let version = if flags == 0 { 1 } else { 2 };
+            prop_assert_eq!(info, ClickIdInfo { version, key_id: 3, ts_ms: ts, link_id, flags });
+        }
+
+        #[test]
+        fn flagged_text_order_is_time_order(a in 0..=MAX_TS_MS, b in 0..=MAX_TS_MS, fa in any::<u8>(), fb in any::<u8>()) {
+            let c = codec();
+            let (ia, ib) = (c.generate_flagged(1, a, fa).unwrap(), c.generate_flagged(2, b, fb).unwrap());
+            if a != b {
+                prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
+            }
         }
 
         #[test]

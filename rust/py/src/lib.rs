@@ -125,14 +125,19 @@ impl PyClickIdCodec {
         })
     }
 
-    fn generate(&self, link_id: u64, ts_ms: u64) -> PyResult<String> {
-        Ok(self.inner.generate(link_id, ts_ms).map_err(PyCoreError)?)
+    /// A ClickID for a click on `link_id` at `ts_ms`; with `flags` (FLAG_BOT, FLAG_BLOCKED), a version 2 one.
+    #[pyo3(signature = (link_id, ts_ms, flags=0))]
+    fn generate(&self, link_id: u64, ts_ms: u64, flags: u8) -> PyResult<String> {
+        Ok(self
+            .inner
+            .generate_flagged(link_id, ts_ms, flags)
+            .map_err(PyCoreError)?)
     }
 
-    /// Returns (version, key_id, ts_ms, link_id) or raises InvalidClickId.
-    fn verify(&self, click_id: &str) -> PyResult<(u8, u8, u64, u64)> {
+    /// Returns (version, key_id, ts_ms, link_id, flags) or raises InvalidClickId.
+    fn verify(&self, click_id: &str) -> PyResult<(u8, u8, u64, u64, u8)> {
         let info = self.inner.verify(click_id).map_err(PyCoreError)?;
-        Ok((info.version, info.key_id, info.ts_ms, info.link_id))
+        Ok((info.version, info.key_id, info.ts_ms, info.link_id, info.flags))
     }
 }
 
@@ -478,4 +483,10 @@ mod _native {
     /// The lock held by the one process replaying that list.
     #[pymodule_export]
     const SPILL_LOCK_KEY: &str = adclick_ship::LOCK_KEY;
+    /// ClickID flag (ClickIdCodec.verify's last value): the click's User-Agent is a bot's.
+    #[pymodule_export]
+    const FLAG_BOT: u8 = adclick_core::clickid::FLAG_BOT;
+    /// ClickID flag: the click's address was on the IP blocklist.
+    #[pymodule_export]
+    const FLAG_BLOCKED: u8 = adclick_core::clickid::FLAG_BLOCKED;
 }

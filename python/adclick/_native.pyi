@@ -5,6 +5,8 @@ from typing import Any, Final, final
 __all__ = [
     "FLAG_BLOCKED",
     "FLAG_BOT",
+    "IPBLOCK_KEY",
+    "IPBLOCK_MESSAGE",
     "SPILL_KEY",
     "SPILL_LOCK_KEY",
     "VERSION",
@@ -26,6 +28,8 @@ __all__ = [
 VERSION: Final[str]
 SPILL_KEY: Final[str]
 SPILL_LOCK_KEY: Final[str]
+IPBLOCK_KEY: Final[str]
+IPBLOCK_MESSAGE: Final[str]
 FLAG_BOT: Final[int]
 FLAG_BLOCKED: Final[int]
 
@@ -76,6 +80,7 @@ class Tracker:
         replica_max_bytes: int = 83_886_080,
         replica_resync_s: float = 300.0,
         replica_nice: int = 10,
+        blocked_action: str = "fallback",
     ) -> Tracker: ...
     def click(
         self,
@@ -95,6 +100,8 @@ class Tracker:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
+    def start(self, wait_s: float = 2.0) -> bool:
+        """Start the invalidation listener; wait up to wait_s for the IP blocklist's first read (False: not read)."""
     def ping(self) -> None: ...
     def invalidate(self, slug: str) -> None: ...
     def generate_click_id(self, link_id: int, ts_ms: int) -> str: ...

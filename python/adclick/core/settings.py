@@ -72,6 +72,9 @@ class TrackerSettings(Settings):
     country_headers: str = "CloudFront-Viewer-Country,CF-IPCountry"
     trusted_proxies: int = Field(0, ge=0, le=10)
     anonymize_ip: bool = False
+    # A click from an address on the IP blocklist gets its link's fallback URL (403 without one) or a plain 403;
+    # either way it is recorded as blocked and never paid.
+    blocked_action: Literal["fallback", "403"] = "fallback"
 
     cookie_name: str = "adclick_cid"
     cookie_max_age_days: int = Field(30, ge=1, le=400)

@@ -26,6 +26,7 @@ log = logging.getLogger("adclick.tracker")
 PLAIN = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
 ERROR_TEXT = {
     400: "bad request\n",
+    403: "forbidden\n",
     404: "unknown link\n",
     503: "temporarily unavailable\n",
 }
@@ -33,6 +34,8 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Held click messages beyond which the shipper drops the oldest while neither SQS nor Redis takes any.
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 DROP_REASONS = ("rejected", "overflow", "shutdown")
+# At startup a process waits this long for its first read of the IP blocklist before it reports ready.
+BLOCKLIST_WAIT_S = 2.0
 
 # Longest time a Python thread (the reaper, a /metrics scrape) may hold the GIL while an actix thread waits to
 # answer a click. CPython's default is 5 ms, which shows up directly in the click p99.
@@ -164,6 +167,7 @@ def build_tracker(settings: TrackerSettings) -> Any:
         redis_timeout_ms=settings.redis_timeout_ms,
         redis_retry_after_ms=settings.redis_retry_after_ms,
         buffer_max_events=settings.buffer_max_events,
+        blocked_action=settings.blocked_action,
     )
 
 
@@ -230,6 +234,9 @@ class NativeCollector:
             ("adclick_replica_refreshes", "replica_refreshes", "Links the replica re-read after an invalidation"),
             ("adclick_replica_invalid", "replica_invalid", "Link configs the replica found undecodable"),
             ("adclick_replica_redis_errors", "replica_redis_errors", "Failed Redis commands of the replica's loader"),
+            ("adclick_ipblock_loads", "ipblock_loads", "Reads of the IP blocklist that Redis answered"),
+            ("adclick_ipblock_invalid", "ipblock_invalid", "IP blocklist values that did not decode (previous kept)"),
+            ("adclick_ipblock_redis_errors", "ipblock_redis_errors", "Failed Redis reads of the IP blocklist"),
         ):
             yield CounterMetricFamily(name, doc, value=s[key])
         yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
@@ -245,6 +252,9 @@ class NativeCollector:
             ("adclick_replica_bytes", "replica_bytes", "Bytes of the replica's table (routes apart)"),
             ("adclick_replica_max_bytes", "replica_max_bytes", "ADCLICK_REPLICA_MAX_BYTES"),
             ("adclick_replica_over_budget", "replica_over_budget", "1 when the links did not fit the replica's budget"),
+            ("adclick_ipblock_entries", "ipblock_entries", "Addresses and networks on the IP blocklist in force"),
+            ("adclick_ipblock_ranges", "ipblock_ranges", "Disjoint address ranges of the IP blocklist after merging"),
+            ("adclick_ipblock_loaded", "ipblock_loaded", "1 once the IP blocklist has been read from Redis"),
         ):
             yield GaugeMetricFamily(name, doc, value=s[key])
         yield from self.collect_shipping()
@@ -353,6 +363,11 @@ class TrackerProcess:
     # -- lifecycle --
 
     async def on_startup(self) -> None:
+        # After any fork, before we report ready: the first click is checked against the IP blocklist.
+        if not await asyncio.to_thread(self.tracker.start, BLOCKLIST_WAIT_S):
+            log.warning(
+                "IP blocklist not read within %.0fs (Redis down?): clicks go unchecked until it is", BLOCKLIST_WAIT_S
+            )
         self.shipper = start_shipper(self.tracker, self.settings)
         settle_heap()
         lower_thread_priority(self.settings.background_nice)  # this is the event-loop thread

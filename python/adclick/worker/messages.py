@@ -92,6 +92,7 @@ class ClickEvent:
     params: dict[str, Any] | None
     dest: int | None
     fallback: bool
+    blocked: bool = False  # the address was on the IP blocklist (the tracker writes the field only when true)
 
     @property
     def ts(self) -> datetime:
@@ -138,6 +139,7 @@ def parse_click(text: str) -> ClickEvent:
         params=_clean_params(params) if params else None,
         dest=dest if isinstance(dest, int) and not isinstance(dest, bool) and 0 <= dest < 32768 else None,
         fallback=bool(data.get("fallback", False)),
+        blocked=bool(data.get("blocked", False)),
     )
 
 
@@ -240,7 +242,16 @@ def encode_conversion(event: dict[str, Any]) -> str:
     return CONVERSION_PREFIX + json.dumps(event, separators=(",", ":"))
 
 
+def _as_tracker_writes(event: dict[str, Any]) -> dict[str, Any]:
+    if "blocked" in event and not event["blocked"]:
+        return {key: value for key, value in event.items() if key != "blocked"}
+    return event
+
+
 def pack_clicks(events: list[dict[str, Any]]) -> str:
-    """A `c1:` body holding these events, as the tracker packs them (used by tests, tools and the bench)."""
-    lines = "\n".join(json.dumps(event, separators=(",", ":")) for event in events)
+    """A `c1:` body holding these events, as the tracker packs them (used by tests, tools and the bench).
+
+    As the tracker does, `blocked` is written only when true.
+    """
+    lines = "\n".join(json.dumps(_as_tracker_writes(event), separators=(",", ":")) for event in events)
     return CLICKS_PREFIX + base64.b64encode(zlib.compress(lines.encode())).decode()

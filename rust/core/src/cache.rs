@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::CoreError;
 
@@ -80,13 +80,14 @@ pub trait Weigh {
 }
 
 /// Told what the invalidation listener hears, from its thread, so a structure beside the cache (the link
-/// replica) can follow the same channel. Calls must be quick: the listener waits for them.
+/// replica, the IP blocklist) can follow the same channel. Calls must be quick: the listener waits for them.
 pub trait Follower: Send + Sync {
     /// A subscription was just established: invalidations published before it may have been missed.
     fn subscribed(&self);
     /// The subscription broke: invalidations are being missed until the next `subscribed`.
     fn lost(&self);
-    /// `slug` changed (or was created or deleted).
+    /// `slug` changed (or was created or deleted). Any payload other than `*` comes here as it was published,
+    /// so a message that is no valid slug (`!ipblock`) reaches the follower it is meant for.
     fn changed(&self, slug: &str);
     /// Anything may have changed.
     fn changed_all(&self);
@@ -238,7 +239,8 @@ struct Shared<V> {
     epoch: AtomicU64,
     subscribed: AtomicBool,
     counters: Counters,
-    follower: OnceLock<Arc<dyn Follower>>,
+    /// Set up before the listener starts; read (never written) by the listener afterwards.
+    followers: RwLock<Vec<Arc<dyn Follower>>>,
 }
 
 impl<V: Weigh + Send + Sync + 'static> Shared<V> {
@@ -399,8 +401,10 @@ impl<V: Weigh + Send + Sync + 'static> Shared<V> {
         self.cache.invalidate_all();
     }
 
-    fn follower(&self) -> Option<&dyn Follower> {
-        self.follower.get().map(|f| &**f)
+    fn each_follower(&self, tell: impl Fn(&dyn Follower)) {
+        for f in self.followers.read().iter() {
+            tell(&**f);
+        }
     }
 }
 
@@ -483,7 +487,7 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
                 epoch: AtomicU64::new(0),
                 subscribed: AtomicBool::new(false),
                 counters: Counters::default(),
-                follower: OnceLock::new(),
+                followers: RwLock::new(Vec::new()),
             }),
             listener: OnceLock::new(),
         })
@@ -571,9 +575,10 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
         answer.unwrap_or(Lookup::Unavailable)
     }
 
-    /// Has `follower` told what the invalidation listener hears. Only the first call counts.
+    /// Has `follower` told what the invalidation listener hears, after those added before it. Add followers
+    /// before the first lookup: one added after the listener started is told no `start` and no past `subscribed`.
     pub fn follow(&self, follower: Arc<dyn Follower>) {
-        let _ = self.shared.follower.set(follower);
+        self.shared.followers.write().push(follower);
     }
 
     /// Starts the invalidation listener (and the follower's threads) if not yet started.
@@ -647,9 +652,7 @@ impl<V: Weigh + Send + Sync + 'static> LinkCache<V> {
 
     fn start_listener(&self) {
         self.listener.get_or_init(|| {
-            if let Some(f) = self.shared.follower() {
-                f.start();
-            }
+            self.shared.each_follower(|f| f.start());
             let stop = Arc::new(AtomicBool::new(false));
             let shared = Arc::clone(&self.shared);
             let flag = Arc::clone(&stop);
@@ -689,9 +692,7 @@ fn listen_forever<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &Atomic
             ListenEnd::Stopped => break,
             ListenEnd::Failed { established } => {
                 s.subscribed.store(false, Ordering::Release);
-                if let Some(f) = s.follower() {
-                    f.lost();
-                }
+                s.each_follower(|f| f.lost());
                 bump(&s.counters.redis_errors);
                 if established {
                     // Open the breaker now rather than let clicks find out one timeout at a time.
@@ -731,9 +732,7 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
     // Invalidations published before this point were missed: nothing fetched earlier is fresh any more.
     s.valid_from.store(s.nanos(Instant::now()), Ordering::Release);
     s.subscribed.store(true, Ordering::Release);
-    if let Some(f) = s.follower() {
-        f.subscribed();
-    }
+    s.each_follower(|f| f.subscribed());
     s.redis_answered();
     if after_failure {
         bump(&s.counters.reconnects);
@@ -755,15 +754,11 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
                     Ok("*") | Err(_) => {
                         // Err: not a slug we could have cached; clear rather than guess.
                         s.drop_all();
-                        if let Some(f) = s.follower() {
-                            f.changed_all();
-                        }
+                        s.each_follower(|f| f.changed_all());
                     }
                     Ok(slug) => {
                         s.drop_slug(slug);
-                        if let Some(f) = s.follower() {
-                            f.changed(slug);
-                        }
+                        s.each_follower(|f| f.changed(slug));
                     }
                 }
             }

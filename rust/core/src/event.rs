@@ -50,6 +50,10 @@ pub struct ClickEvent {
     pub params: BTreeMap<String, String>,
     pub dest: u32,
     pub fallback: bool,
+    /// The client address is on the IP blocklist. Written only when true, so the events of unblocked clicks
+    /// are byte for byte what they were before the blocklist; absent reads as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
 }
 
 /// Why `EventBuffer::push` did not take an event.
@@ -265,6 +269,7 @@ mod tests {
             params: BTreeMap::from([("gclid".to_owned(), format!("g{n}"))]),
             dest: (n % 3) as u32,
             fallback: n.is_multiple_of(5),
+            blocked: n % 7 == 3,
         }
     }
 
@@ -304,6 +309,20 @@ mod tests {
             json.contains("\"aff_id\":null"),
             "absent values are explicit nulls: {json}"
         );
+        assert!(!json.contains("blocked"), "only a blocked click says so: {json}");
+        let blocked = String::from_utf8(serde_json::to_vec(&event(3)).unwrap()).unwrap();
+        assert!(blocked.ends_with(",\"fallback\":false,\"blocked\":true}"), "{blocked}");
+    }
+
+    #[test]
+    fn blocked_reads_as_false_when_absent() {
+        let mut ev = event(1);
+        ev.blocked = false;
+        let json = serde_json::to_string(&ev).unwrap();
+        let back: ClickEvent = serde_json::from_str(&json).unwrap();
+        assert!(!back.blocked);
+        let flagged = json.replace("\"fallback\":false}", "\"fallback\":false,\"blocked\":true}");
+        assert!(serde_json::from_str::<ClickEvent>(&flagged).unwrap().blocked);
     }
 
     #[test]

@@ -76,12 +76,21 @@ pub fn client_ip(
     trusted_proxies: usize,
     anonymize: bool,
 ) -> Option<String> {
+    client_addr(forwarded_for, peer, trusted_proxies).map(|ip| ip_text(ip, anonymize))
+}
+
+/// The client's address as [`client_ip`] finds it, unformatted and never anonymised (what the IP blocklist checks).
+pub fn client_addr(forwarded_for: Option<&str>, peer: Option<&str>, trusted_proxies: usize) -> Option<IpAddr> {
     let from_header = match (trusted_proxies, forwarded_for) {
         (0, _) | (_, None) => None,
         (n, Some(xff)) => xff.rsplit(',').nth(n - 1).and_then(parse_ip),
     };
-    let ip = from_header.or_else(|| peer.and_then(parse_ip))?;
-    Some(if anonymize { anonymized(ip) } else { ip }.to_string())
+    from_header.or_else(|| peer.and_then(parse_ip))
+}
+
+/// An address as a click event records it, anonymised if asked.
+pub fn ip_text(ip: IpAddr, anonymize: bool) -> String {
+    if anonymize { anonymized(ip) } else { ip }.to_string()
 }
 
 /// Accepts a bare address or one with a port ("203.0.113.9:5123", "[2001:db8::1]:443"), as some proxies send.

@@ -1,4 +1,5 @@
-//! One click, start to end: validate, look up the link, classify, choose, render, record. No Python here.
+//! One click, start to end: validate, look up the link, check the client's address, classify, choose, render,
+//! record. No Python here.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -6,12 +7,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use percent_encoding::percent_decode_str;
 
 use crate::cache::{CacheConfig, CacheStats, Follower, LinkCache, Lookup};
-use crate::clickid::ClickIdCodec;
+use crate::clickid::{ClickIdCodec, FLAG_BLOCKED, FLAG_BOT};
 use crate::error::CoreError;
 use crate::event::{pack, ClickEvent, EventBuffer, PushError};
+use crate::ipblock::{IpBlockConfig, IpBlockStats, IpBlocklist, IPBLOCK_KEY};
 use crate::link::{valid_slug, CompiledLink};
 use crate::replica::{Replica, ReplicaConfig, ReplicaLookup, ReplicaStats, State as ReplicaState};
-use crate::targeting::{choose, client_ip, country_from, Choice};
+use crate::targeting::{choose, client_addr, country_from, ip_text, Choice};
 use crate::template::MacroValues;
 use crate::ua::{classify, UaInfo};
 
@@ -39,8 +41,35 @@ pub struct TrackerConfig {
     /// The link replica's byte budget (0: no replica) and its backstop re-read interval.
     pub replica_max_bytes: u64,
     pub replica_resync: Duration,
-    /// Niceness of the replica's loader thread.
+    /// Niceness of the replica's loader thread (and the IP blocklist's).
     pub replica_nice: i32,
+    /// What a click from an address on the IP blocklist gets.
+    pub blocked_action: BlockedAction,
+}
+
+/// The answer to a click from an address on the IP blocklist (`ADCLICK_BLOCKED_ACTION`). Either way the click
+/// is recorded, marked blocked, so it is counted and never paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockedAction {
+    /// The link's fallback URL (its ClickID flagged blocked), or 403 for a link without one.
+    #[default]
+    Fallback,
+    /// 403, whatever the link.
+    Forbidden,
+}
+
+impl std::str::FromStr for BlockedAction {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "fallback" => Ok(Self::Fallback),
+            "403" => Ok(Self::Forbidden),
+            other => Err(CoreError::Config(format!(
+                "blocked action {other:?} is neither \"fallback\" nor \"403\""
+            ))),
+        }
+    }
 }
 
 /// The request fields a click uses; borrowed from the HTTP layer, nothing copied up front.
@@ -79,10 +108,12 @@ pub enum Outcome {
     Unavailable,
     Closed,
     Overloaded,
+    /// The client address is on the IP blocklist (fallback or 403, recorded either way).
+    Blocked,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Redirect,
         Outcome::Fallback,
         Outcome::Bot,
@@ -93,6 +124,7 @@ impl Outcome {
         Outcome::Unavailable,
         Outcome::Closed,
         Outcome::Overloaded,
+        Outcome::Blocked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +139,7 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::Closed => "closed",
             Outcome::Overloaded => "overloaded",
+            Outcome::Blocked => "blocked",
         }
     }
 }
@@ -117,7 +150,7 @@ pub const LATENCY_BUCKETS_US: [u64; 14] = [5, 10, 20, 35, 50, 75, 100, 150, 250,
 /// Counters read by `/metrics`; plain atomics so the hot path never locks for them.
 #[derive(Default)]
 pub struct TrackerStats {
-    outcomes: [AtomicU64; 10],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_ns: AtomicU64,
     events_buffered: AtomicU64,
@@ -136,6 +169,7 @@ pub struct StatsSnapshot {
     pub buffer_depth: u64,
     pub cache: CacheStats,
     pub replica: ReplicaStats,
+    pub ipblock: IpBlockStats,
 }
 
 /// Runs work that may wait (a Redis round trip) so the caller can let others run meanwhile
@@ -159,6 +193,9 @@ pub struct Tracker {
     cache: LinkCache<CompiledLink>,
     /// Every link in memory where they fit `replica_max_bytes`; `None` when that is 0.
     replica: Option<Arc<Replica>>,
+    /// Addresses whose clicks are refused, kept current by the invalidation listener.
+    blocklist: Arc<IpBlocklist>,
+    blocked_action: BlockedAction,
     buffer: EventBuffer,
     trusted_proxies: usize,
     anonymize_ip: bool,
@@ -281,10 +318,19 @@ impl Tracker {
         } else {
             None
         };
+        let blocklist = Arc::new(IpBlocklist::new(IpBlockConfig {
+            redis_url: cfg.cache.redis_url.clone(),
+            key: IPBLOCK_KEY.to_owned(),
+            resync: cfg.replica_resync,
+            connect_timeout: cfg.cache.connect_timeout,
+            io_timeout: cfg.cache.io_timeout.max(Duration::from_secs(2)),
+            nice: cfg.replica_nice,
+        })?);
         let cache = LinkCache::new(cfg.cache, decode_link)?;
         if let Some(r) = &replica {
             cache.follow(Arc::clone(r) as Arc<dyn Follower>);
         }
+        cache.follow(Arc::clone(&blocklist) as Arc<dyn Follower>);
         crate::ua::warm_up();
         if cfg.cookie_name.is_empty() || !cfg.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(CoreError::Config("cookie name must be [A-Za-z0-9_]+".into()));
@@ -310,6 +356,8 @@ impl Tracker {
             codec,
             cache,
             replica,
+            blocklist,
+            blocked_action: cfg.blocked_action,
             buffer: EventBuffer::new(cfg.buffer_max_events),
             trusted_proxies: cfg.trusted_proxies,
             anonymize_ip: cfg.anonymize_ip,
@@ -408,50 +456,68 @@ impl Tracker {
             }
         };
 
+        // The blocklist is in memory (a read lock and a bisection): a click never waits on Redis for it.
+        let addr = client_addr(req.forwarded_for, req.peer_ip, self.trusted_proxies);
+        let blocked = addr.is_some_and(|ip| self.blocklist.contains(ip));
         let ua = self.classify(user_agent);
         let country = country_from(req.country);
         let ts = now_ms();
-        let choice = choose(
-            link,
-            ts / 1000,
-            country.as_deref(),
-            ua.device,
-            &ua.os,
-            fastrand::u32(..),
-        );
-        let (template, dest, fallback) = match choice {
-            Choice::Dest { index, template, .. } => (template, index, false),
-            Choice::Fallback(t) => (t, 0, true),
-            Choice::NoRoute => return Self::reply(404, Outcome::NoRoute),
+        // A blocked click goes where no route would send it: the link's fallback, or nowhere (403).
+        let (template, dest, fallback) = if blocked {
+            match (self.blocked_action, link.routes.fallback.as_ref()) {
+                (BlockedAction::Fallback, Some(t)) => (Some(t), 0, true),
+                _ => (None, 0, false),
+            }
+        } else {
+            match choose(
+                link,
+                ts / 1000,
+                country.as_deref(),
+                ua.device,
+                &ua.os,
+                fastrand::u32(..),
+            ) {
+                Choice::Dest { index, template, .. } => (Some(template), index, false),
+                Choice::Fallback(t) => (Some(t), 0, true),
+                Choice::NoRoute => return Self::reply(404, Outcome::NoRoute),
+            }
         };
 
-        let click_id = match self.codec.generate(link.id, ts) {
+        // Sealed into the ClickID, so a conversion on this click can be told apart (and refused) without the click.
+        let flags = if ua.bot { FLAG_BOT } else { 0 } | if blocked { FLAG_BLOCKED } else { 0 };
+        let click_id = match self.codec.generate_flagged(link.id, ts, flags) {
             Ok(id) => id,
             // Link ids are checked when the config is decoded, so only the OS's randomness can fail here.
             Err(_) => return Self::reply(503, Outcome::Unavailable),
         };
-        let subs = [
-            query.subs[0].as_deref(),
-            query.subs[1].as_deref(),
-            query.subs[2].as_deref(),
-            query.subs[3].as_deref(),
-            query.subs[4].as_deref(),
-        ];
-        let values = MacroValues {
-            click_id: &click_id,
-            link_id: link.id,
-            offer_id: link.offer_id,
-            aff_id: link.affiliate_id,
-            subs,
-            country: country.as_deref(),
-            device: ua.device,
-            os: &ua.os,
-            ts_ms: ts,
-        };
-        let mut location = String::with_capacity(256);
-        template.render(&values, &mut location);
+        let location = template.map(|template| {
+            let subs = [
+                query.subs[0].as_deref(),
+                query.subs[1].as_deref(),
+                query.subs[2].as_deref(),
+                query.subs[3].as_deref(),
+                query.subs[4].as_deref(),
+            ];
+            let values = MacroValues {
+                click_id: &click_id,
+                link_id: link.id,
+                offer_id: link.offer_id,
+                aff_id: link.affiliate_id,
+                subs,
+                country: country.as_deref(),
+                device: ua.device,
+                os: &ua.os,
+                ts_ms: ts,
+            };
+            let mut location = String::with_capacity(256);
+            template.render(&values, &mut location);
+            location
+        });
+        let status = if location.is_some() { 302 } else { 403 };
 
-        let outcome = if fallback {
+        let outcome = if blocked {
+            Outcome::Blocked
+        } else if fallback {
             Outcome::Fallback
         } else if ua.bot {
             Outcome::Bot
@@ -460,14 +526,13 @@ impl Tracker {
         };
         if req.head {
             return ClickResponse {
-                status: 302,
-                location: Some(location),
+                status,
+                location,
                 set_cookie: None,
                 outcome: Outcome::Head,
             };
         }
 
-        let ip = client_ip(req.forwarded_for, req.peer_ip, self.trusted_proxies, self.anonymize_ip);
         let Query {
             subs: [s1, s2, s3, s4, s5],
             params,
@@ -481,7 +546,7 @@ impl Tracker {
             aff_id: link.affiliate_id,
             slug: req.slug.to_owned(),
             method: "GET".to_owned(),
-            ip,
+            ip: addr.map(|ip| ip_text(ip, self.anonymize_ip)),
             ua: user_agent.map(str::to_owned),
             referer: referer.map(str::to_owned),
             country,
@@ -496,6 +561,7 @@ impl Tracker {
             params,
             dest,
             fallback,
+            blocked,
         };
         match self.buffer.push(&event) {
             Ok(()) => {
@@ -508,7 +574,8 @@ impl Tracker {
                 return Self::reply(503, Outcome::Overloaded);
             }
         }
-        let set_cookie = link.cookie.then(|| {
+        // A blocked client gets no ClickID to keep: nothing it does later should lead back to this click.
+        let set_cookie = (link.cookie && !blocked).then(|| {
             let mut c = String::with_capacity(self.cookie_prefix.len() + 40 + self.cookie_suffix.len());
             c.push_str(&self.cookie_prefix);
             c.push_str(&event.click_id);
@@ -516,8 +583,8 @@ impl Tracker {
             c
         });
         ClickResponse {
-            status: 302,
-            location: Some(location),
+            status,
+            location,
             set_cookie,
             outcome,
         }
@@ -567,6 +634,20 @@ impl Tracker {
         self.cache.ping()
     }
 
+    /// Starts the invalidation listener and its followers (which a first click or ping would otherwise do) and
+    /// waits up to `wait` for the first read of the IP blocklist, so that a process that reports ready checks
+    /// its first click against the list. False if the list could not be read in time (Redis down): clicks are
+    /// then served unchecked until it is, which the loader keeps trying.
+    pub fn start(&self, wait: Duration) -> bool {
+        self.cache.start();
+        self.blocklist.wait_loaded(wait)
+    }
+
+    /// The IP blocklist in force.
+    pub fn blocklist(&self) -> &IpBlocklist {
+        &self.blocklist
+    }
+
     pub fn invalidate(&self, slug: &str) {
         self.cache.invalidate(slug);
         if let Some(r) = &self.replica {
@@ -605,6 +686,7 @@ impl Tracker {
             buffer_depth: self.buffer.len() as u64,
             cache: self.cache.stats(),
             replica: self.replica.as_deref().map(Replica::stats).unwrap_or_default(),
+            ipblock: self.blocklist.stats(),
         }
     }
 }
@@ -641,6 +723,7 @@ mod tests {
             replica_max_bytes: 0,
             replica_resync: Duration::from_secs(300),
             replica_nice: 0,
+            blocked_action: BlockedAction::Fallback,
         }
     }
 
@@ -776,6 +859,161 @@ mod tests {
         assert!(r.location.unwrap().starts_with("https://fb.example/?c="));
         let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
         assert!(events[0].fallback);
+    }
+
+    const SLACKBOT: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
+
+    fn block(server: &Server, cidrs: &str) {
+        redis::cmd("SET")
+            .arg(IPBLOCK_KEY)
+            .arg(format!(r#"{{"v":1,"cidrs":{cidrs}}}"#))
+            .query::<()>(&mut server.conn())
+            .unwrap();
+    }
+
+    fn cid_in(location: &str) -> &str {
+        let at = location.find("cid=").expect("a cid") + 4;
+        &location[at..at + 40]
+    }
+
+    /// `r`, from the peer `ip`.
+    fn from<'a>(
+        ip: &'a str,
+        r: ClickRequest<'a, Vec<(&'a str, &'a str)>>,
+    ) -> ClickRequest<'a, Vec<(&'a str, &'a str)>> {
+        ClickRequest { peer_ip: Some(ip), ..r }
+    }
+
+    #[test]
+    fn bot_clicks_carry_the_bot_flag_and_others_stay_version_1() {
+        let server = Server::start();
+        server.set("s", LINK);
+        let t = tracker(&server, 10);
+        let mut bot = req("s", vec![]);
+        bot.user_agent = Some(SLACKBOT);
+        let r = t.click(bot, &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Bot));
+        let info = t.codec().verify(cid_in(&r.location.unwrap())).unwrap();
+        assert_eq!((info.version, info.flags, info.link_id), (2, FLAG_BOT, 42));
+        let human = t.click(req("s", vec![]), &InPlace);
+        let info = t.codec().verify(cid_in(&human.location.unwrap())).unwrap();
+        assert_eq!((info.version, info.flags), (1, 0));
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        assert!(events[0].bot && !events[0].blocked);
+        assert!(!events[1].bot && !events[1].blocked);
+    }
+
+    #[test]
+    fn a_blocked_address_gets_the_fallback_or_403_and_its_click_is_recorded_as_blocked() {
+        let server = Server::start();
+        server.set(
+            "s",
+            &LINK.replace(
+                r#""cookie":true,"#,
+                r#""cookie":true,"fallback_url":"https://fb.example/?cid={click_id}","#,
+            ),
+        );
+        server.set(
+            "nofb",
+            &LINK.replace(r#""id":42,"slug":"s""#, r#""id":43,"slug":"nofb""#),
+        );
+        block(&server, r#"["203.0.113.0/24","2001:db8::/32"]"#);
+        let t = tracker(&server, 100);
+        assert!(t.start(Duration::from_secs(5)), "the blocklist is read at start");
+
+        let r = t.click(from("203.0.113.9", req("s", vec![("sub1", "x")])), &InPlace);
+        assert_eq!(
+            (r.status, r.outcome, r.set_cookie.as_deref()),
+            (302, Outcome::Blocked, None)
+        );
+        let location = r.location.unwrap();
+        assert!(location.starts_with("https://fb.example/?cid="), "{location}");
+        let info = t.codec().verify(cid_in(&location)).unwrap();
+        assert_eq!((info.version, info.flags), (2, FLAG_BLOCKED));
+
+        // A blocked bot carries both flags.
+        let mut bot = from("2001:db8::7", req("s", vec![]));
+        bot.user_agent = Some(SLACKBOT);
+        let r = t.click(bot, &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Blocked));
+        assert_eq!(
+            t.codec().verify(cid_in(&r.location.unwrap())).unwrap().flags,
+            FLAG_BOT | FLAG_BLOCKED
+        );
+
+        // No fallback: 403, recorded all the same.
+        let r = t.click(from("203.0.113.10", req("nofb", vec![])), &InPlace);
+        assert_eq!((r.status, r.location, r.outcome), (403, None, Outcome::Blocked));
+
+        // HEAD answers alike and records nothing.
+        let mut head = from("203.0.113.9", req("s", vec![]));
+        head.head = true;
+        let r = t.click(head, &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Head));
+        assert!(r.location.unwrap().starts_with("https://fb.example/"));
+
+        // Neighbours of the blocked network are served as usual.
+        let r = t.click(from("203.0.114.1", req("s", vec![])), &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Redirect));
+        assert!(r.location.unwrap().starts_with("https://shop.example/"));
+        assert!(r.set_cookie.is_some());
+
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        let flags: Vec<(bool, bool, bool)> = events.iter().map(|e| (e.blocked, e.fallback, e.bot)).collect();
+        assert_eq!(
+            flags,
+            [
+                (true, true, false),
+                (true, true, true),
+                (true, false, false),
+                (false, false, false)
+            ]
+        );
+        assert_eq!(events[0].sub1.as_deref(), Some("x"));
+        assert_eq!(events[0].ip.as_deref(), Some("203.0.113.9"));
+        assert_eq!(events[2].link_id, 43);
+        let stats = t.stats();
+        let count = |name| stats.outcomes.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!((count("blocked"), count("head"), count("redirect")), (3, 1, 1));
+        assert_eq!((stats.ipblock.entries, stats.ipblock.ranges), (2, 2));
+        assert!(stats.ipblock.loaded);
+    }
+
+    #[test]
+    fn blocked_action_403_refuses_even_with_a_fallback_and_the_forwarded_address_is_the_one_checked() {
+        let server = Server::start();
+        server.set(
+            "s",
+            &LINK.replace(r#""cookie":true,"#, r#""fallback_url":"https://fb.example/","#),
+        );
+        block(&server, r#"["198.51.100.7"]"#);
+        let mut cache = CacheConfig::new(server.url());
+        cache.connect_timeout = Duration::from_millis(500);
+        cache.io_timeout = Duration::from_millis(300);
+        let t = Tracker::new(TrackerConfig {
+            trusted_proxies: 1,
+            anonymize_ip: true,
+            blocked_action: "403".parse().unwrap(),
+            ..tracker_config(cache, 100)
+        })
+        .unwrap();
+        assert!(t.start(Duration::from_secs(5)));
+        let mut proxied = from("10.0.0.1", req("s", vec![]));
+        proxied.forwarded_for = Some("198.51.100.7");
+        let r = t.click(proxied, &InPlace);
+        assert_eq!((r.status, r.location, r.outcome), (403, None, Outcome::Blocked));
+        // Behind the proxy, the peer is the proxy: its address is not the client's.
+        let mut behind = from("198.51.100.7", req("s", vec![]));
+        behind.forwarded_for = Some("192.0.2.5");
+        let r = t.click(behind, &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Redirect));
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        assert!(events[0].blocked && !events[0].fallback);
+        // Checked on the full address, recorded anonymised; the ClickID is flagged though no one sees it.
+        assert_eq!(events[0].ip.as_deref(), Some("198.51.100.0"));
+        assert_eq!(t.codec().verify(&events[0].click_id).unwrap().flags, FLAG_BLOCKED);
+        assert!(!events[1].blocked);
+        assert!("teapot".parse::<BlockedAction>().is_err());
     }
 
     #[test]

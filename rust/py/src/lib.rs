@@ -11,7 +11,7 @@ use adclick_core::cache::CacheConfig;
 use adclick_core::clickid::ClickIdCodec;
 use adclick_core::event::unpack;
 use adclick_core::link::CompiledLink;
-use adclick_core::tracker::{Blocking, ClickRequest, Tracker, TrackerConfig};
+use adclick_core::tracker::{BlockedAction, Blocking, ClickRequest, Tracker, TrackerConfig};
 use adclick_core::CoreError;
 use adclick_ship::{Level, Logger, ShipConfig, Shipper, SqsConfig};
 
@@ -157,6 +157,7 @@ impl PyTracker {
         cache_max_entries=100_000, cache_max_bytes=67_108_864, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
         redis_connect_timeout_ms=200, redis_timeout_ms=50, redis_retry_after_ms=1000,
         buffer_max_events=500_000, replica_max_bytes=83_886_080, replica_resync_s=300.0, replica_nice=10,
+        blocked_action="fallback",
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -183,6 +184,7 @@ impl PyTracker {
         replica_max_bytes: u64,
         replica_resync_s: f64,
         replica_nice: i32,
+        blocked_action: &str,
     ) -> PyResult<Self> {
         let cfg = TrackerConfig {
             cache: CacheConfig {
@@ -211,6 +213,7 @@ impl PyTracker {
             replica_max_bytes,
             replica_resync: secs(replica_resync_s),
             replica_nice,
+            blocked_action: blocked_action.parse::<BlockedAction>().map_err(PyCoreError)?,
         };
         Ok(PyTracker {
             inner: Arc::new(Tracker::new(cfg).map_err(PyCoreError)?),
@@ -291,6 +294,13 @@ impl PyTracker {
         self.inner.is_closed()
     }
 
+    /// Starts the invalidation listener and waits up to `wait_s` for the first read of the IP blocklist; False if
+    /// it could not be read in time (the loader keeps trying). Call after any fork.
+    #[pyo3(signature = (wait_s=2.0))]
+    fn start(&self, py: Python<'_>, wait_s: f64) -> bool {
+        py.detach(|| self.inner.start(secs(wait_s)))
+    }
+
     /// Redis PING with the tracker's own timeouts; raises RedisUnavailable.
     fn ping(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.ping()).map_err(PyCoreError)?;
@@ -345,6 +355,13 @@ impl PyTracker {
         d.set_item("replica_refreshes", r.refreshes)?;
         d.set_item("replica_invalid", r.invalid)?;
         d.set_item("replica_redis_errors", r.redis_errors)?;
+        let b = s.ipblock;
+        d.set_item("ipblock_entries", b.entries)?;
+        d.set_item("ipblock_ranges", b.ranges)?;
+        d.set_item("ipblock_loaded", b.loaded)?;
+        d.set_item("ipblock_loads", b.loads)?;
+        d.set_item("ipblock_invalid", b.invalid)?;
+        d.set_item("ipblock_redis_errors", b.redis_errors)?;
         Ok(d)
     }
 }
@@ -483,6 +500,12 @@ mod _native {
     /// The lock held by the one process replaying that list.
     #[pymodule_export]
     const SPILL_LOCK_KEY: &str = adclick_ship::LOCK_KEY;
+    /// The Redis key of the IP blocklist, `{"v": 1, "cidrs": [...]}` (docs/contracts.md).
+    #[pymodule_export]
+    const IPBLOCK_KEY: &str = adclick_core::ipblock::IPBLOCK_KEY;
+    /// Published on the invalidation channel after each write of IPBLOCK_KEY.
+    #[pymodule_export]
+    const IPBLOCK_MESSAGE: &str = adclick_core::ipblock::IPBLOCK_MESSAGE;
     /// ClickID flag (ClickIdCodec.verify's last value): the click's User-Agent is a bot's.
     #[pymodule_export]
     const FLAG_BOT: u8 = adclick_core::clickid::FLAG_BOT;

@@ -213,7 +213,7 @@ async def naive_clicks(url: str, events: list[dict[str, Any]]) -> float:
                     payout=Decimal(0),
                 )
                 session.add(rollup)
-            rollup.clicks += 1
+            rollup.clicks += 0 if event["bot"] else 1
             rollup.bot_clicks += 1 if event["bot"] else 0
     elapsed = time.perf_counter() - started
     await engine.dispose()

@@ -31,7 +31,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, insert, inspect, select, text, update
+from sqlalchemy import column, func, insert, inspect, select, table, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -136,14 +136,21 @@ def _fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     return server.create_database(name)
 
 
+def _as_of(model: Any, *names: str) -> Any:
+    """A model's table with only the named columns (their types kept): an insert that an older schema takes."""
+    columns = model.__table__.c
+    return table(model.__tablename__, *(column(name, columns[name].type) for name in names))
+
+
 async def _insert_hourly_rollups(url: str, rows: list[dict[str, Any]]) -> None:
+    """Rows of hourly_rollups as the schema of 0001 to 0003 holds them."""
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
             metrics = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
-            await connection.execute(
-                insert(HourlyRollup.__table__), [{**dict.fromkeys(metrics, 0), **row} for row in rows]
-            )
+            values = [{**dict.fromkeys(metrics, 0), **row} for row in rows]
+            names = sorted({name for row in values for name in row})
+            await connection.execute(insert(_as_of(HourlyRollup, *names)), values)
     finally:
         await engine.dispose()
 
@@ -190,7 +197,7 @@ def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(
     mismatches, by_link = asyncio.run(_projections(url))
     assert mismatches == {}
     assert by_link == {
-        (HOUR, 42, 7, 3): (7, D(0)),
+        (HOUR, 42, 7, 3): (6, D(0)),  # 5 + 2 clicks, less the bot that 0004 takes out of clicks
         (HOUR, 42, 8, 3): (0, D("10.5")),
         (HOUR, 43, 0, 0): (1, D(0)),  # 0: no offer, no affiliate
         (later, 42, 7, 3): (4, D(0)),
@@ -248,9 +255,11 @@ def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(
     asyncio.run(
         _execute(
             url,
-            insert(Advertiser.__table__).values(id=1, name="Shop"),
-            insert(Affiliate.__table__).values(id=1, name="Mine"),
-            insert(Offer.__table__).values(id=1, advertiser_id=1, name="Summer"),
+            insert(_as_of(Advertiser, "id", "name", "created_at")).values(id=1, name="Shop", created_at=HOUR),
+            insert(_as_of(Affiliate, "id", "name", "created_at")).values(id=1, name="Mine", created_at=HOUR),
+            insert(_as_of(Offer, "id", "advertiser_id", "name", "created_at")).values(
+                id=1, advertiser_id=1, name="Summer", created_at=HOUR
+            ),
             insert(Link.__table__).values(
                 id=1, slug="own", offer_id=1, affiliate_id=1, template="https://own.example/"
             ),
@@ -289,6 +298,52 @@ def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(
         )
     upgrade(url)
     assert asyncio.run(_schema_of_links(url)) == after
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_migration_0004_takes_bots_out_of_rollup_clicks_and_downgrades(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _fresh_url(backend, tmp_path, request)
+    upgrade(url, "0003")
+    rows = [
+        rollup(affiliate_id=3, clicks=5, unique_clicks=3, bot_clicks=2),  # before 0004, bots were also clicks
+        rollup(affiliate_id=3, country="DE", device="desktop", clicks=4, unique_clicks=4),
+    ]
+    asyncio.run(_insert_hourly_rollups(url, rows))
+    # 0003 has no projections writer here: fill them as the worker would have.
+    asyncio.run(
+        _execute(
+            url,
+            text(
+                "INSERT INTO hourly_link_rollups (hour, link_id, offer_id, affiliate_id, clicks, unique_clicks, "
+                "bot_clicks, conversions, revenue, payout) SELECT hour, link_id, offer_id, affiliate_id, sum(clicks), "
+                "sum(unique_clicks), sum(bot_clicks), 0, 0, 0 FROM hourly_rollups "
+                "GROUP BY hour, link_id, offer_id, affiliate_id"
+            ),
+            text(
+                "INSERT INTO hourly_country_device_rollups (hour, country, device, clicks, unique_clicks, bot_clicks, "
+                "conversions, revenue, payout) SELECT hour, country, device, sum(clicks), sum(unique_clicks), "
+                "sum(bot_clicks), 0, 0, 0 FROM hourly_rollups GROUP BY hour, country, device"
+            ),
+        )
+    )
+    sums = "SELECT sum(clicks), sum(bot_clicks) FROM "
+    tables = ("hourly_rollups", "hourly_link_rollups", "hourly_country_device_rollups")
+
+    def totals() -> list[Any]:
+        return [
+            row
+            for result in asyncio.run(_execute(url, *(text(sums + name) for name in tables)))
+            for row in result or []
+        ]
+
+    assert totals() == [(9, 2)] * 3
+    upgrade(url)
+    assert totals() == [(7, 2)] * 3  # the two bots are in bot_clicks only
+    assert asyncio.run(_projections(url))[0] == {}
+    command.downgrade(alembic_config(url), "0003")
+    assert totals() == [(9, 2)] * 3
 
 
 def test_migrate_command_reports_an_unreachable_database(postgres_server: PostgresServer) -> None:
@@ -515,3 +570,30 @@ def test_postgres_restart_keeps_data_and_the_engine_reconnects(postgres_server: 
         asyncio.run(scenario())
     finally:
         postgres_server.drop_database(name)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_deleted_links_id_is_never_handed_out_again(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A ClickID seals its link id: a new link must never take the id of one that had clicks."""
+    url = _fresh_url(backend, tmp_path, request)
+    upgrade(url)
+    links = Link.__table__
+    setup = [
+        insert(Advertiser.__table__).values(id=1, name="Shop"),
+        insert(Affiliate.__table__).values(id=1, name="Mine"),
+        insert(Offer.__table__).values(id=1, advertiser_id=1, name="Summer"),
+    ]
+    asyncio.run(_execute(url, *setup))
+
+    def new_link(slug: str) -> int:
+        [rows] = asyncio.run(
+            _execute(url, insert(links).values(slug=slug, offer_id=1, affiliate_id=1).returning(links.c.id))
+        )
+        assert rows is not None
+        return int(rows[0][0])
+
+    first, second = new_link("a"), new_link("b")
+    asyncio.run(_execute(url, links.delete().where(links.c.id == second)))
+    assert new_link("c") not in (first, second)

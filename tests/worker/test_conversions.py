@@ -146,7 +146,7 @@ async def test_later_postback_changes_status_and_moves_the_rollups(
         (None, T0 + 1000, (1, D("8"), D("5"))),  # pending (the offer's default) counts
         ("approved", T0 + 2000, (1, D("8"), D("5"))),  # approval: same money, new status
         ("rejected", T0 + 3000, (0, D("0"), D("0"))),  # chargeback: taken back out
-        ("approved", T0 + 4000, (1, D("8"), D("5"))),  # and approved again
+        ("approved", T0 + 4000, (0, D("0"), D("0"))),  # a postback never brings back a rejected one (staff can)
     ]
     for status, received_at, expected in steps:
         await worker.send("conversions", [conversion_body(click_id, "TX", received_at=received_at, status=status)])
@@ -155,18 +155,17 @@ async def test_later_postback_changes_status_and_moves_the_rollups(
         assert (totals["conversions"], totals["revenue"], totals["payout"]) == expected, status
         assert await projection_mismatches(db_engine) == {}, status
     # A stale postback (older than the last change) does not roll the status back.
-    await worker.send("conversions", [conversion_body(click_id, "TX", received_at=T0 + 2500, status="rejected")])
+    await worker.send("conversions", [conversion_body(click_id, "TX", received_at=T0 + 2500, status="approved")])
     await worker.run_until_drained("conversions")
 
     (conversion,) = await conversions(db_engine)
-    assert (conversion.status, conversion.payout) == ("approved", D("5"))
-    assert await rejections(db_engine) == [("duplicate", "TX")]
+    assert (conversion.status, conversion.payout) == ("rejected", D("5"))
+    assert await rejections(db_engine) == [("status_locked", "TX"), ("duplicate", "TX")]
     async with db_engine.connect() as connection:
         audit = (await connection.execute(select(ConversionAudit.before, ConversionAudit.after))).all()
     assert [(before["status"], after["status"]) for before, after in audit] == [
         ("pending", "approved"),
         ("approved", "rejected"),
-        ("rejected", "approved"),
     ]
 
 
@@ -385,7 +384,9 @@ async def test_rollup_projections_sum_like_hourly_rollups_after_clicks_conversio
     assert {"approved", "rejected", "capped"} <= {c.status for c in stored}
     counted = [c for c in stored if c.status in ("pending", "approved")]
     totals = await rollup_totals(db_engine)
-    assert (totals["clicks"], totals["conversions"], totals["revenue"]) == (18, len(counted), D(4) * len(counted))
+    humans = sum(1 for click in clicks if not click["bot"])  # bots count apart, in bot_clicks
+    assert (totals["clicks"], totals["bot_clicks"]) == (humans, 18 - humans)
+    assert (totals["conversions"], totals["revenue"]) == (len(counted), D(4) * len(counted))
 
 
 async def places(worker: InProcessWorker) -> dict[tuple[str, str], tuple[int, int, Decimal, Decimal]]:

@@ -72,11 +72,12 @@ async def seed(
     *,
     override: dict[str, Any] | None = None,
     affiliates: int = 1,
+    advertiser_columns: dict[str, Any] | None = None,
     **offer: Any,
 ) -> list[Setup]:
-    """An advertiser, an offer (`offer` columns), `affiliates` affiliates each with a link on it."""
+    """An advertiser (`advertiser_columns`), an offer (`offer` columns), `affiliates` affiliates each with a link."""
     async with sessions() as session, session.begin():
-        advertiser = Advertiser(name="Shop")
+        advertiser = Advertiser(name="Shop", **(advertiser_columns or {}))
         session.add(advertiser)
         await session.flush()
         row = Offer(advertiser_id=advertiser.id, name="Offer", **offer)
@@ -114,6 +115,7 @@ def click_event(
     country: str | None = "US",
     device: str = "smartphone",
     bot: bool = False,
+    blocked: bool = False,
     click_id: str | None = None,
 ) -> dict[str, Any]:
     """A click event as the tracker writes it (docs/contracts.md), with a genuine ClickID."""
@@ -141,6 +143,7 @@ def click_event(
         "params": {"gclid": "g"},
         "dest": 0,
         "fallback": False,
+        **({"blocked": True} if blocked else {}),
     }
 
 
@@ -154,22 +157,28 @@ def conversion_body(
     status: str | None = None,
     advertiser_id: int | None = None,
     event: str = "sale",
+    source: str = "s2s",
+    ip: str | None = None,
+    origin: str | None = None,
 ) -> str:
-    return encode_conversion(
-        {
-            "v": 1,
-            "click_id": click_id,
-            "txid": txid,
-            "event": event,
-            "amount": amount,
-            "currency": currency,
-            "status": status,
-            "advertiser_id": advertiser_id,
-            "received_at": received_at,
-            "source": "s2s",
-            "params": {"sub": "x"},
-        }
-    )
+    message: dict[str, Any] = {
+        "v": 1,
+        "click_id": click_id,
+        "txid": txid,
+        "event": event,
+        "amount": amount,
+        "currency": currency,
+        "status": status,
+        "advertiser_id": advertiser_id,
+        "received_at": received_at,
+        "source": source,
+        "params": {"sub": "x"},
+    }
+    if ip is not None:
+        message["ip"] = ip
+    if origin is not None:
+        message["origin"] = origin
+    return encode_conversion(message)
 
 
 def metric(metrics: WorkerMetrics, name: str, **labels: str) -> float:
@@ -286,7 +295,7 @@ async def click_ids(engine: AsyncEngine) -> list[str]:
 
 
 async def rollup_totals(engine: AsyncEngine, *where: Any) -> dict[str, Any]:
-    columns = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
+    columns = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions", "revenue", "payout")
     async with engine.connect() as connection:
         row = (
             await connection.execute(

@@ -8,8 +8,19 @@ Rules (each message is one postback, see docs/contracts.md):
 - A new conversion rolls up under its click's country and device when the click is stored by then, else under
   '' and '' for good; the choice is recorded in its params, so status changes move the same rollup rows
   (adclick.core.counting.Place).
-- The postback's advertiser must own the offer (`advertiser_mismatch`), and the conversion must come within the
-  offer's attribution window of the click (`expired`).
+- The postback's advertiser must own the offer (`advertiser_mismatch`), and a server-to-server postback must come
+  from the advertiser's `postback_ips` when it has a list (`ip_not_allowed`): both are checked before a txid is
+  looked up, so nobody else can change a stored conversion either. A new conversion must come within the offer's
+  attribution window of the click (`expired`).
+- A pixel (source `pixel`, no token) counts only where its offer enables it (`pixel_disabled`) and, when the offer
+  lists pixel domains, from a page on one of them (`pixel_origin`). It never sets or changes a status: its
+  conversion takes the offer's `pixel_status`, and its idempotency key is `pixel:{ClickID}`, so a click has at most
+  one pixel conversion (the advertiser's txid stays in params). Its amount counts only where the offer's revenue or
+  payout is revshare, and never above `pixel_max_amount` (`amount_over_max`).
+- The ClickID's flags (sealed by the tracker): a conversion on a click from a blocked address is stored
+  `rejected` with reason `blocked`; on a bot click, `rejected` with reason `bot` unless the offer accepts them.
+- A postback may change a status only along STATUS_CHANGES (pending -> approved or rejected, approved -> rejected):
+  never back from `rejected`, which takes staff in the manager (`status_locked`).
 - One conversion per (offer, txid). A redelivered message changes nothing. Another postback for the same txid
   is a `duplicate` rejection, unless it carries a different status and is newer than the last one applied:
   then it changes the conversion's status (approval, chargeback), adjusts caps and rollups, and is audited.
@@ -25,6 +36,7 @@ Rules (each message is one postback, see docs/contracts.md):
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +60,7 @@ from adclick.core.counting import (
     rollup_change,
 )
 from adclick.core.db.models import (
+    Advertiser,
     Click,
     Conversion,
     ConversionAudit,
@@ -57,6 +70,7 @@ from adclick.core.db.models import (
     OfferAffiliateOverride,
 )
 from adclick.core.db.upsert import insert_ignore
+from adclick.core.networks import Network, NetworkListError, contains, parse_networks
 from adclick.worker.batches import Applied, BatchHandler, Failure, Received, RetryBatch
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
@@ -67,6 +81,9 @@ from adclick.worker.messages import ConversionEvent, decode_conversion
 TERMS_TTL_SECONDS = 10.0
 TERMS_CACHE_MAX = 100_000
 _ZERO = Decimal(0)
+# What a postback may do to a stored conversion's status; anything else takes staff (the manager's edit).
+STATUS_CHANGES = frozenset({("pending", "approved"), ("pending", "rejected"), ("approved", "rejected")})
+PIXEL_TXID_PREFIX = "pixel:"
 
 
 class ConcurrentConversion(RetryBatch):
@@ -77,6 +94,29 @@ def fingerprint(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def pixel_key(event: ConversionEvent) -> None:
+    """Key a pixel by its click, whatever txid it brings: one pixel conversion per click, never a status."""
+    if event.txid.startswith(PIXEL_TXID_PREFIX):
+        return
+    if event.txid != event.click_id:
+        event.params = {**(event.params or {}), "txid": event.txid}
+    event.txid = PIXEL_TXID_PREFIX + event.click_id
+    event.status = None
+
+
+def pixel_domains(text: str | None) -> tuple[str, ...]:
+    """An offer's pixel domains, lower case, without a leading dot."""
+    return tuple(part.lower().lstrip(".") for part in re.split(r"[\s,]+", text or "") if part.strip(". "))
+
+
+def host_in(host: str | None, domains: tuple[str, ...]) -> bool:
+    """Whether `host` is one of `domains` or under one of them (shop.example is under example)."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    return any(host == domain or host.endswith("." + domain) for domain in domains)
+
+
 @dataclass(slots=True)
 class Terms:
     """What a conversion on this link earns: the offer and, if any, the affiliate's override."""
@@ -85,6 +125,12 @@ class Terms:
     offer: Offer
     affiliate_id: int
     override: OfferAffiliateOverride | None
+    postback_ips: tuple[Network, ...] | None = None  # the advertiser's allowlist for server-to-server postbacks
+    pixel_domains: tuple[str, ...] = ()
+
+    def needs_amount(self) -> bool:
+        """Whether a sale amount changes what this conversion earns (a revshare revenue or payout)."""
+        return self.revenue_rule().model == "revshare" or self.payout_rule().model == "revshare"
 
     def revenue_rule(self) -> Rule:
         return Rule(self.offer.revenue_model, self.offer.revenue_amount)  # type: ignore[arg-type]
@@ -133,6 +179,7 @@ class Item:
     event: ConversionEvent
     click_ts_ms: int
     link_id: int
+    flags: int = 0  # the ClickID's: _native.FLAG_BOT, _native.FLAG_BLOCKED
     terms: Terms | None = None
 
 
@@ -211,11 +258,13 @@ class _Batch:
         items: list[Item] = []
         for message, event in pairs:
             try:
-                _version, _key_id, click_ts_ms, link_id = self.codec.verify(event.click_id)
+                _version, _key_id, click_ts_ms, link_id, flags = self.codec.verify(event.click_id)
             except _native.InvalidClickId as error:
                 self.reject((message, event), "forged", str(error))
                 continue
-            items.append(Item(message, event, click_ts_ms, link_id))
+            if event.source == "pixel":
+                pixel_key(event)
+            items.append(Item(message, event, click_ts_ms, link_id, flags))
         await self._load_terms(items)
         attributable = []
         for item in items:
@@ -300,15 +349,33 @@ class _Batch:
                 )
             )
             overrides = {(o.offer_id, o.affiliate_id): o for o in found.scalars()}
+        advertiser_ids = sorted({offer.advertiser_id for offer in offers.values()})
+        allowlists: dict[int, tuple[Network, ...] | None] = {}
+        if advertiser_ids:
+            found_ips = await self.session.execute(
+                select(Advertiser.id, Advertiser.postback_ips).where(Advertiser.id.in_(advertiser_ids))
+            )
+            for advertiser_id, text in found_ips.all():
+                try:
+                    allowlists[advertiser_id] = parse_networks(text)
+                except NetworkListError:
+                    allowlists[advertiser_id] = ()  # a list that no longer parses lets nothing through
         # Detached copies: the cache outlives this session.
         self.session.expunge_all()
-        return {
-            link.id: Terms(
-                link.id, offers[link.offer_id], link.affiliate_id, overrides.get((link.offer_id, link.affiliate_id))
+        terms = {}
+        for link in links.values():
+            offer = offers.get(link.offer_id)
+            if offer is None:
+                continue
+            terms[link.id] = Terms(
+                link.id,
+                offer,
+                link.affiliate_id,
+                overrides.get((link.offer_id, link.affiliate_id)),
+                postback_ips=allowlists.get(offer.advertiser_id),
+                pixel_domains=pixel_domains(offer.pixel_domains),
             )
-            for link in links.values()
-            if link.offer_id in offers
-        }
+        return terms
 
     async def _load_existing(self, items: Sequence[Item]) -> None:
         keys = sorted({(item.terms.offer.id, item.event.txid) for item in items if item.terms is not None})
@@ -345,14 +412,11 @@ class _Batch:
         terms = item.terms
         assert terms is not None
         event = item.event
+        if not self._allowed(item, terms):
+            return
         existing = self.known.get((terms.offer.id, event.txid))
         if existing is not None:
             await self._again(item, existing)
-            return
-        if event.advertiser_id is not None and event.advertiser_id != terms.offer.advertiser_id:
-            self.reject(
-                item, "advertiser_mismatch", f"offer {terms.offer.id} is not advertiser {event.advertiser_id}'s"
-            )
             return
         window_ms = terms.offer.attribution_window_hours * 3_600_000
         if event.received_at_ms - item.click_ts_ms > window_ms:
@@ -361,8 +425,16 @@ class _Batch:
             self.reject(item, "expired", detail, offer_id=terms.offer.id)
             return
         currency = terms.offer.currency
+        pixel = event.source == "pixel"
         try:
+            if pixel and not terms.needs_amount():
+                event.amount = event.currency = None  # a pixel's amount counts only where it changes the money
             amount = parse_amount(event.amount)
+            if pixel and amount is not None and amount > (terms.offer.pixel_max_amount or _ZERO):
+                limit = terms.offer.pixel_max_amount
+                raise CommissionError(
+                    "amount_over_max", f"pixel amount {amount} is over the offer's pixel maximum {limit}"
+                )
             revenue = commission(terms.revenue_rule(), amount, event.currency, currency)
             payout = commission(terms.payout_rule(), amount, event.currency, currency)
         except CommissionError as error:
@@ -377,7 +449,12 @@ class _Batch:
         if amount is not None and event.currency is not None and event.currency != currency:
             # The row's currency is the offer's (revenue and payout are in it); keep the sale as reported.
             params["sale_amount"], params["sale_currency"], stored_amount = event.amount, event.currency, None
-        status = event.status or terms.offer.default_status
+        status = terms.offer.pixel_status if pixel else event.status or terms.offer.default_status
+        reason = None
+        if item.flags & _native.FLAG_BLOCKED:
+            status, reason = "rejected", "blocked"
+        elif item.flags & _native.FLAG_BOT and terms.offer.bot_conversions != "accept":
+            status, reason = "rejected", "bot"
         when = event.received_at
         place = self.places.get(event.click_id, NOWHERE)
         if await move_caps(self.session, terms.offer.id, cap_day(when), terms.caps(), None, status) is not None:
@@ -391,6 +468,7 @@ class _Batch:
             "advertiser_id": terms.offer.advertiser_id,
             "event": event.event,
             "status": status,
+            "reason": reason,
             "amount": stored_amount,
             "currency": currency,
             "revenue": revenue,
@@ -415,7 +493,28 @@ class _Batch:
         )
         self.known[(terms.offer.id, event.txid)] = conversion
         self._roll(conversion, None, Standing(status, revenue, payout))
-        self.count("conversion" if status != "capped" else "capped")
+        self.count(reason or ("conversion" if status != "capped" else "capped"))
+
+    def _allowed(self, item: Item, terms: Terms) -> bool:
+        """Whether this sender may speak for the offer at all; a refusal is recorded as a rejection."""
+        event = item.event
+        offer = terms.offer
+        if event.advertiser_id is not None and event.advertiser_id != offer.advertiser_id:
+            self.reject(item, "advertiser_mismatch", f"offer {offer.id} is not advertiser {event.advertiser_id}'s")
+            return False
+        if event.source == "pixel":
+            if not offer.pixel_enabled:
+                self.reject(item, "pixel_disabled", f"offer {offer.id} takes no pixel", offer_id=offer.id)
+                return False
+            if terms.pixel_domains and not host_in(event.origin, terms.pixel_domains):
+                detail = f"page {event.origin or '(none)'} is not on offer {offer.id}'s pixel domains"
+                self.reject(item, "pixel_origin", detail, offer_id=offer.id)
+                return False
+        elif terms.postback_ips is not None and not contains(terms.postback_ips, event.ip):
+            detail = f"{event.ip or 'an unknown address'} is not on advertiser {offer.advertiser_id}'s allowlist"
+            self.reject(item, "ip_not_allowed", detail, offer_id=offer.id)
+            return False
+        return True
 
     def _roll(self, conversion: Stored, before: Standing | None, after: Standing) -> None:
         row = rollup_change(conversion, before, after, place=conversion.place)
@@ -432,6 +531,12 @@ class _Batch:
             self.count("redelivered")
             return
         new = event.status
+        if new is not None and new != existing.status and existing.status != "capped" and when > existing.updated_at:
+            if (existing.status, new) not in STATUS_CHANGES:
+                detail = f"a postback cannot change {existing.status} to {new}; staff can, in the manager"
+                key = (existing.offer_id, existing.txid)
+                self.reject(item, "status_locked", detail, offer_id=terms.offer.id, conversion_id=existing.id, key=key)
+                return
         if new is None or new == existing.status or existing.status == "capped" or when < existing.updated_at:
             why = "same status" if new == existing.status or new is None else "older than the last change"
             if existing.status == "capped":

@@ -182,6 +182,8 @@ class ConversionEvent:
     received_at_ms: int
     source: str | None
     params: dict[str, Any] | None
+    ip: str | None = None  # the address the postback came from (s2s, lambda), for the advertiser's allowlist
+    origin: str | None = None  # a pixel's page host (its Origin, else its Referer), for the offer's pixel domains
 
     @property
     def received_at(self) -> datetime:
@@ -232,6 +234,8 @@ def decode_conversion(body: str) -> ConversionEvent:
             received_at_ms=received_at,
             source=_text(data.get("source"), "source", 16),
             params=_clean_params(params) if params else None,
+            ip=_text(data.get("ip"), "ip", 45),
+            origin=_text(data.get("origin"), "origin", 253),
         )
     except InvalidEvent as error:
         raise UndecodableMessage(str(error)) from None

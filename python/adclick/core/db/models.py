@@ -49,6 +49,7 @@ MODELS = ("cpa", "revshare")
 POSTBACK_STATUSES = ("pending", "approved", "rejected")
 CONVERSION_STATUSES = ("pending", "approved", "rejected", "capped")
 CAP_SCOPES = ("offer", "affiliate_offer")
+BOT_CONVERSIONS = ("reject", "accept")  # what a conversion on a bot click becomes
 ROLES = ("admin", "manager", "affiliate")
 
 
@@ -71,6 +72,9 @@ class Advertiser(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     token_version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # Addresses and networks (CIDR, comma or space separated) its server-to-server postbacks may come from; NULL:
+    # anywhere. Published to Redis with the token version (adclick:advertiser:{id}) and checked again by the worker.
+    postback_ips: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
@@ -117,6 +121,15 @@ class Offer(Base):
     daily_cap: Mapped[int | None] = mapped_column(Integer)  # conversions per UTC day; NULL: no cap
     # The URL template of links that have none of their own; they follow it when it changes.
     destination_template: Mapped[str | None] = mapped_column(Text)
+    # The browser pixel (/pixel.gif, no token): off unless enabled here. Its conversions always take
+    # `pixel_status`, one per click; a sale amount counts only for revshare terms, up to `pixel_max_amount`;
+    # `pixel_domains` (comma or space separated), when set, must hold the page's Origin or Referer host.
+    pixel_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    pixel_status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    pixel_max_amount: Mapped[Decimal | None] = mapped_column(Money)
+    pixel_domains: Mapped[str | None] = mapped_column(Text)
+    # 'reject': a conversion on a bot click is stored `rejected` with reason 'bot'; 'accept': as any other.
+    bot_conversions: Mapped[str] = mapped_column(String(16), default="reject", server_default="reject")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
@@ -146,6 +159,8 @@ class Link(Base):
     __table_args__ = (
         _one_of("status", LINK_STATUSES, "status"),
         CheckConstraint(f"id > 0 AND id < {LINK_ID_LIMIT}", name="id_40_bits"),
+        # A ClickID seals the link id: SQLite must never hand a deleted link's id out again.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
@@ -184,6 +199,7 @@ class Click(Base):
     device: Mapped[str | None] = mapped_column(String(32))
     os: Mapped[str | None] = mapped_column(String(32))
     bot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))  # IP blocklist
     unique: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     sub1: Mapped[str | None] = mapped_column(Text)
     sub2: Mapped[str | None] = mapped_column(Text)
@@ -214,6 +230,7 @@ class Conversion(Base):
     advertiser_id: Mapped[int | None] = mapped_column(Integer)
     event: Mapped[str] = mapped_column(String(64), default="conversion", server_default="conversion")
     status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))  # why the system stored it rejected: 'bot', 'blocked'
     amount: Mapped[Decimal | None] = mapped_column(Money)  # the sale amount from the postback
     currency: Mapped[str] = mapped_column(CHAR(3))
     revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
@@ -257,11 +274,15 @@ class DailyCap(Base):
 
 
 class RollupCounters:
-    """The counters every rollup table carries (a mixin: each table gets its own columns)."""
+    """The counters every rollup table carries (a mixin: each table gets its own columns).
+
+    `clicks` counts clicks that can earn: bot and blocked clicks are only in `bot_clicks` and `blocked_clicks`.
+    """
 
     clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     unique_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    blocked_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     conversions: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
     payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
@@ -315,6 +336,17 @@ class HourlyCountryDeviceRollup(RollupCounters, Base):
     hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
     country: Mapped[str] = mapped_column(CHAR(2), primary_key=True, default="", server_default="")
     device: Mapped[str] = mapped_column(String(32), primary_key=True, default="", server_default="")
+
+
+class BlockedNetwork(Base):
+    """An address or network (CIDR) whose clicks trackers refuse; published to Redis as `adclick:ipblock`."""
+
+    __tablename__ = "ip_blocklist"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cidr: Mapped[str] = mapped_column(String(64), unique=True)
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
 class FailedJob(Base):

@@ -87,6 +87,7 @@ def test_valid_postback_queues_one_message_with_every_field(
         "advertiser_id": 5,
         "source": "s2s",
         "params": {"sku": "A-1"},
+        "ip": "127.0.0.1",  # the sender, for the advertiser's allowlist
     }
 
 
@@ -480,3 +481,54 @@ def test_health_and_metrics(settings: PostbackSettings, queue: str) -> None:
     assert 'adclick_postbacks_rejected_total{reason="malformed_token",source="s2s"} 1.0' in text
     assert 'adclick_postback_latency_seconds_count{endpoint="postback"} 2.0' in text
     assert "adclick_postback_sqs_failures_total 0.0" in text
+
+
+def test_a_postback_from_outside_the_advertisers_allowlist_is_403_and_nothing_queued(
+    adclick_env: dict[str, str], sqs_server: SqsServer, redis_server: RedisServer, queue: str
+) -> None:
+    with redis_server.client() as redis_client:
+        doc = {"token_version": 1, "postback_ips": ["198.51.100.0/24", "2001:db8::/32"]}
+        redis_client.set("adclick:advertiser:5", json.dumps(doc))
+    behind_alb = PostbackSettings(postback_sqs_timeout_seconds=5.0, postback_trusted_proxies=1)
+    direct = PostbackSettings(postback_sqs_timeout_seconds=5.0)
+
+    def send(txid: str, forwarded_for: str | None = None, advertiser_id: int = 5) -> Scenario[httpx.Response]:
+        async def scenario(client: httpx.AsyncClient, intake: Intake) -> httpx.Response:
+            headers = {"x-forwarded-for": forwarded_for} if forwarded_for else {}
+            params = {"click_id": click_id(), "txid": txid, "token": token(advertiser_id)}
+            return await client.get("/postback", params=params, headers=headers)
+
+        return scenario
+
+    allowed = run(behind_alb, send("IN", "10.0.0.1, 198.51.100.7"))  # the ALB appended the sender's address
+    allowed_v6 = run(behind_alb, send("IN6", "2001:db8::42"))
+    outside = run(behind_alb, send("OUT", "198.51.100.7, 203.0.113.9"))  # a forged first hop changes nothing
+    spoofed = run(direct, send("SPOOF", "198.51.100.7"))  # no trusted proxy: the header is not believed
+    no_list = run(direct, send("ANY", None, advertiser_id=9))  # an advertiser without a list: from anywhere
+
+    assert (allowed.status_code, allowed_v6.status_code, no_list.status_code) == (200, 200, 200)
+    for refused in (outside, spoofed):
+        assert (refused.status_code, refused.json()["reason"]) == (403, "ip_not_allowed")
+    by_txid = {m["txid"]: m for m in conversions(sqs_server, queue)}
+    assert set(by_txid) == {"IN", "IN6", "ANY"}
+    assert (by_txid["IN"]["ip"], by_txid["IN6"]["ip"]) == ("198.51.100.7", "2001:db8::42")
+
+
+def test_a_pixel_never_carries_a_status_and_says_which_page_fired_it(
+    settings: PostbackSettings, sqs_server: SqsServer, queue: str
+) -> None:
+    cid = click_id(3)
+
+    async def scenario(client: httpx.AsyncClient, intake: Intake) -> None:
+        params = {"click_id": cid, "txid": "P-1", "status": "approved"}
+        await client.get("/pixel.gif", params=params, headers={"origin": "https://Shop.Example"})
+        params = {"click_id": cid, "txid": "P-2"}
+        await client.get("/pixel.gif", params=params, headers={"referer": "https://www.shop.example/thanks?o=1"})
+        await client.get("/pixel.gif", params={"click_id": cid, "txid": "P-3"})
+
+    run(settings, scenario)
+    by_txid = {m["txid"]: m for m in conversions(sqs_server, queue)}
+    assert {txid: m["status"] for txid, m in by_txid.items()} == {"P-1": None, "P-2": None, "P-3": None}
+    assert by_txid["P-1"]["origin"] == "shop.example"
+    assert by_txid["P-2"]["origin"] == "www.shop.example"
+    assert "origin" not in by_txid["P-3"]

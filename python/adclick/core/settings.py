@@ -137,6 +137,9 @@ class PostbackSettings(Settings):
     postback_sqs_timeout_seconds: float = Field(1.0, gt=0)
     postback_redis_timeout_ms: int = Field(100, ge=1)
     postback_redis_retry_after_ms: int = Field(1000, ge=0)
+    # Proxies in front of the postback role (an ALB: 1); the client address, for advertisers' allowlists, is that
+    # many entries from the right of X-Forwarded-For, as the tracker reads it.
+    postback_trusted_proxies: int = Field(0, ge=0, le=10)
     # Same variable (ADCLICK_COOKIE_NAME) as the tracker's, so the pixel reads the cookie the tracker sets.
     cookie_name: str = "adclick_cid"
 

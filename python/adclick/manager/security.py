@@ -13,6 +13,8 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from adclick.core import networks
+
 log = logging.getLogger(__name__)
 
 MIN_PASSWORD_LENGTH = 12
@@ -70,12 +72,8 @@ def same_token(expected: str | None, sent: str | None) -> bool:
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: int) -> str:
-    """The client address: the peer, or the entry `trusted_proxies` from the right of X-Forwarded-For."""
-    if trusted_proxies and forwarded_for:
-        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-        if len(hops) >= trusted_proxies:
-            return hops[-trusted_proxies]
-    return peer or "unknown"
+    """The client address (adclick.core.networks.client_ip), "unknown" when there is none."""
+    return networks.client_ip(peer, forwarded_for, trusted_proxies) or "unknown"
 
 
 class LoginLimiter:

@@ -58,13 +58,20 @@ def create_app(settings: PostbackSettings) -> FastAPI:
                 query=request.scope.get("query_string", b""),
                 body=body,
                 content_type=request.headers.get("content-type"),
+                peer=request.client.host if request.client else None,
+                forwarded_for=request.headers.get("x-forwarded-for"),
             )
             reply = await intake.postback(incoming, source="s2s")
         return JSONResponse(reply.body, status_code=reply.status, headers={**NO_STORE, **reply.headers})
 
     @app.get("/pixel.gif")
     async def pixel(request: Request) -> Response:
-        incoming = Incoming(query=request.scope.get("query_string", b""), cookies=request.cookies)
+        incoming = Incoming(
+            query=request.scope.get("query_string", b""),
+            cookies=request.cookies,
+            origin=request.headers.get("origin"),
+            referer=request.headers.get("referer"),
+        )
         await intake.pixel(incoming)
         return Response(GIF, media_type="image/gif", headers=PIXEL_HEADERS)
 

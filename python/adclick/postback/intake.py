@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from adclick import _native
+from adclick.core.networks import Network, client_ip, contains, parse_network
 from adclick.core.settings import PostbackSettings
 from adclick.core.sqs import SQSClient, create_client, is_missing_queue, queue_url
 from adclick.postback.tokens import TokenError, verify_token
@@ -76,6 +77,10 @@ class Incoming:
     content_type: str | None = None
     cookies: Mapping[str, str] = field(default_factory=dict)
     query_pairs: list[tuple[str, str]] | None = None
+    peer: str | None = None  # the connection's address (API Gateway: its sourceIp)
+    forwarded_for: str | None = None  # X-Forwarded-For, read as the trusted-proxy setting says
+    origin: str | None = None  # Origin header (pixels)
+    referer: str | None = None  # Referer header (pixels)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,20 @@ def _text(fields: Mapping[str, str], name: str, max_chars: int = MAX_TEXT_CHARS)
     return value
 
 
+def page_host(origin: str | None, referer: str | None) -> str | None:
+    """The host of the page that fired a pixel: its Origin's, else its Referer's (None when neither is usable)."""
+    for header in (origin, referer):
+        if not header or header == "null" or len(header) > 2048:
+            continue
+        try:
+            host = urllib.parse.urlsplit(header.strip()).hostname
+        except ValueError:
+            continue
+        if host and not _has_control(host):
+            return host[:253]
+    return None
+
+
 def build_message(
     fields: Mapping[str, str],
     params: Mapping[str, str],
@@ -222,6 +241,8 @@ def build_message(
     source: str,
     advertiser_id: int | None,
     received_at: int | None = None,
+    ip: str | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     """The conversion message of docs/contracts.md for valid fields; Rejected (400) naming the first bad one."""
     click_id = fields.get("click_id", "")
@@ -244,7 +265,7 @@ def build_message(
     status = fields.get("status", "").lower() or None
     if status is not None and status not in STATUSES:
         raise Rejected(400, "invalid_status", "status must be one of pending, approved, rejected")
-    return {
+    message: dict[str, Any] = {
         "v": 1,
         "click_id": click_id,
         # The worker deduplicates on (offer, txid): a retried postback without txid must repeat the same key.
@@ -258,6 +279,11 @@ def build_message(
         "source": source,
         "params": dict(params),
     }
+    if ip is not None:
+        message["ip"] = ip
+    if origin is not None:
+        message["origin"] = origin
+    return message
 
 
 def encode_message(message: Mapping[str, Any]) -> str:
@@ -349,10 +375,17 @@ class Intake:
                 advertiser_id, version = verify_token(self._token_secret, token)
             except TokenError as error:
                 raise Rejected(401, error.code, str(error)) from None
-            message = build_message(fields, params, self.codec, source=source, advertiser_id=advertiser_id)
-            floor = await self._token_floor(advertiser_id)
-            if floor is not None and version < floor:
-                raise Rejected(401, "revoked_token", "token was revoked: the advertiser has a newer one")
+            ip = client_ip(incoming.peer, incoming.forwarded_for, self.settings.postback_trusted_proxies)
+            message = build_message(fields, params, self.codec, source=source, advertiser_id=advertiser_id, ip=ip)
+            known = await self._advertiser(advertiser_id)
+            if known is not None:
+                floor, allowlist = known
+                if version < floor:
+                    raise Rejected(401, "revoked_token", "token was revoked: the advertiser has a newer one")
+                if allowlist is not None and not contains(allowlist, ip):
+                    raise Rejected(
+                        403, "ip_not_allowed", f"{ip or 'this address'} may not send this advertiser's postbacks"
+                    )
             await self._send(encode_message(message))
         except Rejected as rejection:
             return self.refused(rejection, source=source)
@@ -364,8 +397,9 @@ class Intake:
     async def pixel(self, incoming: Incoming) -> bool:
         """Queue a browser-side conversion when it is valid; the caller answers with the GIF either way.
 
-        A pixel carries no token: advertiser_id is null and the worker takes the advertiser from the offer.
-        The ClickID comes from the query, else from the tracker's first-party cookie.
+        A pixel carries no token: advertiser_id is null and the worker takes the advertiser from the offer, checks
+        that the offer takes pixels (and from this page), and gives the conversion the offer's pixel status: a
+        pixel's own `status` is dropped here. The ClickID comes from the query, else from the tracker's cookie.
         """
         started = time.perf_counter()
         try:
@@ -375,7 +409,9 @@ class Intake:
                 if cookie:
                     fields["click_id"] = cookie
             fields.pop("token", None)
-            message = build_message(fields, params, self.codec, source="pixel", advertiser_id=None)
+            fields.pop("status", None)
+            origin = page_host(incoming.origin, incoming.referer)
+            message = build_message(fields, params, self.codec, source="pixel", advertiser_id=None, origin=origin)
             await self._send(encode_message(message))
         except Rejected as rejection:
             self.refused(rejection, source="pixel")
@@ -400,10 +436,10 @@ class Intake:
             )
         return self._redis_client
 
-    async def _token_floor(self, advertiser_id: int) -> int | None:
-        """The lowest token version still valid for the advertiser, or None when Redis cannot say.
+    async def _advertiser(self, advertiser_id: int) -> tuple[int, tuple[Network, ...] | None] | None:
+        """The advertiser's lowest valid token version and postback allowlist, or None when Redis cannot say.
 
-        Without Redis the postback still goes through: the worker checks the version against the database.
+        Without Redis the postback still goes through: the worker checks both against the database.
         """
         if not self.settings.redis_url or time.monotonic() < self._redis_down_until:
             return None
@@ -414,18 +450,23 @@ class Intake:
             self.metrics.redis_failures.inc()
             pause = self.settings.postback_redis_retry_after_ms / 1000
             self._redis_down_until = time.monotonic() + pause
-            log.warning("Redis did not answer (%s): token version floors unchecked for %.1f s", error, pause)
+            log.warning("Redis did not answer (%s): token versions and allowlists unchecked for %.1f s", error, pause)
             return None
         if raw is None:
-            return 1
+            return 1, None
         try:
-            version = json.loads(raw)["token_version"]
+            doc = json.loads(raw)
+            version = doc["token_version"]
             if isinstance(version, bool) or not isinstance(version, int):
                 raise TypeError("token_version is not an integer")
-        except (ValueError, KeyError, TypeError) as error:
-            log.error("%s holds no valid token_version (%s): floor unchecked", key, error)
+            listed = doc.get("postback_ips")
+            if listed is not None and not isinstance(listed, list):
+                raise TypeError("postback_ips is not a list")
+            allowlist = None if listed is None else tuple(parse_network(str(entry)) for entry in listed)
+        except (ValueError, KeyError, TypeError) as error:  # NetworkListError included
+            log.error("%s holds no valid advertiser document (%s): unchecked", key, error)
             return None
-        return version
+        return version, allowlist
 
     # -- SQS --
 

@@ -41,6 +41,16 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     return {str(name).lower(): str(value) for name, value in headers.items()}
 
 
+def _source_ip(event: Mapping[str, Any], v2: bool) -> str | None:
+    """The caller's address as API Gateway saw it: requestContext.http.sourceIp (v2), .identity.sourceIp (v1)."""
+    context = event.get("requestContext")
+    if not isinstance(context, Mapping):
+        return None
+    holder = context.get("http") if v2 else context.get("identity")
+    value = holder.get("sourceIp") if isinstance(holder, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
 def _cookies(event: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, str]:
     """Payload 2.0 moves cookies to a `cookies` array; 1.0 leaves them in the Cookie header."""
     parts: list[str] = list(event.get("cookies") or [])
@@ -130,6 +140,10 @@ class LambdaRuntime:
             body=body,
             content_type=headers.get("content-type"),
             cookies=_cookies(event, headers),
+            # API Gateway and Function URLs put the caller's address here themselves (no header can forge it).
+            peer=_source_ip(event, v2),
+            origin=headers.get("origin"),
+            referer=headers.get("referer"),
         )
         if route == "pixel":
             await self.intake.pixel(incoming)

@@ -109,6 +109,13 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("POST", "/api/v1/links/{link_id}/pause"): (A, F, 200, 200),
     ("POST", "/api/v1/links/{link_id}/resume"): (A, F, 200, 200),
     ("DELETE", "/api/v1/links/{link_id}"): (A, F, 204, 204),
+    # the IP blocklist: staff only (an affiliate must not unblock itself, nor learn what is blocked)
+    ("GET", "/blocklist"): (L, F, 200, 200),
+    ("POST", "/blocklist"): (L, F, 422, 422),
+    ("POST", "/blocklist/{entry_id}/delete"): (L, F, 303, 303),
+    ("GET", "/api/v1/blocklist"): (A, F, 200, 200),
+    ("POST", "/api/v1/blocklist"): (A, F, 422, 422),
+    ("DELETE", "/api/v1/blocklist/{entry_id}"): (A, F, N, N),
     # API: admin
     ("GET", "/api/v1/users"): (A, F, F, 200),
     ("POST", "/api/v1/users"): (A, F, F, 422),

@@ -65,20 +65,21 @@ async def test_a_report_of_many_rows_streams_every_row_in_chunks(
     q = build_query("sub1", "2026-03-09", "2026-03-09", "UTC")
     rows, sizes = await collect(report_csv(sessions, q))
     header, body = rows[0], rows[1:]
-    assert header[:5] == ["sub1", "clicks", "unique_clicks", "bot_clicks", "conversions"]
+    assert header[:6] == ["sub1", "clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions"]
     assert len(body) == ROWS
     assert len(sizes) > 5 and max(sizes) < 2 * CHUNK_BYTES  # delivered piecewise, not as one buffer
     by_sub = {row[0]: row for row in body}
     assert by_sub["'=cmd|' /C calc'!A0"][1:4] == ["1", "0", "0"]
     assert by_sub["gclid-0000003"][1:4] == ["1", "1", "0"]
-    assert by_sub["gclid-0000010"][1:4] == ["1", "0", "1"]
-    assert sum(int(row[1]) for row in body) == ROWS
+    assert by_sub["gclid-0000010"][1:4] == ["0", "0", "1"]  # a bot: in bot_clicks only
+    bots = sum(1 for click in clicks if click["bot"])
+    assert (sum(int(row[1]) for row in body), sum(int(row[3]) for row in body)) == (ROWS - bots, bots)
 
     hourly, _ = await collect(report_csv(sessions, build_query("hour,link", "2026-03-09", "2026-03-09", "UTC")))
     assert hourly[0][:4] == ["hour", "link", "link_name", "clicks"]
     assert len(hourly) - 1 == 4 * 23  # 20,000 clicks 4 s apart cover 22 h 13 min: 23 hours of 4 links
     assert hourly[1][:3] == ["2026-03-09T00:00:00+00:00", "11", "l11"]
-    assert sum(int(row[3]) for row in hourly[1:]) == ROWS
+    assert sum(int(row[3]) for row in hourly[1:]) == ROWS - bots
 
 
 async def test_report_csv_equals_the_report(
@@ -92,12 +93,13 @@ async def test_report_csv_equals_the_report(
         await db_session.commit()  # SQLite: an open transaction holds the database lock the export needs
         rows, _ = await collect(report_csv(sessions, q))
         width = len(rows[0])
-        metrics = [[row[i] for i in range(width - 9, width)] for row in rows[1:]]
+        metrics = [[row[i] for i in range(width - 10, width)] for row in rows[1:]]
         assert metrics == [
             [
                 str(r.totals.clicks),
                 str(r.totals.unique_clicks),
                 str(r.totals.bot_clicks),
+                str(r.totals.blocked_clicks),
                 str(r.totals.conversions),
                 str(r.totals.conversion_rate) if r.totals.conversion_rate is not None else "",
                 str(r.totals.revenue),

@@ -57,6 +57,7 @@ def advertiser_out(request: Request, advertiser: Advertiser, live: bool | None =
         name=advertiser.name,
         status=advertiser.status,
         token_version=advertiser.token_version,
+        postback_ips=advertiser.postback_ips,
         created_at=advertiser.created_at,
         postback_token=token,
         postback_url=postback_url(settings.manager_postback_base_url, token),
@@ -88,16 +89,29 @@ def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
     return row.status == "active", getattr(row, "advertiser_id", None)
 
 
+async def add_advertiser(request: Request, session: AsyncSession, data: AdvertiserIn) -> Advertiser:
+    """Create an advertiser; one with a postback allowlist is published at once (the reconciler would within a
+    minute, and until then the postback role would take its postbacks from anywhere, though the worker would not)."""
+    advertiser = await campaigns.create_advertiser(session, data)
+    if advertiser.postback_ips is not None:
+        await publish_token_version(request.app.state.redis, advertiser)
+    return advertiser
+
+
 async def edit_advertiser(
     request: Request, session: AsyncSession, advertiser_id: int, data: AdvertiserPatch
 ) -> tuple[Advertiser, bool | None]:
     """Update an advertiser, then republish its links if what decides their serving changed. The second value is
     whether their new state reached Redis, None when they serve what they did (for the API and the pages)."""
-    before = serving(await campaigns.get_advertiser(session, advertiser_id))
+    current = await campaigns.get_advertiser(session, advertiser_id)
+    before, ips_before = serving(current), current.postback_ips
     advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
     live = None
     if serving(advertiser) != before:
         live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
+    if advertiser.postback_ips != ips_before:  # the postback role checks the allowlist it reads from Redis
+        published = await publish_token_version(request.app.state.redis, advertiser)
+        live = published if live is None else live and published
     return advertiser, live
 
 
@@ -147,7 +161,7 @@ async def list_advertisers(request: Request, session: SessionDep, _user: StaffUs
 
 @router.post("/advertisers", status_code=201, response_model=AdvertiserOut)
 async def create_advertiser(request: Request, data: AdvertiserIn, session: SessionDep, _user: StaffUser) -> Any:
-    return advertiser_out(request, await campaigns.create_advertiser(session, data))
+    return advertiser_out(request, await add_advertiser(request, session, data))
 
 
 @router.get("/advertisers/{advertiser_id}", response_model=AdvertiserOut)

@@ -85,7 +85,9 @@ async def get_advertiser(session: AsyncSession, advertiser_id: int) -> Advertise
 
 
 async def create_advertiser(session: AsyncSession, data: AdvertiserIn) -> Advertiser:
-    advertiser = Advertiser(**data.model_dump())
+    values = data.model_dump()
+    values["postback_ips"] = values.get("postback_ips") or None  # an empty list is no list
+    advertiser = Advertiser(**values)
     session.add(advertiser)
     await session.commit()
     return advertiser
@@ -94,6 +96,8 @@ async def create_advertiser(session: AsyncSession, data: AdvertiserIn) -> Advert
 async def update_advertiser(session: AsyncSession, advertiser_id: int, data: AdvertiserPatch) -> Advertiser:
     advertiser = await get_advertiser(session, advertiser_id)
     for name, value in data.model_dump(exclude_unset=True, exclude_none=True).items():
+        if name == "postback_ips":
+            value = value or None  # an empty list is no list: postbacks from anywhere
         setattr(advertiser, name, value)
     await session.commit()
     return advertiser
@@ -158,7 +162,9 @@ def _check_destination_template(template: str | None) -> None:
 async def create_offer(session: AsyncSession, data: OfferIn) -> Offer:
     await _exists(session, Advertiser, data.advertiser_id, "advertiser")
     _check_destination_template(data.destination_template)
-    offer = Offer(**data.model_dump())
+    values = data.model_dump()
+    values["pixel_domains"] = values.get("pixel_domains") or None
+    offer = Offer(**values)
     session.add(offer)
     await session.commit()
     return offer
@@ -188,7 +194,9 @@ async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -
                     f"destination_template: {following} link(s) follow it; give them a URL of their own first"
                 )
     for name, value in changes.items():
-        if value is not None or name in ("daily_cap", "destination_template"):
+        if name == "pixel_domains":
+            value = value or None  # an empty list is no list: the pixel from any page
+        if value is not None or name in ("daily_cap", "destination_template", "pixel_max_amount", "pixel_domains"):
             setattr(offer, name, value)
     await session.commit()
     return offer

@@ -169,6 +169,7 @@ CONVERSION_COLUMNS = (
     "created_at",
     "updated_at",
     "status",
+    "reason",
     "offer_id",
     "offer_name",
     "affiliate_id",

@@ -38,12 +38,16 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
-from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.core.db.models import Advertiser, Affiliate, BlockedNetwork, Link, Offer
 from adclick.core.links import INVALIDATE_CHANNEL, LINK_KEY_PREFIX, link_key
+from adclick.core.networks import NetworkListError, parse_networks
 
 log = logging.getLogger(__name__)
 
 ADVERTISER_KEY_PREFIX = "adclick:advertiser:"
+# {"v": 1, "cidrs": [...]}: addresses and networks whose clicks trackers refuse; the tracker's own names for them.
+BLOCKLIST_KEY = _native.IPBLOCK_KEY
+BLOCKLIST_MESSAGE = _native.IPBLOCK_MESSAGE  # on INVALIDATE_CHANNEL after each write; no slug starts with "!"
 RECONCILE_LOCK_KEY = "adclick:manager:reconcile:lock"
 # Outside the adclick:link:{slug} namespace, which trackers read and the reconciler SCANs.
 LINK_VERSION_PREFIX = "adclick:link_version:"
@@ -69,14 +73,17 @@ redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
-# KEYS: adclick:advertiser:{id}. ARGV: token version, its JSON. Token versions only go up (a lower one would
-# bring back a revoked token), so a write never lowers what is there; 1 if written.
+# KEYS: adclick:advertiser:{id}. ARGV: token version, the advertiser's JSON. Token versions only go up (a lower one
+# would bring back a revoked token), so a write never lowers what is there; at the same version it replaces a
+# different document (a new postback allowlist). 1 if written.
 _RAISE_TOKEN_VERSION = """
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local ok, doc = pcall(cjson.decode, raw)
-  if ok and type(doc) == 'table' and tonumber(doc.token_version) and tonumber(doc.token_version) >= tonumber(ARGV[1])
-  then return 0 end
+  if ok and type(doc) == 'table' and tonumber(doc.token_version) then
+    local stored = tonumber(doc.token_version)
+    if stored > tonumber(ARGV[1]) or (stored == tonumber(ARGV[1]) and raw == ARGV[2]) then return 0 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -288,24 +295,78 @@ def advertiser_key(advertiser_id: int) -> str:
     return f"{ADVERTISER_KEY_PREFIX}{advertiser_id}"
 
 
-def _raise_token_versions(client: redis.Redis, versions: dict[int, int]) -> int:
+@dataclass(frozen=True)
+class AdvertiserDoc:
+    """What the postback role reads at adclick:advertiser:{id}: the lowest token version, the postback allowlist."""
+
+    token_version: int
+    postback_ips: tuple[str, ...] | None = None  # canonical networks; None: from anywhere
+
+    @classmethod
+    def of(cls, token_version: int, postback_ips: str | None) -> AdvertiserDoc:
+        try:
+            networks = parse_networks(postback_ips)
+        except NetworkListError:
+            networks = ()  # the manager validates lists; one that no longer parses lets nothing through
+        return cls(token_version, None if networks is None else tuple(str(n) for n in networks))
+
+    def body(self) -> str:
+        doc: dict[str, Any] = {"token_version": self.token_version}
+        if self.postback_ips is not None:
+            doc["postback_ips"] = list(self.postback_ips)
+        return json.dumps(doc, separators=(",", ":"))
+
+
+def _raise_token_versions(client: redis.Redis, docs: dict[int, AdvertiserDoc]) -> int:
     script = client.register_script(_RAISE_TOKEN_VERSION)
     written = 0
-    for chunk in _chunks(list(versions.items()), BATCH):
+    for chunk in _chunks(list(docs.items()), BATCH):
         with client.pipeline(transaction=False) as pipe:
-            for advertiser_id, version in chunk:
-                body = json.dumps({"token_version": version})
-                script(keys=[advertiser_key(advertiser_id)], args=[version, body], client=pipe)
+            for advertiser_id, doc in chunk:
+                script(keys=[advertiser_key(advertiser_id)], args=[doc.token_version, doc.body()], client=pipe)
             written += sum(pipe.execute())
     return written
 
 
 async def publish_token_version(client: redis.Redis, advertiser: Advertiser) -> bool:
-    """Tell the postback role the lowest token version it may accept; False if Redis failed."""
+    """Tell the postback role the advertiser's lowest valid token version and its allowlist; False if Redis failed."""
+    doc = AdvertiserDoc.of(advertiser.token_version, advertiser.postback_ips)
     try:
-        await anyio.to_thread.run_sync(_raise_token_versions, client, {advertiser.id: advertiser.token_version})
+        await anyio.to_thread.run_sync(_raise_token_versions, client, {advertiser.id: doc})
     except redis.RedisError as error:
-        log.warning("advertiser %s token rotated but not published, Redis failed: %s", advertiser.id, error)
+        log.warning("advertiser %s changed but not published, Redis failed: %s", advertiser.id, error)
+        return False
+    return True
+
+
+async def blocklist_entries(session: AsyncSession) -> list[BlockedNetwork]:
+    return list((await session.scalars(select(BlockedNetwork).order_by(BlockedNetwork.id))).all())
+
+
+def blocklist_document(cidrs: list[str]) -> str:
+    return json.dumps({"v": 1, "cidrs": cidrs}, separators=(",", ":"))
+
+
+def _write_blocklist(client: redis.Redis, body: str, only_if_different: bool) -> bool:
+    if only_if_different:
+        held = client.get(BLOCKLIST_KEY)
+        # No key and an empty list block the same nothing: a network that never blocked anyone writes nothing.
+        if held == body or (held is None and body == blocklist_document([])):
+            return False
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(BLOCKLIST_KEY, body)
+        pipe.publish(INVALIDATE_CHANNEL, BLOCKLIST_MESSAGE)
+        pipe.execute()
+    return True
+
+
+async def publish_blocklist(client: redis.Redis, session: AsyncSession) -> bool:
+    """Write the IP blocklist to Redis and tell trackers; False if Redis failed (the reconciler will, later)."""
+    body = blocklist_document([row.cidr for row in await blocklist_entries(session)])
+    try:
+        await anyio.to_thread.run_sync(_write_blocklist, client, body, False)
+    except redis.RedisError as error:
+        log.warning("IP blocklist changed but not published, Redis failed: %s", error)
         return False
     return True
 
@@ -330,6 +391,7 @@ class RebuildResult:
     written: int = 0
     deleted: int = 0
     advertisers_written: int = 0
+    blocklist_written: bool = False
     kept_newer: int = 0  # keys a write published after the snapshot had already changed: left as they are
 
 
@@ -364,7 +426,8 @@ def _find_strays(client: redis.Redis, slugs: set[str]) -> list[str]:
 class Snapshot:
     configs: list[dict[str, Any]]  # every link's config as trackers should serve it, but those they would refuse
     slugs: set[str]  # every link's slug, refused or not: their keys are no strays
-    token_versions: dict[int, int]  # advertiser id: token version
+    advertisers: dict[int, AdvertiserDoc]  # advertiser id: what the postback role reads
+    blocklist: str = ""  # the IP blocklist's document
 
 
 async def _snapshot(sessions: async_sessionmaker[AsyncSession]) -> Snapshot:
@@ -378,8 +441,9 @@ async def _snapshot(sessions: async_sessionmaker[AsyncSession]) -> Snapshot:
                 log.error("link %s (%s) not published: %s", config["id"], config["slug"], error)
                 continue
             snapshot.configs.append(config)
-        query = select(Advertiser.id, Advertiser.token_version)
-        snapshot.token_versions = {row[0]: row[1] for row in await session.execute(query)}
+        query = select(Advertiser.id, Advertiser.token_version, Advertiser.postback_ips)
+        snapshot.advertisers = {row[0]: AdvertiserDoc.of(row[1], row[2]) for row in await session.execute(query)}
+        snapshot.blocklist = blocklist_document([row.cidr for row in await blocklist_entries(session)])
     return snapshot
 
 
@@ -405,22 +469,24 @@ async def rebuild(
     snapshot = await _snapshot(sessions)
     result = RebuildResult(links=len(snapshot.configs))
     await anyio.to_thread.run_sync(_converge, client, version, snapshot, force, result)
-    result.advertisers_written = await anyio.to_thread.run_sync(_converge_advertisers, client, snapshot.token_versions)
+    result.advertisers_written = await anyio.to_thread.run_sync(_converge_advertisers, client, snapshot.advertisers)
+    result.blocklist_written = await anyio.to_thread.run_sync(_write_blocklist, client, snapshot.blocklist, True)
     return result
 
 
-def _converge_advertisers(client: redis.Redis, versions: dict[int, int]) -> int:
-    """Raise every advertiser's token version in Redis to the database's; never lower one (a newer rotation)."""
-    behind: dict[int, int] = {}
-    ids = list(versions)
+def _converge_advertisers(client: redis.Redis, docs: dict[int, AdvertiserDoc]) -> int:
+    """Bring every advertiser's document in Redis to the database's; never lower a token version (a newer rotation)."""
+    behind: dict[int, AdvertiserDoc] = {}
+    ids = list(docs)
     for chunk in _chunks(ids, BATCH):
         for advertiser_id, raw in zip(chunk, client.mget([advertiser_key(i) for i in chunk]), strict=True):
+            want = docs[advertiser_id]
             try:
                 stored = int(json.loads(raw)["token_version"]) if raw is not None else 1
             except (ValueError, KeyError, TypeError):
                 stored = 0
-            if stored < versions[advertiser_id]:
-                behind[advertiser_id] = versions[advertiser_id]
+            if stored < want.token_version or (stored == want.token_version and raw != want.body()):
+                behind[advertiser_id] = want
     return _raise_token_versions(client, behind)
 
 
@@ -435,7 +501,7 @@ async def reconcile_forever(sessions: async_sessionmaker[AsyncSession], client: 
             if not locked:
                 continue
             result = await rebuild(sessions, client)
-            if result.written or result.deleted or result.advertisers_written:
+            if result.written or result.deleted or result.advertisers_written or result.blocklist_written:
                 log.info("reconciled Redis with the database: %s", result)
         except redis.RedisError as error:
             log.warning("reconcile skipped, Redis failed: %s", error)

@@ -13,7 +13,14 @@ from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import campaigns
-from adclick.manager.api import advertiser_out, edit_advertiser, edit_affiliate, edit_offer, tracking_url
+from adclick.manager.api import (
+    add_advertiser,
+    advertiser_out,
+    edit_advertiser,
+    edit_affiliate,
+    edit_offer,
+    tracking_url,
+)
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
@@ -61,7 +68,7 @@ def _saved(request: Request, what: str, live: bool | None) -> None:
 
 # -- advertisers --
 
-ADVERTISER_FIELDS = ("name", "status")
+ADVERTISER_FIELDS = ("name", "status", "postback_ips")
 
 
 @router.get("/advertisers")
@@ -78,7 +85,7 @@ async def create_advertiser(request: Request, session: SessionDep, _user: StaffU
         rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id))
         context = {"advertisers": rows, "total": total, "page": 1, "errors": errors, "form": fields}
         return render(request, "advertisers.html", context, status_code=422)
-    advertiser = await campaigns.create_advertiser(session, data)
+    advertiser = await add_advertiser(request, session, data)
     flash(request, "Advertiser created.", "success")
     return _see_other(f"/advertisers/{advertiser.id}")
 
@@ -97,7 +104,9 @@ async def advertiser_page(request: Request, advertiser_id: RowId, session: Sessi
 
 @router.post("/advertisers/{advertiser_id}")
 async def update_advertiser(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
-    data, errors = parse(AdvertiserPatch, await form_fields(request, *ADVERTISER_FIELDS))
+    fields = await form_fields(request, *ADVERTISER_FIELDS)
+    fields.setdefault("postback_ips", "")  # a blank allowlist means postbacks from anywhere
+    data, errors = parse(AdvertiserPatch, fields)
     if data is None:
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
     _advertiser, live = await edit_advertiser(request, session, advertiser_id, data)
@@ -197,6 +206,11 @@ OFFER_FIELDS = (
     "default_status",
     "daily_cap",
     "destination_template",
+    "pixel_enabled",
+    "pixel_status",
+    "pixel_max_amount",
+    "pixel_domains",
+    "bot_conversions",
 )
 
 
@@ -259,6 +273,9 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
         fields["currency"] = fields["currency"].upper()
     fields.setdefault("daily_cap", None)  # a blank cap means no cap
     fields.setdefault("destination_template", None)  # a blank template means none
+    fields.setdefault("pixel_enabled", "false")  # an unticked box sends nothing
+    fields.setdefault("pixel_max_amount", None)
+    fields.setdefault("pixel_domains", "")
     data, errors = parse(OfferPatch, fields)
     if data is not None:
         try:

@@ -40,10 +40,13 @@ from sqlalchemy import (
     Date,
     Select,
     Table,
+    and_,
     case,
     false,
     func,
     literal_column,
+    not_,
+    or_,
     select,
     type_coerce,
 )
@@ -76,7 +79,7 @@ FILTER_DIMENSIONS = {
     "country": "country",
     "device": "device",
 }
-METRICS = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
+METRICS = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions", "revenue", "payout")
 UNKNOWN_LABEL = "(unknown)"
 NONE_LABEL = "(none)"
 
@@ -228,11 +231,15 @@ def build_query(
 
 @dataclass(slots=True)
 class Totals:
-    """The counters of one report row (or of the whole report) and the rates derived from them."""
+    """The counters of one report row (or of the whole report) and the rates derived from them.
+
+    `clicks` are the clicks that can earn: bot and blocked clicks are counted apart, and CR and EPC ignore them.
+    """
 
     clicks: int = 0
     unique_clicks: int = 0
     bot_clicks: int = 0
+    blocked_clicks: int = 0
     conversions: int = 0
     revenue: Decimal = _ZERO
     payout: Decimal = _ZERO
@@ -241,6 +248,7 @@ class Totals:
         self.clicks += other.clicks
         self.unique_clicks += other.unique_clicks
         self.bot_clicks += other.bot_clicks
+        self.blocked_clicks += other.blocked_clicks
         self.conversions += other.conversions
         self.revenue += other.revenue
         self.payout += other.payout
@@ -280,6 +288,7 @@ class Totals:
             "clicks": self.clicks,
             "unique_clicks": self.unique_clicks,
             "bot_clicks": self.bot_clicks,
+            "blocked_clicks": self.blocked_clicks,
             "conversions": self.conversions,
             "conversion_rate": None if cr is None else str(cr),
             "revenue": str(self.revenue),
@@ -297,6 +306,7 @@ class Totals:
             clicks=int(row["clicks"] or 0),
             unique_clicks=int(row["unique_clicks"] or 0),
             bot_clicks=int(row["bot_clicks"] or 0),
+            blocked_clicks=int(row["blocked_clicks"] or 0),
             conversions=int(row["conversions"] or 0),
             revenue=row["revenue"] if row["revenue"] is not None else _ZERO,
             payout=row["payout"] if row["payout"] is not None else _ZERO,
@@ -467,6 +477,7 @@ def _rollup_sums(rollup: Rollup) -> list[ColumnElement[Any]]:
         func.sum(r.clicks).label("clicks"),
         func.sum(r.unique_clicks).label("unique_clicks"),
         func.sum(r.bot_clicks).label("bot_clicks"),
+        func.sum(r.blocked_clicks).label("blocked_clicks"),
         func.sum(r.conversions).label("conversions"),
         # Summed in SQL on the stored representation (NUMERIC, or integer millionths on SQLite), then converted.
         type_coerce(func.sum(r.revenue), Money).label("revenue"),
@@ -545,8 +556,8 @@ def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
         (local_day(hourly.c[f"k{i}"], q, dialect) if dimension == "day" else hourly.c[f"k{i}"]).label(f"k{i}")
         for i, dimension in enumerate(q.group_by)
     ]
-    sums = [func.sum(hourly.c[name]).label(name) for name in METRICS[:4]]
-    sums += [type_coerce(func.sum(hourly.c[name]), Money).label(name) for name in METRICS[4:]]
+    sums = [func.sum(hourly.c[name]).label(name) for name in METRICS[:5]]
+    sums += [type_coerce(func.sum(hourly.c[name]), Money).label(name) for name in METRICS[5:]]
     return select(*outer_keys, *sums).group_by(*_group_positions(len(outer_keys)))
 
 
@@ -575,9 +586,11 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
     clicks = (
         select(
             key.label("k"),
-            func.count().label("clicks"),
+            # As the rollups count them (adclick.worker.clicks): each click in one of the three columns.
+            func.sum(case((or_(c.bot, c.blocked), 0), else_=1)).label("clicks"),
             func.sum(case((c.unique, 1), else_=0)).label("unique_clicks"),
-            func.sum(case((c.bot, 1), else_=0)).label("bot_clicks"),
+            func.sum(case((and_(c.bot, not_(c.blocked)), 1), else_=0)).label("bot_clicks"),
+            func.sum(case((c.blocked, 1), else_=0)).label("blocked_clicks"),
         )
         .where(c.ts >= q.start, c.ts < q.end, *_click_filters(q))
         .group_by(*_group_positions(1))
@@ -615,6 +628,7 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
         "clicks": func.coalesce(clicks.c.clicks, 0),
         "unique_clicks": func.coalesce(clicks.c.unique_clicks, 0),
         "bot_clicks": func.coalesce(clicks.c.bot_clicks, 0),
+        "blocked_clicks": func.coalesce(clicks.c.blocked_clicks, 0),
         "conversions": func.coalesce(conversions.c.conversions, 0),
         "revenue": conversions.c.revenue,
         "payout": conversions.c.payout,
@@ -757,8 +771,8 @@ def csv_header(q: ReportQuery, staff: bool = True) -> list[str]:
     for dimension in q.group_by:
         header += [dimension, f"{dimension}_name"] if dimension in NAMED_DIMENSIONS else [dimension]
     if not staff:
-        return [*header, *METRICS[:4], "conversion_rate", "payout", "epc"]
-    return [*header, *METRICS[:4], "conversion_rate", "revenue", "payout", "profit", "epc"]
+        return [*header, *METRICS[:5], "conversion_rate", "payout", "epc"]
+    return [*header, *METRICS[:5], "conversion_rate", "revenue", "payout", "profit", "epc"]
 
 
 def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
@@ -771,7 +785,7 @@ def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
         else:
             cells.append(key)
     t = row.totals
-    cells += [t.clicks, t.unique_clicks, t.bot_clicks, t.conversions, t.conversion_rate]
+    cells += [t.clicks, t.unique_clicks, t.bot_clicks, t.blocked_clicks, t.conversions, t.conversion_rate]
     if not staff:
         return [*cells, t.payout, t.payout_epc]
     return [*cells, t.revenue, t.payout, t.profit, t.epc]

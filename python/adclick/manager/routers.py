@@ -26,6 +26,7 @@ ROUTERS: list[tuple[str, str]] = [
     ("adclick.manager.exports", "router"),
     ("adclick.manager.conversions", "router"),
     ("adclick.manager.jobs", "router"),
+    ("adclick.manager.blocklist", "router"),
 ]
 
 NAV: list[NavItem] = [
@@ -37,6 +38,7 @@ NAV: list[NavItem] = [
     NavItem("Reports", "/reports", ("admin", "manager", "affiliate")),
     NavItem("Conversions", "/conversions", ("admin", "manager", "affiliate")),
     NavItem("Failed jobs", "/jobs"),
+    NavItem("Blocklist", "/blocklist"),
     NavItem("Users", "/users", ("admin",)),
     NavItem("API tokens", "/tokens", ("admin", "manager", "affiliate")),
 ]

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from adclick.core.db.models import MODELS, POSTBACK_STATUSES, ROLES, STATUSES
+from adclick.core.networks import NetworkListError, canonical, parse_networks
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Status = Literal["active", "paused", "archived"]
@@ -38,6 +39,35 @@ def _email(value: str) -> str:
 Email = Annotated[str, AfterValidator(_email)]
 
 
+def _networks(value: str) -> str:
+    """A list of addresses and CIDR networks in canonical form ("" for none); ValueError names a bad entry."""
+    try:
+        networks = parse_networks(value)
+    except NetworkListError as error:
+        raise ValueError(str(error)) from None
+    return "" if networks is None else canonical(networks)
+
+
+NetworkList = Annotated[str, StringConstraints(max_length=100_000), AfterValidator(_networks)]
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _domains(value: str) -> str:
+    """Host names, lower case, comma separated ("" for none); a page on one of them or under it matches."""
+    names = [name.lower().strip(".") for name in re.split(r"[\s,]+", value) if name.strip(".")]
+    for name in names:
+        if not _HOSTNAME.fullmatch(name):
+            raise ValueError(f"{name[:80]!r} is not a host name like shop.example")
+    if len(names) > 100:
+        raise ValueError("at most 100 domains")
+    return ", ".join(dict.fromkeys(names))
+
+
+DomainList = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_domains)]
+BotConversions = Literal["reject", "accept"]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,11 +82,15 @@ class Out(BaseModel):
 class AdvertiserIn(Strict):
     name: Name
     status: Status = "active"
+    postback_ips: NetworkList | None = Field(
+        None, description="addresses or CIDR networks its server-to-server postbacks may come from; empty: anywhere"
+    )
 
 
 class AdvertiserPatch(Strict):
     name: Name | None = None
     status: Status | None = None
+    postback_ips: NetworkList | None = Field(None, description="an empty list lets postbacks come from anywhere")
 
 
 class AdvertiserOut(Out):
@@ -64,6 +98,7 @@ class AdvertiserOut(Out):
     name: str
     status: str
     token_version: int
+    postback_ips: str | None
     created_at: datetime
     postback_token: str
     postback_url: str
@@ -121,11 +156,22 @@ class OfferIn(Strict):
     destination_template: Url | None = Field(
         None, description="URL template of the links that have none of their own; they follow its changes"
     )
+    pixel_enabled: bool = Field(False, description="take browser pixel conversions (no token) for this offer")
+    pixel_status: PostbackStatus = Field("pending", description="the status of every pixel conversion")
+    pixel_max_amount: Amount | None = Field(None, description="the largest sale amount a pixel may report (revshare)")
+    pixel_domains: DomainList | None = Field(
+        None, description="pages allowed to fire the pixel (Origin or Referer host, subdomains included); empty: any"
+    )
+    bot_conversions: BotConversions = Field(
+        "reject", description="reject: a conversion on a bot click is stored rejected (reason bot); accept: counted"
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> OfferIn:
         _check_rates(self.revenue_model, self.revenue_amount, "revenue")
         _check_rates(self.payout_model, self.payout_amount, "payout")
+        if self.pixel_enabled and "revshare" in (self.revenue_model, self.payout_model) and not self.pixel_max_amount:
+            raise ValueError("pixel_max_amount: a revshare offer that takes the pixel needs a maximum sale amount")
         return self
 
 
@@ -142,6 +188,11 @@ class OfferPatch(Strict):
     default_status: PostbackStatus | None = None
     daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     destination_template: Url | None = Field(None, description="null clears it (refused while links follow it)")
+    pixel_enabled: bool | None = None
+    pixel_status: PostbackStatus | None = None
+    pixel_max_amount: Amount | None = Field(None, description="null clears it")
+    pixel_domains: DomainList | None = Field(None, description="null or empty clears it")
+    bot_conversions: BotConversions | None = None
 
 
 class OfferOut(Out):
@@ -158,6 +209,11 @@ class OfferOut(Out):
     default_status: str
     daily_cap: int | None
     destination_template: str | None
+    pixel_enabled: bool
+    pixel_status: str
+    pixel_max_amount: Decimal | None
+    pixel_domains: str | None
+    bot_conversions: str
     created_at: datetime
     live: bool | None = Field(
         None, description="after a status or template change: whether its links reached Redis (false: not yet live)"

@@ -198,6 +198,26 @@ def test_revoked_token_is_refused_through_redis(
     assert sqs_server.count(queue) == 0
 
 
+def test_allowlist_reads_api_gateways_source_ip_not_a_header(
+    runtime: LambdaRuntime, sqs_server: SqsServer, redis_server: RedisServer, queue: str
+) -> None:
+    with redis_server.client() as redis_client:
+        redis_client.set("adclick:advertiser:5", json.dumps({"token_version": 1, "postback_ips": ["203.0.113.0/24"]}))
+    query = urllib.parse.urlencode({"click_id": click_id(), "txid": "IN", "token": token(5)})
+    allowed = reply(runtime.handle(http_api_event(query=query), None))  # sourceIp 203.0.113.9
+    forged = http_api_event(query=query.replace("IN", "FORGED"))
+    forged["requestContext"]["http"]["sourceIp"] = "198.51.100.1"
+    forged["headers"]["x-forwarded-for"] = "203.0.113.9"  # a header the caller chose: not believed
+    refused = reply(runtime.handle(forged, None))
+    rest = rest_api_event(params={"click_id": [click_id()], "txid": ["REST"], "token": [token(5)]})
+    rest_allowed = reply(runtime.handle(rest, None))  # identity.sourceIp 203.0.113.9
+
+    assert (allowed[0], rest_allowed[0]) == (200, 200)
+    assert (refused[0], refused[1]["reason"]) == (403, "ip_not_allowed")
+    messages = conversions(sqs_server, queue)
+    assert sorted((m["txid"], m["ip"]) for m in messages) == [("IN", "203.0.113.9"), ("REST", "203.0.113.9")]
+
+
 def test_rest_api_get_on_a_stage_queues_the_conversion(
     runtime: LambdaRuntime, sqs_server: SqsServer, queue: str
 ) -> None:

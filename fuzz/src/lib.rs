@@ -79,8 +79,8 @@ pub fn clickid(data: &[u8]) {
     let reused = ClickIdCodec::new(1, KEY_B, None).expect("codec");
     assert!(reused.verify(&id).is_err());
 
-    // Flags: sealed in version 2, read back exactly; none at all is version 1. Changing one character of a
-    // flagged id (its flags or version among them) breaks the seal as for any other.
+    // Flags: sealed in version 2, read back exactly; none at all is version 1. A flagged id sorts by time among
+    // unflagged ones, and changing one character of it (its flags or version among them) breaks its 72-bit tag.
     let Ok(flags) = u.arbitrary::<u8>() else {
         return;
     };
@@ -91,6 +91,9 @@ pub fn clickid(data: &[u8]) {
         (info.version, info.flags, info.link_id, info.ts_ms),
         (version, flags, link_a, ts_a)
     );
+    if ts_a < ts_b {
+        assert!(flagged < other, "{flagged} (ts {ts_a}) sorts after {other} (ts {ts_b})");
+    }
     let mut changed = flagged.clone().into_bytes();
     let at = ALPHABET.iter().position(|&c| c == changed[pos]).expect("alphabet");
     changed[pos] = ALPHABET[(at + sym) % ALPHABET.len()];

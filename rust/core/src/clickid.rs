@@ -1,11 +1,14 @@
 //! ClickIDs: 40 URL-safe characters that sort by time and prove, without a database, that we issued them.
 //!
 //! Layout (30 bytes, see docs/contracts.md): u48 ms timestamp BE | version nibble, key id nibble |
-//! u40 link id BE | 8 random bytes | HMAC-SHA256(key, bytes 0..20) truncated to 10 bytes.
+//! u40 link id BE | then by version:
+//! - 1: 8 random bytes | HMAC-SHA256(key, bytes 0..20) truncated to 10 bytes;
+//! - 2: flags byte | 8 random bytes | HMAC-SHA256(key, bytes 0..21) truncated to 9 bytes.
 //!
-//! Version 2, issued only for flagged clicks (a bot, a blocked address), spends the first random byte on a flags
-//! byte; the HMAC covers it as before, so a flag can be neither added nor removed by anyone without the key.
-//! Unflagged clicks keep version 1 byte for byte, so verifiers of either version read every click without flags.
+//! Version 2, issued only for flagged clicks (a bot, a blocked address), adds a flags byte and keeps all 64 random
+//! bits, paying with one byte of the tag (72 bits); the HMAC covers the flags, so a flag can be neither added nor
+//! removed by anyone without the key. Unflagged clicks keep version 1 byte for byte, so verifiers of either version
+//! read every click without flags. The version nibble, itself signed, picks the layout a verifier checks.
 use base64::alphabet::Alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -19,9 +22,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Characters of a ClickID.
 pub const CLICK_ID_LEN: usize = 40;
-/// Format version of a ClickID without flags (byte 12 random).
+/// Format version of a ClickID without flags (bytes 12..20 random, an 80-bit tag).
 pub const CLICK_ID_VERSION: u8 = 1;
-/// Format version of a ClickID with flags (byte 12 the flags, bytes 13..20 random).
+/// Format version of a ClickID with flags (byte 12 the flags, bytes 13..21 random, a 72-bit tag).
 pub const CLICK_ID_VERSION_FLAGGED: u8 = 2;
 /// Flag: the User-Agent is a bot's.
 pub const FLAG_BOT: u8 = 1;
@@ -33,8 +36,19 @@ pub const MAX_LINK_ID: u64 = (1 << 40) - 1;
 pub const MAX_TS_MS: u64 = (1 << 48) - 1;
 
 const RAW_LEN: usize = 30;
-const SIGNED_LEN: usize = 20;
-const TAG_LEN: usize = RAW_LEN - SIGNED_LEN;
+/// Bytes the HMAC covers in version 1: everything before the tag, which takes the remaining 10.
+const SIGNED_LEN_V1: usize = 20;
+/// Bytes the HMAC covers in version 2 (the flags byte shifts the random bytes up one), leaving 9 for the tag.
+const SIGNED_LEN_V2: usize = 21;
+
+/// Where the tag starts in a ClickID of `version`, or None for a version this build does not know.
+const fn signed_len(version: u8) -> Option<usize> {
+    match version {
+        CLICK_ID_VERSION => Some(SIGNED_LEN_V1),
+        CLICK_ID_VERSION_FLAGGED => Some(SIGNED_LEN_V2),
+        _ => None,
+    }
+}
 
 // Ordered like ASCII so that comparing two ClickIDs as text compares their timestamps.
 const ORDERED: Alphabet = match Alphabet::new("-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz") {
@@ -115,7 +129,7 @@ impl ClickIdCodec {
     }
 
     /// Issues a ClickID carrying `flags`: version 1 exactly as [`ClickIdCodec::generate`] when there are none,
-    /// else version 2 with the flags sealed in byte 12.
+    /// else version 2 with the flags sealed in byte 12 and 64 random bits after them.
     pub fn generate_flagged(&self, link_id: u64, ts_ms: u64, flags: u8) -> Result<String, CoreError> {
         if link_id > MAX_LINK_ID {
             return Err(CoreError::InvalidClickId("link id does not fit in 40 bits"));
@@ -126,17 +140,19 @@ impl ClickIdCodec {
         let mut raw = [0u8; RAW_LEN];
         raw[0..6].copy_from_slice(&ts_ms.to_be_bytes()[2..8]);
         raw[7..12].copy_from_slice(&link_id.to_be_bytes()[3..8]);
-        if flags == 0 {
+        let signed = if flags == 0 {
             raw[6] = (CLICK_ID_VERSION << 4) | self.current.0;
-            random_bytes(&mut raw[12..20])?;
+            random_bytes(&mut raw[12..SIGNED_LEN_V1])?;
+            SIGNED_LEN_V1
         } else {
             raw[6] = (CLICK_ID_VERSION_FLAGGED << 4) | self.current.0;
             raw[12] = flags;
-            random_bytes(&mut raw[13..20])?;
-        }
+            random_bytes(&mut raw[13..SIGNED_LEN_V2])?;
+            SIGNED_LEN_V2
+        };
         let mut mac = self.current.1.clone();
-        mac.update(&raw[..SIGNED_LEN]);
-        raw[SIGNED_LEN..].copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        mac.update(&raw[..signed]);
+        raw[signed..].copy_from_slice(&mac.finalize().into_bytes()[..RAW_LEN - signed]);
 
         let mut text = [0u8; CLICK_ID_LEN];
         let written = ENGINE
@@ -158,9 +174,9 @@ impl ClickIdCodec {
             _ => return Err(CoreError::InvalidClickId("bad character")),
         }
         let version = raw[6] >> 4;
-        if version != CLICK_ID_VERSION && version != CLICK_ID_VERSION_FLAGGED {
+        let Some(signed) = signed_len(version) else {
             return Err(CoreError::InvalidClickId("unknown version"));
-        }
+        };
         let key_id = raw[6] & 0x0f;
         let key = if key_id == self.current.0 {
             &self.current.1
@@ -170,9 +186,12 @@ impl ClickIdCodec {
                 _ => return Err(CoreError::InvalidClickId("unknown key id")),
             }
         };
+        // The version nibble is signed in both layouts, so reading an id under the other version's layout changes
+        // the signed bytes and fails the tag. The tag's length is public (it follows from the version); its
+        // bytes are compared in constant time.
         let mut mac = key.clone();
-        mac.update(&raw[..SIGNED_LEN]);
-        mac.verify_truncated_left(&raw[SIGNED_LEN..])
+        mac.update(&raw[..signed]);
+        mac.verify_truncated_left(&raw[signed..])
             .map_err(|_| CoreError::InvalidClickId("bad signature"))?;
 
         let mut ts = [0u8; 8];
@@ -273,6 +292,18 @@ mod tests {
         raw
     }
 
+    /// Signs `raw` with `secret` in the layout its version nibble names, as only the holder of the key can.
+    fn seal(secret: &[u8], raw: &mut [u8; RAW_LEN]) {
+        let signed = match raw[6] >> 4 {
+            1 => 20,
+            2 => 21,
+            v => panic!("no layout for version {v}"),
+        };
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(&raw[..signed]);
+        raw[signed..].copy_from_slice(&mac.finalize().into_bytes()[..RAW_LEN - signed]);
+    }
+
     #[test]
     fn round_trip_returns_what_was_encoded() {
         let c = codec();
@@ -317,20 +348,27 @@ mod tests {
     fn flagged_ids_stay_unique() {
         let c = codec();
         let mut seen = std::collections::HashSet::new();
+        let mut values = vec![std::collections::HashSet::new(); RAW_LEN];
         for _ in 0..1000 {
-            assert!(seen.insert(c.generate_flagged(7, TS, FLAG_BOT).unwrap()));
+            let id = c.generate_flagged(7, TS, FLAG_BOT).unwrap();
+            for (pos, byte) in decode(&id).into_iter().enumerate() {
+                values[pos].insert(byte);
+            }
+            assert!(seen.insert(id), "same link, ms and flags must still give distinct ids");
+        }
+        // Same link, ms and flags: bytes 0..13 never change, and each of the 8 random bytes 13..21 does (64 bits,
+        // as many as version 1 has; the tag after them with it); a random byte stuck at one value in 1000 ids
+        // would be a lost byte.
+        for (pos, seen) in values.iter().enumerate() {
+            assert_eq!(seen.len() > 1, pos >= 13, "byte {pos} took {} values", seen.len());
         }
     }
 
     #[test]
     fn a_flag_can_be_neither_removed_nor_added() {
         let c = codec();
-        let reseal = |raw: &mut [u8; RAW_LEN]| {
-            // Only the holder of the key could make these pass: re-sealing is what a forger cannot do.
-            let mut mac = HmacSha256::new_from_slice(b"current secret").unwrap();
-            mac.update(&raw[..20]);
-            raw[20..].copy_from_slice(&mac.finalize().into_bytes()[..10]);
-        };
+        // Only the holder of the key could make these pass: re-sealing is what a forger cannot do.
+        let reseal = |raw: &mut [u8; RAW_LEN]| seal(b"current secret", raw);
         let blocked = decode(&c.generate_flagged(42, TS, FLAG_BLOCKED).unwrap());
         // Clearing the flag, dropping to version 1, or both, without the key.
         let mut cleared = blocked;
@@ -345,10 +383,20 @@ mod tests {
                 Err(CoreError::InvalidClickId("bad signature"))
             );
         }
-        // And the other way: a clean id does not turn flagged.
-        let mut raised = decode(&c.generate(42, TS).unwrap());
+        // And the other way: a clean id does not turn flagged, whether its version 1 tag is kept or a flags byte
+        // is set in front of its random bytes.
+        let clean = decode(&c.generate(42, TS).unwrap());
+        let mut raised = clean;
         raised[6] = 0x23;
-        assert!(c.verify(&reencode(&raised)).is_err());
+        let mut shifted = raised;
+        shifted[12] = FLAG_BLOCKED;
+        shifted[13..21].copy_from_slice(&clean[12..20]);
+        for forged in [raised, shifted] {
+            assert_eq!(
+                c.verify(&reencode(&forged)),
+                Err(CoreError::InvalidClickId("bad signature"))
+            );
+        }
         // With the key, the same bytes do verify: the signature, nothing else, is what refused them.
         let mut resealed = cleared;
         reseal(&mut resealed);
@@ -375,6 +423,47 @@ mod tests {
     }
 
     #[test]
+    fn version_1_known_answer() {
+        // Computed outside this crate (Python's hmac and base64) from ts TS, key id 3, link 42 and random bytes
+        // 5a c3 91 07 ee 42 18 b6; 4487c3c, before version 2's layout changed, verified it too: version 1 is unchanged.
+        let info = codec().verify("-Of6WLSv3k-----eLgDG0yt15AOaYtnF8DltXEIS").unwrap();
+        assert_eq!(
+            info,
+            ClickIdInfo {
+                version: 1,
+                key_id: 3,
+                ts_ms: TS,
+                link_id: 42,
+                flags: 0
+            }
+        );
+    }
+
+    #[test]
+    fn version_2_known_answer() {
+        // Computed outside this crate (Python's hmac and base64) from ts TS, key id 3, link 42, flags 3 and random
+        // bytes 5a c3 91 07 ee 42 18 b6: the flags byte, 64 random bits, a 72-bit tag over bytes 0..21.
+        let info = codec().verify("-Of6WLSv7k-----e-pf2ZFUiFWXqDC8ubmX6vpYk").unwrap();
+        let flags = FLAG_BOT | FLAG_BLOCKED;
+        assert_eq!(
+            info,
+            ClickIdInfo {
+                version: 2,
+                key_id: 3,
+                ts_ms: TS,
+                link_id: 42,
+                flags
+            }
+        );
+        // The same click in eb8f216's version 2 layout (56 random bits, an 80-bit tag over bytes 0..20) is no
+        // longer ours: the version nibble picks the current layout, whose tag it does not carry.
+        assert_eq!(
+            codec().verify("-Of6WLSv7k-----e-pf2ZFUiFWXUehcwXx9XYXy-"),
+            Err(CoreError::InvalidClickId("bad signature"))
+        );
+    }
+
+    #[test]
     fn layout_matches_the_contract() {
         let id = codec().generate(0x01_0203_0405, 0x0a0b_0c0d_0e0f).unwrap();
         let raw = decode(&id);
@@ -384,6 +473,22 @@ mod tests {
         let mut mac = HmacSha256::new_from_slice(b"current secret").unwrap();
         mac.update(&raw[..20]);
         assert_eq!(&raw[20..], &mac.finalize().into_bytes()[..10]);
+    }
+
+    #[test]
+    fn flagged_layout_matches_the_contract() {
+        let id = codec()
+            .generate_flagged(0x01_0203_0405, 0x0a0b_0c0d_0e0f, FLAG_BLOCKED)
+            .unwrap();
+        let raw = decode(&id);
+        assert_eq!(&raw[0..6], &[0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f]);
+        assert_eq!(raw[6], 0x23);
+        assert_eq!(&raw[7..12], &[1, 2, 3, 4, 5]);
+        assert_eq!(raw[12], FLAG_BLOCKED);
+        // Bytes 13..21 random, then the tag: HMAC over bytes 0..21 (the last random byte included), 9 bytes.
+        let mut mac = HmacSha256::new_from_slice(b"current secret").unwrap();
+        mac.update(&raw[..21]);
+        assert_eq!(&raw[21..], &mac.finalize().into_bytes()[..9]);
     }
 
     #[test]
@@ -404,16 +509,18 @@ mod tests {
     #[test]
     fn every_single_character_tamper_fails() {
         let c = codec();
-        let id = c.generate(42, TS).unwrap();
-        for pos in 0..CLICK_ID_LEN {
-            for ch in ALPHABET.chars() {
-                if id.as_bytes()[pos] == ch as u8 {
-                    continue;
+        for flags in [0, FLAG_BOT] {
+            let id = c.generate_flagged(42, TS, flags).unwrap();
+            for pos in 0..CLICK_ID_LEN {
+                for ch in ALPHABET.chars() {
+                    if id.as_bytes()[pos] == ch as u8 {
+                        continue;
+                    }
+                    let mut forged = id.clone().into_bytes();
+                    forged[pos] = ch as u8;
+                    let forged = String::from_utf8(forged).unwrap();
+                    assert!(c.verify(&forged).is_err(), "accepted {forged} tampered at {pos}");
                 }
-                let mut forged = id.clone().into_bytes();
-                forged[pos] = ch as u8;
-                let forged = String::from_utf8(forged).unwrap();
-                assert!(c.verify(&forged).is_err(), "accepted {forged} tampered at {pos}");
             }
         }
     }
@@ -459,6 +566,13 @@ mod tests {
         raw[6] = 0x13;
         raw[25] ^= 1;
         assert_eq!(err(&reencode(&raw)), "bad signature");
+
+        let mut flagged = decode(&c.generate_flagged(42, TS, FLAG_BOT).unwrap());
+        flagged[6] = 0x25;
+        assert_eq!(err(&reencode(&flagged)), "unknown key id");
+        flagged[6] = 0x23;
+        flagged[20] ^= 1; // the last random byte, signed in version 2
+        assert_eq!(err(&reencode(&flagged)), "bad signature");
     }
 
     #[test]
@@ -482,21 +596,32 @@ mod tests {
         assert_eq!(v2.verify(&new).unwrap().key_id, 2);
         assert_eq!(v3.verify(&new).unwrap().key_id, 2);
         assert_eq!(v3.verify(&old), Err(CoreError::InvalidClickId("unknown key id")));
+
+        let old_flagged = v1.generate_flagged(9, TS, FLAG_BOT).unwrap();
+        let info = v2.verify(&old_flagged).unwrap();
+        assert_eq!((info.version, info.key_id, info.flags), (2, 1, FLAG_BOT));
+        assert_eq!(
+            v3.verify(&old_flagged),
+            Err(CoreError::InvalidClickId("unknown key id"))
+        );
     }
 
     #[test]
     fn previous_key_id_with_the_current_secret_is_rejected() {
         // An id claiming the previous key id but signed with the current key must not pass.
         let c = ClickIdCodec::new(2, b"secret two", Some((1, b"secret one"))).unwrap();
-        let mut raw = decode(&c.generate(9, TS).unwrap());
-        raw[6] = 0x11;
-        let mut mac = HmacSha256::new_from_slice(b"secret two").unwrap();
-        mac.update(&raw[..20]);
-        raw[20..].copy_from_slice(&mac.finalize().into_bytes()[..10]);
-        assert_eq!(
-            c.verify(&reencode(&raw)),
-            Err(CoreError::InvalidClickId("bad signature"))
-        );
+        for flags in [0, FLAG_BLOCKED] {
+            let mut raw = decode(&c.generate_flagged(9, TS, flags).unwrap());
+            raw[6] = (raw[6] & 0xf0) | 1;
+            seal(b"secret two", &mut raw);
+            assert_eq!(
+                c.verify(&reencode(&raw)),
+                Err(CoreError::InvalidClickId("bad signature"))
+            );
+            // The seal itself is right: signed with the previous secret, the same bytes verify.
+            seal(b"secret one", &mut raw);
+            assert_eq!(c.verify(&reencode(&raw)).unwrap().flags, flags);
+        }
     }
 
     #[test]

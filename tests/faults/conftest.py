@@ -1,4 +1,4 @@
-"""The whole system for the fault tests, started once per module, and a table of what each scenario counted."""
+"""The whole system for the fault tests, started once for all of them, and a table of what each scenario counted."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def full() -> bool:
     return os.environ.get("ADCLICK_CHAOS", "short") == "full"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def system(
     tmp_path_factory: pytest.TempPathFactory,
     _sqs_server_session: SqsServer,

@@ -117,3 +117,22 @@ async def test_the_blocklist_is_edited_by_staff_only_and_reaches_trackers(manage
     await reconcile(manager)
     assert json.loads(store.get("adclick:ipblock"))["cidrs"] == ["198.51.100.7/32", "192.0.2.0/24"]
     pubsub.close()
+
+
+async def test_the_offer_page_turns_the_pixel_on_and_off(manager: Manager) -> None:
+    browser = await manager.as_role("manager")
+    offer_id = manager.ids["offer"]
+    page = (await browser.get(f"/offers/{offer_id}")).text
+    assert 'name="pixel_enabled"' in page and "checked" not in page.split('name="pixel_enabled"')[1][:40]
+    base = {"advertiser_id": str(manager.ids["advertiser"]), "name": "Offer", "csrf_token": csrf_of(page)}
+    on = await browser.post(
+        f"/offers/{offer_id}", data={**base, "pixel_enabled": "true", "pixel_domains": "shop.example"}
+    )
+    assert on.status_code == 303, on.text
+    api = await manager.api("manager")
+    offer = (await api.get(f"/api/v1/offers/{offer_id}")).json()
+    assert (offer["pixel_enabled"], offer["pixel_domains"]) == (True, "shop.example")
+    off = await browser.post(f"/offers/{offer_id}", data=base)  # an unticked box sends nothing: off, domains cleared
+    assert off.status_code == 303, off.text
+    offer = (await api.get(f"/api/v1/offers/{offer_id}")).json()
+    assert (offer["pixel_enabled"], offer["pixel_domains"]) == (False, None)

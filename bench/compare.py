@@ -133,7 +133,9 @@ def run_locust(args: argparse.Namespace, port: int, seconds: float) -> Load:
     seconds = max(seconds, 3.0)  # the table keeps whole seconds after a settle: shorter runs would keep none
     with tempfile.TemporaryDirectory(prefix="adclick-bench-locust-") as tmp:
         users = str(args.locust_users)
-        cmd = [str(VENV_BIN / "locust"), "-f", str(BENCH / "locustfile.py"), "--headless", "--only-summary"]
+        # One constant step of bench/locust_steps.py: its table leaves the ramp-up out, as wrk's figures do.
+        files = f"{BENCH / 'locustfile.py'},{BENCH / 'locust_steps.py'}"
+        cmd = [str(VENV_BIN / "locust"), "-f", files, "--headless", "--only-summary"]
         cmd += ["--host", f"http://127.0.0.1:{port}", "--csv", f"{tmp}/run", "--slugs", str(args.slugs)]
         cmd += ["--step-start-users", users, "--step-max-users", users, "--step-users", "0"]
         cmd += ["--step-seconds", f"{seconds:g}", "--step-settle-seconds", f"{min(2.0, seconds / 4):g}"]

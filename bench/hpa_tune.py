@@ -1,7 +1,7 @@
 """Measure one pod's capacity and write the autoscaling targets into the prod overlay (`make hpa-tune`).
 
 Tracker: one `adclick tracker` process (one process, as in a pod) pinned with taskset to one core (the pod's CPU
-limit), under bench/locustfile.py's stepped load (`StepShape`, `TrackerUser` only) from Locust pinned to the
+limit), under bench/locust_steps.py's stepped load (`StepShape`, `TrackerUser` only) from Locust pinned to the
 other cores. The capacity is the highest step rate reached while every step so far kept its p99 within the SLO
 and its errors under the limit; the HPA's per-pod RPS target (the Pods metric's `averageValue`) is a fraction of
 it.
@@ -203,12 +203,13 @@ def default_locust_processes(client_cpu: str | None) -> int:
 
 
 def run_locust(args: argparse.Namespace, port: int, out: Path, logs: Path) -> Path:
-    """bench/locustfile.py's StepShape against the tracker, headless, with CSV history; its per-step CSV."""
+    """bench/locust_steps.py's StepShape of bench/locustfile.py's TrackerUser, headless, with CSV history; its
+    per-step CSV."""
     prefix = out / "locust"
     cmd = [
         str(VENV_BIN / "locust"),
         "-f",
-        str(BENCH / "locustfile.py"),
+        f"{BENCH / 'locustfile.py'},{BENCH / 'locust_steps.py'}",  # the step load is opt in
         "--headless",
         "--only-summary",
         "--host",

@@ -1,52 +1,51 @@
-"""Locust load for adclick: tracker clicks and advertiser postbacks, stepped up by `StepShape`.
+"""Locust load for adclick: tracker clicks and advertiser postbacks.
 
 Users:
 - `TrackerUser` clicks `GET|HEAD /c/{slug}` on `--host` without following redirects: a 302 with a `Location` is a
-  success, anything else a failure. Slugs `bench-0` .. `bench-{N-1}` (the links bench/compare.py and
-  bench/hpa_tune.py write) are drawn with a popularity skew; User-Agents, `CF-IPCountry`, sub ids, click ids of
-  ad networks and referers are mixed the way ad traffic looks, with a share of HEAD requests and of bots.
-- `PostbackUser` sends `GET|POST /postback` to `--postback-host`: valid postbacks (a fresh ClickID minted with the
-  click secret, a valid advertiser token) and duplicates of them expect 200; forged ones (bad or missing token,
-  a ClickID signed with another key, garbage) count as a success only when refused with 401 or 400.
+  success, anything else a failure. Slugs `bench-0` .. `bench-{N-1}` (the links `adclick bench-links N` makes, and
+  bench/compare.py and bench/hpa_tune.py write) are drawn with a popularity skew; User-Agents, `CF-IPCountry`, sub
+  ids, click ids of ad networks and referers are mixed the way ad traffic looks, with a share of HEAD requests and
+  of bots.
+- `PostbackUser` clicks a link on `--host` first and reports a conversion for the ClickID its 302 carries, with
+  `GET|POST /postback` to `--postback-host`: valid postbacks (that ClickID, the `--advertiser-id` token) and
+  duplicates of them expect 200; forged ones (bad or missing token, a ClickID signed with another key, garbage)
+  count as a success only when refused with 401 or 400. It runs only with `--postback-host`.
 
-`StepShape` starts `--step-start-users`, adds `--step-users` every `--step-seconds` up to `--step-max-users`, then
-stops. Every option below also reads a `LOCUST_*` variable; a master passes them on to its workers.
-Besides Locust's own CSV files (`--csv PREFIX --csv-full-history`), the master writes `PREFIX_steps.csv`: one row
-per step (users, requests per second, p50/p95/p99 in ms, errors), from each step's last `step_seconds -
-step_settle_seconds` seconds, with latencies kept at 1% resolution rather than Locust's whole milliseconds.
+Before the first request the master (or the single process) sends HEAD, which is no click, to a sample of the
+slugs, and stops the run with one message when they do not all answer 302 (the links are missing: make them with
+`adclick bench-links N`). `-u`, `-r`, `-t`, class selection, the web UI and `--html` work as in any Locust project:
 
-    locust -f bench/locustfile.py --headless --host http://127.0.0.1:8000 --csv out/run --csv-full-history \
-        --step-start-users 10 --step-users 10 --step-seconds 20 --step-max-users 100 TrackerUser
+    locust -f bench/locustfile.py --headless --host http://127.0.0.1:8000 -u 50 -r 50 -t 20s TrackerUser
 
-See the README's "Load tests" section for distributed runs (a master and workers) against a cluster.
+The step load (`StepShape` and its per-step table) is opt in, in bench/locust_steps.py. Every option below also
+reads a `LOCUST_*` variable; a master passes them on to its workers. See the README's "Load tests" section.
 """
 
 from __future__ import annotations
 
-import bisect
 import collections
-import csv
+import http.client
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, LoadTestShape, events, task
+import gevent
+from locust import FastHttpUser, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WorkerRunner
 
 log = logging.getLogger("adclick.locust")
 
 DEFAULT_CLICK_SECRET = "dev-only-click-secret-change-me"
-# Response times are kept in buckets 1% wide (bucket k holds about 1.01**k microseconds).
-_LOG_STEP = math.log(1.01)
+# How many slugs the check before the run tries, and how long it waits for each answer.
+CHECK_SLUGS = 8
+CHECK_TIMEOUT_S = 5.0
 
 # ---------------------------------------------------------------- traffic mix
 
@@ -158,7 +157,10 @@ def _options(parser: Any) -> None:
     parser.add_argument("--head-share", type=float, default=0.05, env_var="LOCUST_HEAD_SHARE", help="share of HEAD")
     parser.add_argument("--bot-share", type=float, default=0.06, env_var="LOCUST_BOT_SHARE", help="share of bot UAs")
     parser.add_argument(
-        "--postback-host", default="", env_var="LOCUST_POSTBACK_HOST", help="base URL of the postback role"
+        "--postback-host",
+        default="",
+        env_var="LOCUST_POSTBACK_HOST",
+        help="base URL of the postback role; without it PostbackUser is left out",
     )
     parser.add_argument("--postback-valid", type=float, default=80, env_var="LOCUST_POSTBACK_VALID", help="weight")
     parser.add_argument(
@@ -166,14 +168,18 @@ def _options(parser: Any) -> None:
     )
     parser.add_argument("--postback-forged", type=float, default=5, env_var="LOCUST_POSTBACK_FORGED", help="weight")
     parser.add_argument(
-        "--advertiser-id", type=int, default=5, env_var="LOCUST_ADVERTISER_ID", help="advertiser of the token"
+        "--advertiser-id",
+        type=int,
+        default=0,
+        env_var="LOCUST_ADVERTISER_ID",
+        help="advertiser whose token PostbackUser sends: the bench links' advertiser, as `adclick bench-links` prints",
     )
     parser.add_argument(
         "--click-secret",
         default=os.environ.get("ADCLICK_CLICK_SECRET", DEFAULT_CLICK_SECRET),
         env_var="LOCUST_CLICK_SECRET",
         is_secret=True,
-        help="ClickID key the postback role verifies with (default: ADCLICK_CLICK_SECRET or the dev key)",
+        help="the tracker's ClickID key, to read its ClickIDs (default: ADCLICK_CLICK_SECRET or the dev key)",
     )
     parser.add_argument("--click-key-id", type=int, default=1, env_var="LOCUST_CLICK_KEY_ID", help="its key id")
     parser.add_argument(
@@ -183,26 +189,40 @@ def _options(parser: Any) -> None:
         is_secret=True,
         help="token secret (default: ADCLICK_POSTBACK_SECRET or the dev secret)",
     )
-    parser.add_argument("--step-start-users", type=int, default=10, env_var="LOCUST_STEP_START_USERS")
-    parser.add_argument("--step-users", type=int, default=10, env_var="LOCUST_STEP_USERS", help="users added per step")
-    parser.add_argument("--step-seconds", type=float, default=30, env_var="LOCUST_STEP_SECONDS", help="step length")
-    parser.add_argument("--step-max-users", type=int, default=100, env_var="LOCUST_STEP_MAX_USERS")
-    parser.add_argument(
-        "--step-settle-seconds",
-        type=float,
-        default=5,
-        env_var="LOCUST_STEP_SETTLE_SECONDS",
-        help="seconds at the start of each step left out of its row in PREFIX_steps.csv",
-    )
-    parser.add_argument(
-        "--step-csv", default="", env_var="LOCUST_STEP_CSV", help="where the per-step table goes (PREFIX_steps.csv)"
-    )
 
 
-def _options_of(environment: Environment) -> Any:
+def options_of(environment: Environment) -> Any:
     if environment.parsed_options is None:
         raise RuntimeError("bench/locustfile.py needs Locust's command line options")
     return environment.parsed_options
+
+
+def click_codec(opts: Any) -> Any:
+    """The tracker's ClickID codec. The adclick package is needed only here (PostbackUser): the same Rust codec."""
+    from adclick import _native
+
+    return _native.ClickIdCodec(opts.click_key_id, opts.click_secret.encode())
+
+
+def click_id_in(location: str, codec: Any) -> tuple[str, int] | None:
+    """(ClickID, link id) of the ClickID a redirect carries: any query value or path segment the codec verifies.
+
+    The links' URL template decides where `{click_id}` goes, so every place is tried rather than one parameter name.
+    """
+    from adclick import _native
+
+    parts = urllib.parse.urlsplit(location)
+    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
+    values += [urllib.parse.unquote(segment) for segment in parts.path.split("/")]
+    values += [value for _, value in urllib.parse.parse_qsl(parts.fragment)]
+    for value in values:
+        if 0 < len(value) <= 40:
+            try:
+                link_id = codec.verify(value)[3]
+            except _native.AdclickError:
+                continue
+            return value, link_id
+    return None
 
 
 # ---------------------------------------------------------------- users
@@ -212,7 +232,7 @@ class AdclickUser(FastHttpUser):
     abstract = True
 
     def wait_time(self) -> float:
-        rate = _options_of(self.environment).user_rps
+        rate = options_of(self.environment).user_rps
         if rate <= 0:
             return 0.0
         # constant_throughput, kept on the instance because the rate is an option, not a class attribute.
@@ -228,7 +248,7 @@ class TrackerUser(AdclickUser):
     weight = 20
 
     def on_start(self) -> None:
-        opts = _options_of(self.environment)
+        opts = options_of(self.environment)
         self.rng = random.Random()
         self.slugs = SlugPicker(opts.slug_prefix, opts.slugs)
         self.head_share, self.bot_share = opts.head_share, opts.bot_share
@@ -251,45 +271,67 @@ class TrackerUser(AdclickUser):
 
 
 class PostbackUser(AdclickUser):
-    """An advertiser's server reporting conversions: valid ones, retries of them (duplicates), and forgeries."""
+    """An advertiser's server reporting conversions of real clicks: valid ones, retries of them, and forgeries.
+
+    Each valid postback follows a click it made on `--host` (a browser's, counted as a click), so its ClickID is one
+    the tracker signed for a real link: the conversion attributes to that link as a real one would.
+    """
 
     weight = 1
 
     def __init__(self, environment: Environment) -> None:
-        opts = _options_of(environment)
+        opts = options_of(environment)
+        self.tracker = (environment.host or "").rstrip("/")
         # Every class gets --host from the runner; postbacks go to the postback role instead.
         if opts.postback_host:
             self.host = opts.postback_host.rstrip("/")
         super().__init__(environment)
 
     def on_start(self) -> None:
-        opts = _options_of(self.environment)
-        # The package is needed only here: ClickIDs come from the same Rust codec the tracker signs with.
+        opts = options_of(self.environment)
         from adclick import _native
         from adclick.core.settings import DEFAULT_POSTBACK_SECRET
         from adclick.core.tokens import make_token
 
         self.rng = random.Random()
-        self.codec = _native.ClickIdCodec(opts.click_key_id, opts.click_secret.encode())
+        self.slugs = SlugPicker(opts.slug_prefix, opts.slugs)
+        self.codec = click_codec(opts)
         self.forger = _native.ClickIdCodec(opts.click_key_id, b"not-our-click-secret-" + os.urandom(8).hex().encode())
         secret = opts.postback_secret or DEFAULT_POSTBACK_SECRET
         self.token = make_token(secret, opts.advertiser_id, 1)
         self.stolen_token = make_token("a-secret-that-is-not-ours", opts.advertiser_id, 1)
+        self.clicks: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)  # (ClickID, link id)
         self.sent: collections.deque[dict[str, str]] = collections.deque(maxlen=1000)
-        self.slugs = opts.slugs
         self.kinds = ["valid", "duplicate", "forged"]
         self.kind_weights = [opts.postback_valid, opts.postback_duplicate, opts.postback_forged]
         if sum(self.kind_weights) <= 0:
             raise RuntimeError("--postback-valid, --postback-duplicate and --postback-forged are all 0")
 
-    def _click_id(self, codec: Any) -> str:
-        link_id = 1000 + self.rng.randrange(self.slugs)  # the ids bench links carry
-        ts_ms = int(time.time() * 1000) - self.rng.randint(1_000, 3_600_000)  # the click came before the sale
-        return str(codec.generate(link_id, ts_ms))
+    def _click(self) -> tuple[str, int] | None:
+        """Click a link on the tracker: the ClickID its 302 carries and its link id, or None (a failure)."""
+        path, headers, _ = click_request(self.rng, self.slugs, bot_share=0.0)  # a bot's conversion counts for nothing
+        found = None
+        with self.client.request(
+            "GET",
+            self.tracker + path,
+            headers=headers,
+            name="GET /c/[slug] (then a postback)",
+            allow_redirects=False,
+            catch_response=True,
+        ) as response:
+            location = response.headers.get("location")
+            if response.status_code != 302 or not location:
+                response.failure(f"expected 302 with a Location, got {response.status_code}")
+            elif (found := click_id_in(location, self.codec)) is None:
+                response.failure("no ClickID that --click-secret verifies in the Location")
+            else:
+                response.success()
+                self.clicks.append(found)
+        return found
 
-    def _valid_fields(self) -> dict[str, str]:
+    def _valid_fields(self, click_id: str) -> dict[str, str]:
         return {
-            "click_id": self._click_id(self.codec),
+            "click_id": click_id,
             "txid": f"ORDER-{uuid.uuid4().hex[:16]}",
             "amount": f"{self.rng.randint(5, 400)}.{self.rng.randint(0, 99):02d}",
             "currency": self.rng.choice(CURRENCIES),
@@ -297,8 +339,8 @@ class PostbackUser(AdclickUser):
             "token": self.token,
         }
 
-    def _forged_fields(self) -> tuple[dict[str, str], str]:
-        fields = self._valid_fields()
+    def _forged_fields(self, click: tuple[str, int]) -> tuple[dict[str, str], str]:
+        fields = self._valid_fields(click[0])
         how = self.rng.choice(["bad_mac", "foreign_token", "no_token", "foreign_click_id", "garbage_click_id"])
         if how == "bad_mac":
             fields["token"] = fields["token"][:-4] + ("AAAA" if not fields["token"].endswith("AAAA") else "BBBB")
@@ -307,7 +349,7 @@ class PostbackUser(AdclickUser):
         elif how == "no_token":
             del fields["token"]
         elif how == "foreign_click_id":
-            fields["click_id"] = self._click_id(self.forger)
+            fields["click_id"] = str(self.forger.generate(click[1], int(time.time() * 1000)))  # a real link, wrong key
         else:
             fields["click_id"] = uuid.uuid4().hex + uuid.uuid4().hex[:8]
         return fields, how
@@ -338,180 +380,133 @@ class PostbackUser(AdclickUser):
             # An advertiser retrying: the same ClickID and txid again; the role queues it, the worker deduplicates.
             self._send(dict(self.rng.choice(self.sent)), "postback duplicate", {200})
         elif kind == "forged":
-            fields, how = self._forged_fields()
+            click = self.rng.choice(self.clicks) if self.clicks else self._click()
+            if click is None:
+                return
+            fields, how = self._forged_fields(click)
             # Refused correctly is the success here: 401 for a token, 400 for a ClickID.
             expect = {400} if how.endswith("click_id") else {401}
             self._send(fields, f"postback forged ({how})", expect)
         else:
-            fields = self._valid_fields()
+            click = self._click()
+            if click is None:
+                return
+            fields = self._valid_fields(click[0])
             self._send(fields, "postback valid", {200})
             self.sent.append(fields)
 
 
-# ---------------------------------------------------------------- per-second latencies and the step table
+# ---------------------------------------------------------------- the check before the first request
 
 
-class Seconds:
-    """Requests, failures and response-time buckets by wall-clock second."""
-
-    def __init__(self) -> None:
-        self.data: dict[int, list[Any]] = {}
-
-    def record(self, when: float, response_time_ms: float, failed: bool) -> None:
-        entry = self.data.get(int(when))
-        if entry is None:
-            entry = self.data[int(when)] = [0, 0, collections.Counter()]
-        entry[0] += 1
-        entry[1] += failed
-        micros = max(1.0, response_time_ms * 1000)
-        entry[2][round(math.log(micros) / _LOG_STEP)] += 1
-
-    def take(self) -> dict[str, list[Any]]:
-        """The samples so far as msgpack-friendly data, and forget them (a worker's report to its master)."""
-        out = {str(sec): [n, f, list(b.items())] for sec, (n, f, b) in self.data.items()}
-        self.data = {}
-        return out
-
-    def merge(self, data: dict[str, list[Any]]) -> None:
-        for sec, (n, f, buckets) in data.items():
-            entry = self.data.get(int(sec))
-            if entry is None:
-                entry = self.data[int(sec)] = [0, 0, collections.Counter()]
-            entry[0] += n
-            entry[1] += f
-            for key, count in buckets:
-                entry[2][int(key)] += count
-
-    def window(self, start: float, end: float) -> tuple[int, int, collections.Counter[int], int]:
-        """Requests, failures, buckets and whole seconds in [start, end)."""
-        n = f = 0
-        buckets: collections.Counter[int] = collections.Counter()
-        secs = range(math.ceil(start), math.floor(end))
-        for sec in secs:
-            entry = self.data.get(sec)
-            if entry:
-                n += entry[0]
-                f += entry[1]
-                buckets.update(entry[2])
-        return n, f, buckets, len(secs)
+def sample_slugs(prefix: str, count: int, rng: random.Random) -> list[str]:
+    """The first and last slugs and a few between: a run over missing or too few links fails on one of them."""
+    picked = {0, count - 1} | set(rng.sample(range(count), min(count, CHECK_SLUGS - 2)))
+    return [f"{prefix}{i}" for i in sorted(picked)]
 
 
-def percentile_ms(buckets: collections.Counter[int], q: float) -> float | None:
-    total = sum(buckets.values())
-    if not total:
+def fetch(base: str, path: str, method: str) -> tuple[int, str | None]:
+    """Status and Location of one request, redirects not followed."""
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme == "https":
+        # Unverified, like FastHttpUser's default (insecure=True): the check must reach what the load will reach.
+        import ssl
+
+        context = ssl._create_unverified_context()
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=CHECK_TIMEOUT_S, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=CHECK_TIMEOUT_S)
+    try:
+        conn.request(method, parts.path.rstrip("/") + path, headers={"User-Agent": _BROWSER_VALUES[0]})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+
+
+def why_not_ready(environment: Environment) -> str | None:
+    """Why this run would fail from its first request (missing links, a role out of reach), or None."""
+    opts = options_of(environment)
+    users = set(environment.user_classes)
+    if not users & {TrackerUser, PostbackUser}:
         return None
-    keys = sorted(buckets)
-    cum = list(itertools.accumulate(buckets[k] for k in keys))
-    k = keys[min(len(keys) - 1, bisect.bisect_left(cum, q * total))]
-    return math.exp(k * _LOG_STEP) / 1000
+    host = (environment.host or "").rstrip("/")
+    if not host:
+        return "give the tracker's base URL with --host (e.g. http://127.0.0.1:8000)"
+    if PostbackUser in users:
+        if not opts.postback_host:
+            return "PostbackUser needs --postback-host (LOCUST_POSTBACK_HOST), the postback role's base URL"
+        if opts.advertiser_id <= 0:
+            return (
+                "PostbackUser needs --advertiser-id (LOCUST_ADVERTISER_ID): the bench links' advertiser, which "
+                "`adclick bench-links` prints"
+            )
+    answers: dict[str, tuple[int, str | None]] = {}
+    for slug in sample_slugs(opts.slug_prefix, opts.slugs, random.Random()):
+        try:
+            answers[slug] = fetch(host, f"/c/{slug}", "HEAD")  # HEAD is answered like a click, but records none
+            if answers[slug][0] in (405, 501):  # a server without HEAD (the FastAPI baseline): there a GET it is
+                answers[slug] = fetch(host, f"/c/{slug}", "GET")
+        except (OSError, http.client.HTTPException) as error:
+            return f"the tracker at {host} does not answer: {error}"
+    bad = {slug: status for slug, (status, location) in answers.items() if status != 302 or not location}
+    if bad:
+        shown = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+        statuses = " or ".join(sorted({str(status) for status in bad.values()}))
+        prefix = "" if opts.slug_prefix == "bench-" else f" --prefix {opts.slug_prefix}"
+        return (
+            f"{len(bad)} of {len(answers)} sampled links ({shown}) answer {statuses} at {host}, not a 302 with a "
+            f"Location. Create the links {opts.slug_prefix}0 .. {opts.slug_prefix}{opts.slugs - 1} first, on the "
+            f"database and Redis this tracker uses: `adclick bench-links {opts.slugs}{prefix}` (README, Load tests); "
+            "or pass the --slugs and --slug-prefix they were made with"
+        )
+    if PostbackUser in users:
+        codec = click_codec(opts)
+        locations = [location for _, location in answers.values() if location]
+        if not any(click_id_in(location, codec) for location in locations):
+            return (
+                f"PostbackUser finds no ClickID that --click-secret verifies in the links' redirects (such as "
+                f"{locations[0][:160]}): their URL needs {{click_id}} (`adclick bench-links --url`), and Locust the "
+                "tracker's click secret (--click-secret, ADCLICK_CLICK_SECRET)"
+            )
+        postback = opts.postback_host.rstrip("/")
+        try:
+            status, _ = fetch(postback, "/health", "GET")
+        except (OSError, http.client.HTTPException) as error:
+            return f"the postback role at {postback} does not answer: {error}"
+        if status != 200:
+            return f"the postback role's {postback}/health answers {status}, not 200"
+    return None
 
 
-SECONDS = Seconds()
-# (step number, target users, wall-clock start) as StepShape enters each step, and its wall-clock end.
-STEPS: list[tuple[int, int, float]] = []
-SHAPE_END: list[float] = []
+def stop_run(environment: Environment, message: str) -> None:
+    """Stop the run that is starting, before any user: quit when headless, else stop (the web UI stays up)."""
+    log.error("%s. Stopping the run.", message)
+    runner = environment.runner
+    assert runner is not None
+    headless = bool(options_of(environment).headless)
+    if headless:
+        environment.process_exit_code = 1
+    # From another greenlet: stopping kills the greenlet that fired test_start, which is this one.
+    gevent.spawn(runner.quit if headless else runner.stop)
+    # End the start that fired test_start here, quietly (no traceback), so that it dispatches no user.
+    raise gevent.GreenletExit
 
 
 @events.init.add_listener
 def _init(environment: Environment, **_kw: Any) -> None:
-    runner = environment.runner
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master checks, and picks the users
+    opts = options_of(environment)
+    if PostbackUser in environment.user_classes and not opts.postback_host and "PostbackUser" not in opts.user_classes:
+        environment.user_classes[:] = [user for user in environment.user_classes if user is not PostbackUser]
+        log.info("PostbackUser left out: it runs with --postback-host (LOCUST_POSTBACK_HOST)")
 
-    @environment.events.request.add_listener
-    def _on_request(response_time: float, exception: BaseException | None, **_kw: Any) -> None:
-        SECONDS.record(time.time(), response_time, exception is not None)
-
-    if isinstance(runner, WorkerRunner):
-
-        @environment.events.report_to_master.add_listener
-        def _report(data: dict[str, Any], **_kw: Any) -> None:
-            data["adclick_seconds"] = SECONDS.take()
-
-    if isinstance(runner, MasterRunner):
-
-        @environment.events.worker_report.add_listener
-        def _merge(data: dict[str, Any], **_kw: Any) -> None:
-            SECONDS.merge(data.get("adclick_seconds", {}))
-
-    if not isinstance(runner, WorkerRunner):
-
-        @environment.events.test_start.add_listener
-        def _check(environment: Environment, **_kw: Any) -> None:
-            if PostbackUser in environment.user_classes and not _options_of(environment).postback_host:
-                log.error("PostbackUser needs --postback-host (LOCUST_POSTBACK_HOST); name TrackerUser alone otherwise")
-                assert environment.runner is not None
-                environment.runner.quit()
-
-        @environment.events.quitting.add_listener
-        def _write_steps(environment: Environment, **_kw: Any) -> None:
-            write_steps(environment)
-
-
-def step_rows(settle: float) -> list[dict[str, Any]]:
-    rows = []
-    ends = [start for _, _, start in STEPS[1:]] + [SHAPE_END[0] if SHAPE_END else time.time()]
-    for (number, users, start), end in zip(STEPS, ends, strict=True):
-        begin = start + settle if end - start - settle >= 1 else start
-        n, failed, buckets, seconds = SECONDS.window(begin, end)
-        if not seconds:
-            continue
-        p50, p95, p99 = (percentile_ms(buckets, q) for q in (0.5, 0.95, 0.99))
-        rows.append(
-            {
-                "step": number,
-                "users": users,
-                "start": round(begin, 3),
-                "end": round(end, 3),
-                "seconds": seconds,
-                "requests": n,
-                "failures": failed,
-                "rps": round(n / seconds, 1),
-                "p50_ms": None if p50 is None else round(p50, 3),
-                "p95_ms": None if p95 is None else round(p95, 3),
-                "p99_ms": None if p99 is None else round(p99, 3),
-                "error_rate": round(failed / n, 6) if n else None,
-            }
-        )
-    return rows
-
-
-def write_steps(environment: Environment) -> None:
-    opts = _options_of(environment)
-    path = opts.step_csv or (f"{opts.csv_prefix}_steps.csv" if opts.csv_prefix else "")
-    rows = step_rows(opts.step_settle_seconds)
-    for row in rows:
-        log.info(
-            "step %d: %d users, %.0f req/s, p50 %s ms, p95 %s ms, p99 %s ms, %d errors of %d",
-            row["step"], row["users"], row["rps"], row["p50_ms"], row["p95_ms"], row["p99_ms"], row["failures"],
-            row["requests"],
-        )  # fmt: skip
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as out:
-        fields = ["step", "users", "start", "end", "seconds", "requests", "failures", "rps"]
-        fields += ["p50_ms", "p95_ms", "p99_ms", "error_rate"]
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    log.info("per-step table written to %s", path)
-
-
-class StepShape(LoadTestShape):
-    """Start users, add a step of users every step length, up to the maximum; then stop."""
-
-    def tick(self) -> tuple[int, float] | None:
-        assert self.runner is not None
-        opts = _options_of(self.runner.environment)
-        start, step, length, top = opts.step_start_users, opts.step_users, opts.step_seconds, opts.step_max_users
-        steps = (max(0, top - start) // step + 1) if step > 0 else 1
-        elapsed = self.get_run_time()
-        number = int(elapsed // length)
-        if number >= steps:
-            if not SHAPE_END:
-                SHAPE_END.append(time.time())
-            return None
-        users = min(top, start + number * step) if step > 0 else start
-        if not STEPS or STEPS[-1][0] != number:
-            STEPS.append((number, users, time.time()))
-        # Spawn a step's users within about a second, so the step's load is there for most of its length.
-        return users, float(max(step, start, 1))
+    @environment.events.test_start.add_listener
+    def _check(environment: Environment, **_kw: Any) -> None:
+        message = why_not_ready(environment)
+        if message is not None:
+            stop_run(environment, message)

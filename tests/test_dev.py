@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -83,6 +84,14 @@ def test_dev_runs_every_role_on_embedded_servers_with_demo_data(process_guard: P
     [(link_id, offer_id, affiliate_id)] = query(db, "SELECT id, offer_id, affiliate_id FROM links WHERE slug = 'demo'")
     cached = json.loads(redis.Redis.from_url(printed(out, "redis")).get("adclick:link:demo") or b"{}")
     assert (cached["id"], cached["offer_id"], cached["affiliate_id"]) == (link_id, offer_id, affiliate_id)
+
+    # The printed load-test line, run as written, makes the bench links on this database and Redis: they redirect.
+    words = shlex.split(printed(out, "load test").partition("  (then")[0])
+    assigned = dict(word.split("=", 1) for word in words[:2])
+    assert assigned == {"ADCLICK_DATABASE_URL": printed(out, "database"), "ADCLICK_REDIS_URL": printed(out, "redis")}
+    made = subprocess.run(words[2:], env={**dev_env(), **assigned}, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and "bench-0 .. bench-63" in made.stdout, made.stdout + made.stderr
+    assert request(port, "HEAD", "/c/bench-63").status == 302
 
     # The demo week went through SQS and the worker: reports have clicks on every day and conversions.
     def demo_stored() -> bool:

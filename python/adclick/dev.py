@@ -15,6 +15,7 @@ import os
 import random
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -392,6 +393,14 @@ def sample_postback(env: Mapping[str, str], postback_base: str) -> str:
     return f"curl -i '{postback_base}/postback?{query}'"
 
 
+def bench_links_command(env: Mapping[str, str], count: int = 64) -> str:
+    """The `adclick bench-links` line that makes the load tests' links on this run's database and Redis."""
+    adclick = Path(sys.executable).with_name("adclick")
+    program = shlex.quote(str(adclick)) if adclick.exists() else "adclick"
+    database, redis_url = shlex.quote(env["ADCLICK_DATABASE_URL"]), shlex.quote(env["ADCLICK_REDIS_URL"])
+    return f"ADCLICK_DATABASE_URL={database} ADCLICK_REDIS_URL={redis_url} {program} bench-links {count}"
+
+
 def _option(help_text: str, *names: str) -> str | None:
     """The first of `names` (e.g. `--port`) that a command's --help mentions."""
     return next((name for name in names if re.search(rf"(?<![\w-]){re.escape(name)}\b", help_text)), None)
@@ -528,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  database:      {env['ADCLICK_DATABASE_URL']}\n"
             f"  redis:         {env['ADCLICK_REDIS_URL']}\n"
             f"  SQS endpoint:  {env['ADCLICK_SQS_ENDPOINT_URL']}\n"
+            f"  load test:     {bench_links_command(env)}  (then README, Load tests)\n"
             f"{seeded}"
             "Ctrl-C stops everything.\n",
             flush=True,

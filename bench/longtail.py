@@ -6,7 +6,8 @@ link pointing at its offer's landing page), and wrk clicks them uniformly or Zip
 Each (links, distribution) pair gets a fresh tracker, a warm-up, then a measured run; the table gives req/s, wrk's
 p99, the share of clicks answered from memory over the measured run (cache hits and link-replica hits, from
 /metrics), the cache's and the replica's sizes, and RSS, each beside the
-all-cached run (the first --links value, uniform).
+all-cached run (the first --links value, uniform). Each link count has a Redis of its own, so `--rounds N` can
+interleave every run N times; the table then gives medians, and each ratio is taken within its round.
 
 A benchmark measures, it does not pass or fail: see bench/README.md.
 """
@@ -17,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import signal
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -95,6 +97,7 @@ def write_tail_links(redis_url: str, start: int, stop: int) -> None:
 class Run:
     links: int
     dist: str
+    round: int = 1
     rps: float = 0.0
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -122,14 +125,14 @@ def tracker_command(args: argparse.Namespace, port: int) -> list[str]:
     return cmd
 
 
-def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: int, dist: str) -> Run:
-    run = Run(links, dist)
+def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: int, dist: str, round_: int) -> Run:
+    run = Run(links, dist, round_)
     busy, quiet = idle_check([args.server_cpu, args.client_cpu], args.wait_idle)
     run.busy_before = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
     if not quiet:
         run.note = "busy machine"
     port = free_port()
-    name = f"tracker-{links}-{dist}"
+    name = f"tracker-{links}-{dist}-r{round_}"
     proc = PROCS.start(name, pinned(args.server_cpu, tracker_command(args, port)), logs / f"{name}.log", env=env)
     try:
         wait_http(port, "/health", proc)
@@ -186,24 +189,53 @@ def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: in
     return run
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def table(runs: list[Run]) -> str:
-    base = runs[0] if runs else None
+    """One row per (links, distribution): medians over the rounds; ratios are taken within a round, then the median.
+
+    The all-cached run is the first --links value, uniform, of the same round.
+    """
+    first = runs[0] if runs else None
+    base = {r.round: r for r in runs if first and (r.links, r.dist) == (first.links, first.dist)}
+    rounds = len(base)
     rows = [
         "| live links | clicks | req/s | vs all-cached | p99 (wrk) | vs all-cached | from memory | cache entries "
         "| replica links | RSS |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in runs:
-        thr = f"{r.rps / base.rps:.2f}x" if base and base.rps else "-"
-        p99 = f"{r.p99_ms / base.p99_ms:.2f}x" if base and base.p99_ms and r.p99_ms else "-"
-        hit = "-" if r.hit_rate is None else f"{100 * r.hit_rate:.1f}%"
-        entries = "-" if r.cache_entries is None else f"{r.cache_entries:,.0f}"
-        replica = "-" if r.replica_links is None else f"{r.replica_links:,.0f}"
-        rss = "-" if r.rss_mb is None else f"{r.rss_mb:.0f} MiB"
-        note = f" ({r.note})" if r.note else ""
-        cells = [f"{r.links:,}", f"{r.dist}{note}", f"{r.rps:,.0f}", thr, f"{r.p99_ms} ms", p99, hit, entries, replica]
-        cells.append(rss)
+    for key in dict.fromkeys((r.links, r.dist) for r in runs):
+        group = [r for r in runs if (r.links, r.dist) == key]
+        ok = [r for r in group if r.rps]
+        thr = [r.rps / base[r.round].rps for r in ok if r.round in base and base[r.round].rps]
+        p99s = [r.p99_ms / b.p99_ms for r in ok if (b := base.get(r.round)) is not None and b.p99_ms and r.p99_ms]
+        rps = _median([r.rps for r in ok])
+        p99 = _median([r.p99_ms for r in ok if r.p99_ms is not None])
+        hits = _median([r.hit_rate for r in ok if r.hit_rate is not None])
+        entries = _median([r.cache_entries for r in ok if r.cache_entries is not None])
+        replica = _median([r.replica_links for r in ok if r.replica_links is not None])
+        rss = max((r.rss_mb for r in ok if r.rss_mb is not None), default=None)
+        notes = sorted({r.note for r in group if r.note})
+        note = f" ({', '.join(notes)})" if notes else ""
+        each = f" [{', '.join(f'{x:.2f}' for x in thr)}]" if rounds > 1 and thr else ""
+        cells = [
+            f"{key[0]:,}",
+            f"{key[1]}{note}",
+            "-" if rps is None else f"{rps:,.0f}",
+            ("-" if not thr else f"{_median(thr):.2f}x") + each,
+            "-" if p99 is None else f"{p99:.2f} ms",
+            "-" if not p99s else f"{_median(p99s):.2f}x",
+            "-" if hits is None else f"{100 * hits:.1f}%",
+            "-" if entries is None else f"{entries:,.0f}",
+            "-" if replica is None else f"{replica:,.0f}",
+            "-" if rss is None else f"{rss:.0f} MiB (max)",
+        ]
         rows.append("| " + " | ".join(cells) + " |")
+    if rounds > 1:
+        rows.append("")
+        rows.append(f"Medians of {rounds} rounds; a ratio is taken within its round, the list gives each round's.")
     return "\n".join(rows)
 
 
@@ -212,6 +244,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--links", default="10000,1000000", help="live link counts, the first is the all-cached run")
     p.add_argument("--dists", default="uniform,zipf", help="click distributions: uniform, zipf")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default 10)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every run this many times, interleaved (default 1)")
     p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first, to fill the cache (default 5)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -242,21 +275,23 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
     try:
-        redis_url = start_redis(args.client_cpu, logs)
         sqs = start_sqs(args.client_cpu, logs)
         extra = dict(kv.split("=", 1) for kv in args.set)
-        env = server_env(redis_url, sqs, ADCLICK_DRAIN_SECONDS="0.5", **extra)
-        written = 0
+        # One Redis per link count, so that rounds can alternate between them: the all-cached run's Redis holds
+        # only its own links, whatever ran before it.
+        envs: dict[int, dict[str, str]] = {}
         for links in args.link_counts:
-            if links > written:
-                print(f"writing links bench-{written} .. bench-{links - 1} ...")
-                started = time.monotonic()
-                write_tail_links(redis_url, written, links)
-                written = links
-                print(f"  {time.monotonic() - started:.0f} s")
-            for dist in args.dist_list:
-                print(f"\n== {links:,} live links, {dist}")
-                runs.append(one_run(args, env, logs, links, dist))
+            redis_url = start_redis(args.client_cpu, logs / f"redis-{links}")
+            print(f"writing links bench-0 .. bench-{links - 1} ...")
+            started = time.monotonic()
+            write_tail_links(redis_url, 0, links)
+            print(f"  {time.monotonic() - started:.0f} s")
+            envs[links] = server_env(redis_url, sqs, ADCLICK_DRAIN_SECONDS="0.5", **extra)
+        for round_ in range(1, args.rounds + 1):
+            for links in args.link_counts:
+                for dist in args.dist_list:
+                    print(f"\n== round {round_}/{args.rounds}: {links:,} live links, {dist}")
+                    runs.append(one_run(args, envs[links], logs, links, dist, round_))
     except KeyboardInterrupt:
         print("\ninterrupted")
         return 130

@@ -43,7 +43,6 @@ from adclick.core.db.models import (
     OfferAffiliateOverride,
     User,
 )
-from adclick.core.db.session import SessionDep
 from adclick.manager.deps import (
     BigIdFilter,
     BigRowId,
@@ -51,6 +50,7 @@ from adclick.manager.deps import (
     FormIdFilter,
     FormLinkIdFilter,
     Principal,
+    SessionDep,
     StaffUser,
 )
 from adclick.manager.reports import (

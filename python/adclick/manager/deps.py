@@ -11,6 +11,7 @@ has `user.affiliate_id` set and must be shown only rows with that affiliate id.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -18,14 +19,27 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request
 from pydantic import BeforeValidator, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick.core.db.models import ApiToken, User
-from adclick.core.db.session import SessionDep
+from adclick.core.db.session import default_sessions
 from adclick.manager.security import hash_api_token, password_stamp, same_token
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_PREFIX = "/api/"
 TOKEN_TOUCH_SECONDS = 60
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A database session per request: from `app.state.session_factory` if the app set one, else the default."""
+    factory: async_sessionmaker[AsyncSession] = getattr(request.app.state, "session_factory", None) or (
+        default_sessions()
+    )
+    async with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from sqlalchemy import Select, Table, case, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick.core.db.models import Affiliate, Conversion, Offer
-from adclick.core.db.session import SessionDep, get_engine, session_factory
+from adclick.core.db.session import get_engine, session_factory
 from adclick.core.db.types import Money
 from adclick.manager.conversions import (
     CONVERSION_COLUMNS,
@@ -36,7 +36,7 @@ from adclick.manager.conversions import (
     export_statement,
     filter_or_400,
 )
-from adclick.manager.deps import CurrentUser, FormIdFilter
+from adclick.manager.deps import CurrentUser, FormIdFilter, SessionDep
 from adclick.manager.reports import (
     ReportParams,
     ReportParamsDep,

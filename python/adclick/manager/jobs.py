@@ -29,10 +29,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import FailedJob
-from adclick.core.db.session import SessionDep
 from adclick.core.settings import Settings, get_settings
 from adclick.core.sqs import SQSClient, create_client
-from adclick.manager.deps import StaffUser
+from adclick.manager.deps import SessionDep, StaffUser
 from adclick.manager.templating import flash, render
 
 CLICKS_PREFIX = "c1:"

@@ -56,9 +56,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.counting import COUNTED, NO_ID, ROLLUPS_BY_SIZE, Rollup
 from adclick.core.db.models import Affiliate, Click, Conversion, Link, Offer
-from adclick.core.db.session import SessionDep
 from adclick.core.db.types import Money
-from adclick.manager.deps import CurrentUser, FormIdFilter, FormLinkIdFilter, Principal
+from adclick.manager.deps import CurrentUser, FormIdFilter, FormLinkIdFilter, Principal, SessionDep
 from adclick.manager.templating import render
 
 ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -95,17 +93,6 @@ def get_engine() -> AsyncEngine:
 
 
 @lru_cache
-def _default_sessions() -> async_sessionmaker[AsyncSession]:
+def default_sessions() -> async_sessionmaker[AsyncSession]:
+    """Sessions on the process's engine (get_engine)."""
     return session_factory(get_engine())
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """FastAPI dependency: a session from `app.state.session_factory` if the app set one, else the default."""
-    factory: async_sessionmaker[AsyncSession] = getattr(request.app.state, "session_factory", None) or (
-        _default_sessions()
-    )
-    async with factory() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]

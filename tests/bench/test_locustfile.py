@@ -154,8 +154,9 @@ def test_the_step_shape_is_opt_in_and_writes_its_table(
 ) -> None:
     prefix = tmp_path / "steps"
     args = ["--host", stack.base, "--slugs", str(SLUGS), "--user-rps", "20", "--csv", str(prefix)]
-    args += ["--step-start-users", "2", "--step-users", "2", "--step-seconds", "2", "--step-max-users", "4"]
-    args += ["--step-settle-seconds", "0.5"]
+    # Steps of 4 s: on a loaded 2-core CI machine the users of a 2 s step may not have sent anything yet.
+    args += ["--step-start-users", "2", "--step-users", "2", "--step-seconds", "4", "--step-max-users", "4"]
+    args += ["--step-settle-seconds", "1"]
     done, _ = locust([LOCUSTFILE, STEPS], *args, "TrackerUser", cwd=tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     with open(f"{prefix}_steps.csv", newline="") as f:

@@ -3,7 +3,6 @@ tests/manager/test_link_commands.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -48,10 +47,8 @@ def test_links_help(args: list[str]) -> None:
     assert result.stdout.startswith(f"usage: adclick {args[0]}")
 
 
-@pytest.mark.parametrize(("command", "module"), [("tracker", "adclick.tracker.main"), ("dev", "adclick.dev")])
-def test_role_help_reaches_the_role(command: str, module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not written yet")
+@pytest.mark.parametrize("command", ["tracker", "worker", "postback", "manager", "dev", "migrate"])
+def test_role_help_reaches_the_role(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout

@@ -3,10 +3,13 @@
 from typing import Any, Final, final
 
 __all__ = [
+    "CLICKS_PREFIX",
     "FLAG_BLOCKED",
     "FLAG_BOT",
+    "INVALIDATE_CHANNEL",
     "IPBLOCK_KEY",
     "IPBLOCK_MESSAGE",
+    "LINK_KEY_PREFIX",
     "SPILL_KEY",
     "SPILL_LOCK_KEY",
     "VERSION",
@@ -21,6 +24,7 @@ __all__ = [
     "RedisUnavailable",
     "Shipper",
     "Tracker",
+    "pack_clicks",
     "unpack_clicks",
     "validate_link",
 ]
@@ -28,6 +32,9 @@ __all__ = [
 VERSION: Final[str]
 SPILL_KEY: Final[str]
 SPILL_LOCK_KEY: Final[str]
+LINK_KEY_PREFIX: Final[str]
+INVALIDATE_CHANNEL: Final[str]
+CLICKS_PREFIX: Final[str]
 IPBLOCK_KEY: Final[str]
 IPBLOCK_MESSAGE: Final[str]
 FLAG_BOT: Final[int]
@@ -137,6 +144,9 @@ class Shipper:
     @property
     def running(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+
+def pack_clicks(lines: list[bytes], max_body_bytes: int) -> list[str]:
+    """Click events (JSON text each) packed into `c1:` bodies of at most `max_body_bytes`, as the tracker packs."""
 
 def unpack_clicks(body: str) -> list[str]:
     """The click events (JSON text each) packed in one SQS message body."""

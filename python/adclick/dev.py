@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import secrets
 import shlex
 import shutil
@@ -140,17 +139,6 @@ def say(name: str, text: str) -> None:
 def command(*args: str) -> list[str]:
     """`adclick ARGS` run with this interpreter (works from a checkout and from an installed wheel)."""
     return [sys.executable, "-m", "adclick.cli", *args]
-
-
-def command_help(name: str, env: Mapping[str, str]) -> str | None:
-    """`adclick NAME --help` output, or None when that command does not exist (yet) in this install."""
-    try:
-        done = subprocess.run(
-            command(name, "--help"), env=dict(env), capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
 
 
 # -- database and demo data --
@@ -376,7 +364,7 @@ def publish_demo_link(env: Mapping[str, str]) -> None:
 def sample_postback(env: Mapping[str, str], postback_base: str) -> str:
     """A curl that sends a real conversion for a fresh ClickID of the demo link, with the demo advertiser's token."""
     from adclick.core.settings import get_settings
-    from adclick.postback.tokens import make_token
+    from adclick.core.tokens import make_token
 
     token = make_token(get_settings().postback_secret.get_secret_value(), DEMO_ADVERTISER_ID)
     click_id = click_codec(env).generate(DEMO_LINK_ID, int(time.time() * 1000))
@@ -401,29 +389,14 @@ def bench_links_command(env: Mapping[str, str], count: int = 64) -> str:
     return f"ADCLICK_DATABASE_URL={database} ADCLICK_REDIS_URL={redis_url} {program} bench-links {count}"
 
 
-def _option(help_text: str, *names: str) -> str | None:
-    """The first of `names` (e.g. `--port`) that a command's --help mentions."""
-    return next((name for name in names if re.search(rf"(?<![\w-]){re.escape(name)}\b", help_text)), None)
-
-
 def create_admin(env: Mapping[str, str], data: Path) -> tuple[str, str] | None:
-    """Make the manager's admin login with `adclick create-admin` (once per data directory); None if impossible."""
-    help_text = command_help("create-admin", env)
-    if help_text is None or not _option(help_text, "--email"):
-        return None
+    """Make the manager's admin login with `adclick create-admin` (once per data directory); None if it failed."""
     password_file = data / "admin-password"
     if password_file.exists():
         return ADMIN_EMAIL, password_file.read_text().strip()
     password = secrets.token_urlsafe(12)
-    argv = command("create-admin", "--email", ADMIN_EMAIL)
-    if _option(help_text, "--password-stdin"):  # keeps the password out of the process list
-        argv.append("--password-stdin")
-        stdin = password + "\n"
-    elif _option(help_text, "--password"):
-        argv += ["--password", password]
-        stdin = ""
-    else:
-        return None
+    argv = command("create-admin", "--email", ADMIN_EMAIL, "--password-stdin")  # not in the process list
+    stdin = password + "\n"
     done = subprocess.run(argv, input=stdin, env=dict(env), capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         say("dev", f"adclick create-admin failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
@@ -494,16 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         roles.append(postback)
         postback.wait_healthy(f"{postback_base}/health")
 
-        manager_line = "  manager:       not in this build yet (`adclick manager` is missing)"
-        manager_help = None if args.no_manager else command_help("manager", env)
         if args.no_manager:
             manager_line = "  manager:       not started (--no-manager)"
-        elif manager_help is not None:
-            manager_cmd = command("manager")
-            if _option(manager_help, "--host"):
-                manager_cmd += ["--host", "127.0.0.1"]
-            if _option(manager_help, "--port"):
-                manager_cmd += ["--port", str(args.manager_port)]
+        else:
+            manager_cmd = command("manager", "--host", "127.0.0.1", "--port", str(args.manager_port))
             manager = Role("manager", manager_cmd, env)
             roles.append(manager)
             manager.wait_healthy(f"http://127.0.0.1:{args.manager_port}/health", timeout=60)

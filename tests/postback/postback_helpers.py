@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from adclick import _native
-from adclick.postback.tokens import make_token
+from adclick.core.tokens import make_token
 from support.servers import SqsServer
 
 CLICK_SECRET = b"dev-only-click-secret-change-me"

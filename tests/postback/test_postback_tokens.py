@@ -7,7 +7,7 @@ import hashlib
 import hmac
 
 import pytest
-from adclick.postback.tokens import TokenError, make_token, verify_token
+from adclick.core.tokens import TokenError, make_token, verify_token
 
 SECRET = "s3cret-for-tokens"
 

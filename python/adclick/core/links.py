@@ -13,17 +13,15 @@ from typing import Any
 
 import redis
 
-LINK_KEY_PREFIX = "adclick:link:"
-INVALIDATE_CHANNEL = "adclick:invalidate"
+from adclick.core.wire import INVALIDATE_CHANNEL, LINK_KEY_PREFIX, link_key
+
+__all__ = ["INVALIDATE_CHANNEL", "LINK_KEY_PREFIX", "LinkConfigError", "check_slug", "link_key", "publish_link"]
+
 SLUG_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class LinkConfigError(ValueError):
     """A link config that trackers would refuse; it is never written."""
-
-
-def link_key(slug: str) -> str:
-    return f"{LINK_KEY_PREFIX}{slug}"
 
 
 def check_slug(slug: object) -> str:

@@ -179,16 +179,6 @@ def get_settings() -> Settings:
 
 
 @lru_cache
-def get_tracker_settings() -> TrackerSettings:
-    return TrackerSettings()
-
-
-@lru_cache
-def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()
-
-
-@lru_cache
 def get_postback_settings() -> PostbackSettings:
     return PostbackSettings()
 

@@ -28,13 +28,14 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adclick import _native
 from adclick.core.db.models import FailedJob
 from adclick.core.settings import Settings, get_settings
 from adclick.core.sqs import SQSClient, create_client
+from adclick.core.wire import CLICKS_PREFIX
 from adclick.manager.deps import SessionDep, StaffUser
 from adclick.manager.templating import flash, render
 
-CLICKS_PREFIX = "c1:"
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 PEEK_MESSAGES = 10
@@ -120,7 +121,8 @@ async def get_job(session: AsyncSession, job_id: int) -> FailedJob:
 def body_to_send(job: FailedJob, settings: Settings) -> str:
     """What to put on the queue: the body as recorded, or one bad click event packed as a `c1:` message."""
     if job.queue == settings.clicks_queue and not job.body.startswith(CLICKS_PREFIX):
-        return CLICKS_PREFIX + base64.b64encode(zlib.compress(job.body.encode())).decode()
+        (body,) = _native.pack_clicks([job.body.encode()], 1 << 30)  # packed as the tracker packs
+        return body
     return job.body
 
 

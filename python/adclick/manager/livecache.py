@@ -39,15 +39,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
 from adclick.core.db.models import Advertiser, Affiliate, BlockedNetwork, Link, Offer
-from adclick.core.links import INVALIDATE_CHANNEL, LINK_KEY_PREFIX, link_key
 from adclick.core.networks import NetworkListError, parse_networks
+from adclick.core.wire import (
+    INVALIDATE_CHANNEL,
+    IPBLOCK_KEY,
+    IPBLOCK_MESSAGE,
+    LINK_KEY_PREFIX,
+    advertiser_key,
+    link_key,
+)
 
 log = logging.getLogger(__name__)
 
-ADVERTISER_KEY_PREFIX = "adclick:advertiser:"
-# {"v": 1, "cidrs": [...]}: addresses and networks whose clicks trackers refuse; the tracker's own names for them.
-BLOCKLIST_KEY = _native.IPBLOCK_KEY
-BLOCKLIST_MESSAGE = _native.IPBLOCK_MESSAGE  # on INVALIDATE_CHANNEL after each write; no slug starts with "!"
 RECONCILE_LOCK_KEY = "adclick:manager:reconcile:lock"
 # Outside the adclick:link:{slug} namespace, which trackers read and the reconciler SCANs.
 LINK_VERSION_PREFIX = "adclick:link_version:"
@@ -291,10 +294,6 @@ async def publish_links_of(
     return await _sync(client, session, where)
 
 
-def advertiser_key(advertiser_id: int) -> str:
-    return f"{ADVERTISER_KEY_PREFIX}{advertiser_id}"
-
-
 @dataclass(frozen=True)
 class AdvertiserDoc:
     """What the postback role reads at adclick:advertiser:{id}: the lowest token version, the postback allowlist."""
@@ -349,13 +348,13 @@ def blocklist_document(cidrs: list[str]) -> str:
 
 def _write_blocklist(client: redis.Redis, body: str, only_if_different: bool) -> bool:
     if only_if_different:
-        held = client.get(BLOCKLIST_KEY)
+        held = client.get(IPBLOCK_KEY)
         # No key and an empty list block the same nothing: a network that never blocked anyone writes nothing.
         if held == body or (held is None and body == blocklist_document([])):
             return False
     with client.pipeline(transaction=True) as pipe:
-        pipe.set(BLOCKLIST_KEY, body)
-        pipe.publish(INVALIDATE_CHANNEL, BLOCKLIST_MESSAGE)
+        pipe.set(IPBLOCK_KEY, body)
+        pipe.publish(INVALIDATE_CHANNEL, IPBLOCK_MESSAGE)
         pipe.execute()
     return True
 

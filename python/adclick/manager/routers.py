@@ -1,10 +1,9 @@
 """Where the manager's routers and navigation come from; each part of the manager appends its own entries.
 
-`ROUTERS`: (module path, attribute) of a FastAPI `APIRouter`, imported when the app is built. A module that
-is missing is skipped with a warning, so the app starts whatever part is not there yet.
+`ROUTERS`: (module path, attribute) of a FastAPI `APIRouter`, imported when the app is built.
 
 `NAV`: (label, path, roles) links in the page header, shown to users of those roles when an app route
-with that exact path exists (so an entry whose router is missing simply does not show).
+with that exact path exists.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from adclick import _native
 from adclick.core.networks import Network, client_ip, contains, parse_network
 from adclick.core.settings import PostbackSettings
 from adclick.core.sqs import SQSClient, create_client, is_missing_queue, queue_url
-from adclick.postback.tokens import TokenError, verify_token
+from adclick.core.tokens import TokenError, verify_token
+from adclick.core.wire import CONVERSION_PREFIX, advertiser_key
 
 log = logging.getLogger("adclick.postback")
 
@@ -288,7 +289,7 @@ def build_message(
 
 def encode_message(message: Mapping[str, Any]) -> str:
     """The SQS body: `v1:` and compact JSON (ASCII, so any text survives SQS's character rules)."""
-    return "v1:" + json.dumps(message, separators=(",", ":"))
+    return CONVERSION_PREFIX + json.dumps(message, separators=(",", ":"))
 
 
 # -- the intake --
@@ -443,7 +444,7 @@ class Intake:
         """
         if not self.settings.redis_url or time.monotonic() < self._redis_down_until:
             return None
-        key = f"adclick:advertiser:{advertiser_id}"
+        key = advertiser_key(advertiser_id)
         try:
             raw = await self._redis().get(key)
         except (RedisError, OSError, TimeoutError) as error:

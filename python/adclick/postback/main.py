@@ -77,7 +77,7 @@ def postback_url(base_url: str, token: str) -> str:
 
 def token_main(argv: list[str] | None = None) -> int:
     """`adclick postback-token ADVERTISER_ID [--version N]`: print the token and a postback URL template."""
-    from adclick.postback.tokens import make_token
+    from adclick.core.tokens import make_token
 
     p = argparse.ArgumentParser(
         prog="adclick postback-token",

@@ -11,18 +11,16 @@ Two levels of failure, handled differently by the consumer:
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adclick import _native
+from adclick.core.wire import CLICKS_PREFIX, CONVERSION_PREFIX
 
-CLICKS_PREFIX = "c1:"
-CONVERSION_PREFIX = "v1:"
+ONE_BODY = 1 << 30  # a body limit no test or tool reaches: every event in one message
 _CLICK_ID = re.compile(r"[-0-9A-Za-z_]{1,40}")
 _SUB_KEYS = ("sub1", "sub2", "sub3", "sub4", "sub5")
 MAX_TEXT = 4096  # UA, referer, sub values: longer is junk or an attack, cut rather than fail the click
@@ -257,5 +255,8 @@ def pack_clicks(events: list[dict[str, Any]]) -> str:
 
     As the tracker does, `blocked` is written only when true.
     """
-    lines = "\n".join(json.dumps(_as_tracker_writes(event), separators=(",", ":")) for event in events)
-    return CLICKS_PREFIX + base64.b64encode(zlib.compress(lines.encode())).decode()
+    lines = [json.dumps(_as_tracker_writes(event), separators=(",", ":")).encode() for event in events]
+    if not lines:
+        raise ValueError("a click message holds at least one event")
+    (body,) = _native.pack_clicks(lines, ONE_BODY)  # the tracker's own packing
+    return body

@@ -23,6 +23,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// The Redis key of a link config is this prefix and its slug (docs/contracts.md).
+pub const LINK_KEY_PREFIX: &str = "adclick:link:";
+/// The pub/sub channel of changed slugs (`*`: all of them), and of other invalidations (`!ipblock`).
+pub const INVALIDATE_CHANNEL: &str = "adclick:invalidate";
+
 /// Where Redis is and how long cached answers stay good.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -54,8 +59,8 @@ impl CacheConfig {
     pub fn new(redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
-            key_prefix: "adclick:link:".to_owned(),
-            channel: "adclick:invalidate".to_owned(),
+            key_prefix: LINK_KEY_PREFIX.to_owned(),
+            channel: INVALIDATE_CHANNEL.to_owned(),
             max_entries: 100_000,
             max_bytes: 64 << 20,
             fresh_ttl: Duration::from_secs(60),

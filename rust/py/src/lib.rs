@@ -189,8 +189,8 @@ impl PyTracker {
         let cfg = TrackerConfig {
             cache: CacheConfig {
                 redis_url,
-                key_prefix: "adclick:link:".to_owned(),
-                channel: "adclick:invalidate".to_owned(),
+                key_prefix: adclick_core::cache::LINK_KEY_PREFIX.to_owned(),
+                channel: adclick_core::cache::INVALIDATE_CHANNEL.to_owned(),
                 max_entries: cache_max_entries,
                 max_bytes: cache_max_bytes,
                 fresh_ttl: secs(cache_ttl_s),
@@ -477,6 +477,16 @@ fn unpack_clicks(py: Python<'_>, body: &str) -> PyResult<Vec<String>> {
         .collect()
 }
 
+/// Packs click events (one JSON text each) into `c1:` SQS bodies of at most `max_body_bytes` each, exactly as the
+/// tracker's shipper does: the one packing implementation, for tools and tests that write click messages.
+#[pyfunction]
+fn pack_clicks(py: Python<'_>, lines: Vec<Vec<u8>>, max_body_bytes: usize) -> PyResult<Vec<String>> {
+    if max_body_bytes == 0 {
+        return Err(ConfigError::new_err("max_body_bytes must be positive"));
+    }
+    Ok(py.detach(|| adclick_core::event::pack(&lines, max_body_bytes)))
+}
+
 /// Checks a v1 link config (JSON bytes) exactly as the tracker will decode it; raises InvalidLink or InvalidTemplate.
 #[pyfunction]
 fn validate_link(config: &[u8]) -> PyResult<()> {
@@ -488,7 +498,7 @@ fn validate_link(config: &[u8]) -> PyResult<()> {
 mod _native {
     #[pymodule_export]
     use super::{
-        unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink,
+        pack_clicks, unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink,
         InvalidMessage, InvalidTemplate, PyClickIdCodec, PyShipper, PyTracker, RedisUnavailable,
     };
 
@@ -500,6 +510,15 @@ mod _native {
     /// The lock held by the one process replaying that list.
     #[pymodule_export]
     const SPILL_LOCK_KEY: &str = adclick_ship::LOCK_KEY;
+    /// The Redis key of a link config is this prefix and its slug (docs/contracts.md).
+    #[pymodule_export]
+    const LINK_KEY_PREFIX: &str = adclick_core::cache::LINK_KEY_PREFIX;
+    /// The pub/sub channel that tells trackers a link (or `*`: every link, `!ipblock`: the blocklist) changed.
+    #[pymodule_export]
+    const INVALIDATE_CHANNEL: &str = adclick_core::cache::INVALIDATE_CHANNEL;
+    /// The prefix of a packed click message body (`c1:`, then base64 of zlib of JSON lines).
+    #[pymodule_export]
+    const CLICKS_PREFIX: &str = adclick_core::event::BODY_PREFIX;
     /// The Redis key of the IP blocklist, `{"v": 1, "cidrs": [...]}` (docs/contracts.md).
     #[pymodule_export]
     const IPBLOCK_KEY: &str = adclick_core::ipblock::IPBLOCK_KEY;

@@ -498,8 +498,8 @@ fn validate_link(config: &[u8]) -> PyResult<()> {
 mod _native {
     #[pymodule_export]
     use super::{
-        pack_clicks, unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId, InvalidLink,
-        InvalidMessage, InvalidTemplate, PyClickIdCodec, PyShipper, PyTracker, RedisUnavailable,
+        pack_clicks, unpack_clicks, validate_link, AdclickError, ConfigError, EntropyError, InvalidClickId,
+        InvalidLink, InvalidMessage, InvalidTemplate, PyClickIdCodec, PyShipper, PyTracker, RedisUnavailable,
     };
 
     #[pymodule_export]

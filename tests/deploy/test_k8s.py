@@ -3,6 +3,7 @@ KEDA schemas, and follows the rules of the house: probes, resources, non-root, r
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -19,6 +20,9 @@ import pytest
 import yaml
 from adclick.cli import COMMANDS
 from adclick.core import settings
+from adclick.core.settings import PostbackSettings
+from adclick.postback.intake import Incoming, Intake
+from prometheus_client import generate_latest
 from support.procs import ProcessGuard
 from support.tracker import TrackerProc, request
 
@@ -310,32 +314,47 @@ def test_ports_services_accounts_and_disruption_budgets_line_up(overlay: str) ->
     assert any(p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies.values())
 
 
-def adapter_rule() -> dict[str, Any]:
+def adapter_rules() -> dict[str, str]:
+    """prometheus-adapter's custom rules as {metric it serves: series it reads}."""
     values = yaml.safe_load((ROOT / "k8s" / "monitoring" / "prometheus-adapter-values.yaml").read_text())
-    [rule] = values["rules"]["custom"]
-    return dict(rule)
+    rules = {}
+    for rule in values["rules"]["custom"]:
+        series = re.match(r"(\w+)\{", rule["seriesQuery"])
+        assert series, rule["seriesQuery"]
+        produced = re.sub(rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series.group(1))
+        rules[produced] = series.group(1)
+    return rules
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_hpas_scale_the_tracker_on_cpu_and_rps_and_the_manager_on_memory(overlay: str) -> None:
+def test_hpas_scale_the_tracker_and_postback_on_cpu_and_rps_and_the_manager_on_memory(overlay: str) -> None:
     hpas = objects(overlay, "HorizontalPodAutoscaler")
-    tracker = {m["type"]: m for m in hpas["adclick-tracker"]["spec"]["metrics"]}
-    assert tracker["Resource"]["resource"]["name"] == "cpu"
-    rule = adapter_rule()
-    series = re.match(r"(\w+)\{", rule["seriesQuery"])
-    assert series
-    produced = re.sub(rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series.group(1))
-    assert tracker["Pods"]["pods"]["metric"]["name"] == produced
+    rules = adapter_rules()
+    for role in ("tracker", "postback"):
+        metrics = {m["type"]: m for m in hpas[f"adclick-{role}"]["spec"]["metrics"]}
+        assert metrics["Resource"]["resource"]["name"] == "cpu"
+        # A Pods metric no adapter rule serves would leave the HPA without a figure, silently.
+        assert metrics["Pods"]["pods"]["metric"]["name"] in rules
+    assert len(rules) == 2
     manager = hpas["adclick-manager"]["spec"]["metrics"]
     assert [(m["type"], m["resource"]["name"]) for m in manager] == [("Resource", "memory")]
+
+
+def test_the_postback_adapter_rule_reads_a_series_the_postback_role_really_exports() -> None:
+    series = adapter_rules()["adclick_postback_requests_per_second"]
+    intake = Intake(PostbackSettings(redis_url=""))
+    reply = asyncio.run(intake.postback(Incoming(query="click_id=x&token=not-a-token")))
+    assert reply.status == 401  # refused postbacks count as requests too
+    exported = generate_latest(intake.registry).decode()
+    assert re.search(rf"^{series}\{{[^}}]*\}} 1\.0$", exported, flags=re.M), exported
 
 
 def test_the_adapter_rule_reads_a_counter_the_tracker_really_exports(
     process_guard: ProcessGuard, adclick_env: dict[str, str]
 ) -> None:
-    series = re.match(r"(\w+)\{", adapter_rule()["seriesQuery"])
-    assert series and series.group(1).endswith("_total")
+    series = adapter_rules()["adclick_click_requests_per_second"]
+    assert series.endswith("_total")
     tracker = TrackerProc(process_guard, adclick_env)
     assert request(tracker.port, "GET", "/c/no-such-link").status == 404
-    counted = {name: value for name, value in tracker.metrics().items() if name.startswith(series.group(1) + "{")}
-    assert sum(counted.values()) >= 1, f"{series.group(1)} is not on the tracker's /metrics"
+    counted = {name: value for name, value in tracker.metrics().items() if name.startswith(series + "{")}
+    assert sum(counted.values()) >= 1, f"{series} is not on the tracker's /metrics"

@@ -2,7 +2,7 @@
 
 moto's SQS recomputes every queue attribute over every message on each send and receive, so a backlog of
 twenty thousand messages takes it many minutes to accept and the benchmark would measure moto. This speaks
-just the calls the worker and the benchmark make (create/get queue, attributes, send/receive/delete batches,
+just the calls the roles and the benchmarks make (create/get queue, attributes, a send, send/receive/delete batches,
 visibility changes, long polling) with SQS's semantics for them: a received message is invisible for its
 visibility timeout, then comes back with its receive count increased. Benchmark only; tests use moto.
 
@@ -109,6 +109,14 @@ class Server:
         if "All" not in wanted:
             values = {k: v for k, v in values.items() if k in wanted}
         return {"Attributes": values}
+
+    async def SendMessage(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The postback role sends one conversion per request (bench/hpa_tune.py drives it).
+        queue = self.queue(body)
+        message = Message(uuid.uuid4().hex, body["MessageBody"], int(time.time() * 1000))
+        queue.visible.append(message)
+        queue.arrived.set()
+        return {"MessageId": message.id, "MD5OfMessageBody": hashlib.md5(message.body.encode()).hexdigest()}
 
     async def SendMessageBatch(self, body: dict[str, Any]) -> dict[str, Any]:
         queue = self.queue(body)

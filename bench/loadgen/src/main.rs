@@ -5,6 +5,11 @@
 //! (the coordinated-omission correction of wrk2). Prints one JSON object on stdout.
 //!
 //! Usage: adclick-loadgen --port P --rate R [--seconds S] [--connections C] [--slugs N] [--host H]
+//!        [--paths FILE] [--ok CLASS]
+//!
+//! Without --paths the requests are clicks on /c/bench-0 .. /c/bench-{N-1}; with it, GETs of the paths in FILE
+//! (one a line, cycled), e.g. postbacks. A response of status class CLASS (3: 3xx, the default; 2: 2xx) is a
+//! success, any other an `other_status`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,6 +22,8 @@ struct Args {
     seconds: f64,
     connections: usize,
     slugs: usize,
+    paths: Option<String>,
+    ok: u16,
 }
 
 fn parse_args() -> Args {
@@ -27,6 +34,8 @@ fn parse_args() -> Args {
         seconds: 10.0,
         connections: 64,
         slugs: 64,
+        paths: None,
+        ok: 3,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -39,6 +48,8 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().expect("--seconds"),
             "--connections" => a.connections = v.parse().expect("--connections"),
             "--slugs" => a.slugs = v.parse().expect("--slugs"),
+            "--paths" => a.paths = Some(v.clone()),
+            "--ok" => a.ok = v.parse().expect("--ok"),
             other => panic!("unknown option {other}"),
         }
         i += 2;
@@ -82,6 +93,7 @@ struct Conn {
 
 struct Outcome {
     latencies_us: Vec<u32>,
+    ok: u64,
     redirects: u64,
     other_status: u64,
     errors: u64,
@@ -110,22 +122,41 @@ fn connect(args: &Args) -> std::io::Result<TcpStream> {
 fn run(args: &Args) -> (Outcome, f64) {
     use std::os::fd::AsRawFd;
     let n = args.connections;
-    let requests: Vec<Vec<u8>> = (0..1024)
-        .map(|k| {
-            format!(
-                "GET /c/bench-{}?sub1=pub{}&sub2=ad%20{} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: Mozilla/5.0 (iPhone; \
-                 CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148\r\nCF-IPCountry: US\r\n\r\n",
-                k % args.slugs,
-                k % 97,
-                k % 13,
-                args.host,
-                args.port
-            )
-            .into_bytes()
-        })
-        .collect();
+    let requests: Vec<Vec<u8>> = match &args.paths {
+        Some(file) => std::fs::read_to_string(file)
+            .expect("--paths: cannot read the file")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|path| {
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: adclick-loadgen\r\n\r\n",
+                    path.trim(),
+                    args.host,
+                    args.port
+                )
+                .into_bytes()
+            })
+            .collect(),
+        None => (0..1024)
+            .map(|k| {
+                format!(
+                    "GET /c/bench-{}?sub1=pub{}&sub2=ad%20{} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: Mozilla/5.0 \
+                     (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148\r\nCF-IPCountry: US\r\n\r\n",
+                    k % args.slugs,
+                    k % 97,
+                    k % 13,
+                    args.host,
+                    args.port
+                )
+                .into_bytes()
+            })
+            .collect(),
+    };
+    assert!(!requests.is_empty(), "--paths: the file holds no path");
+    let variants = requests.len();
     let mut out = Outcome {
         latencies_us: Vec::new(),
+        ok: 0,
         redirects: 0,
         other_status: 0,
         errors: 0,
@@ -162,7 +193,7 @@ fn run(args: &Args) -> (Outcome, f64) {
                     let sent = conn
                         .stream
                         .as_mut()
-                        .map(|s| s.write_all(&requests[(conn.next * n + c) % 1024]));
+                        .map(|s| s.write_all(&requests[(conn.next * n + c) % variants]));
                     conn.next += 1;
                     if let Some(Ok(())) = sent {
                         conn.in_flight = Some(d);
@@ -217,7 +248,8 @@ fn run(args: &Args) -> (Outcome, f64) {
                 Ok(0) if conn.buf.is_empty() => {
                     // The server closed an idle keep-alive connection: reconnect and resend (still timed from due).
                     let k = conn.next - 1;
-                    let resent = connect(args).and_then(|mut s| s.write_all(&requests[(k * n + c) % 1024]).map(|_| s));
+                    let resent =
+                        connect(args).and_then(|mut s| s.write_all(&requests[(k * n + c) % variants]).map(|_| s));
                     match resent {
                         Ok(s) => conn.stream = Some(s),
                         Err(_) => {
@@ -240,6 +272,9 @@ fn run(args: &Args) -> (Outcome, f64) {
                             .push(d.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         if (300..400).contains(&status) {
                             out.redirects += 1;
+                        }
+                        if status / 100 == args.ok {
+                            out.ok += 1;
                         } else {
                             out.other_status += 1;
                         }
@@ -265,13 +300,14 @@ fn main() {
         all[i] as f64 / 1000.0
     };
     println!(
-        "{{\"rate\": {}, \"seconds\": {:.3}, \"connections\": {}, \"responses\": {}, \"redirects\": {}, \
+        "{{\"rate\": {}, \"seconds\": {:.3}, \"connections\": {}, \"responses\": {}, \"ok\": {}, \"redirects\": {}, \
          \"other_status\": {}, \"errors\": {}, \"achieved_rps\": {:.1}, \"p50_ms\": {:.3}, \"p90_ms\": {:.3}, \
          \"p95_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}}}",
         args.rate,
         elapsed,
         args.connections,
         all.len(),
+        outcome.ok,
         outcome.redirects,
         outcome.other_status,
         outcome.errors,

@@ -75,7 +75,7 @@ bench-manager: install ## Manager on 10M clicks: report p95 per grouping, 1M-row
 bench-worker: install ## One worker into PostgreSQL: clicks/s and conversions/s beside a naive ORM loop (WORKER_BENCH_ARGS=...)
 	$(BIN)/python bench/worker_bench.py $(WORKER_BENCH_ARGS)
 
-hpa-tune: $(STAMP) build-dist ## Measure one pod's capacity, write HPA and KEDA targets into k8s/overlays/prod (HPA_ARGS=...)
+hpa-tune: $(STAMP) build-dist ## Measure one pod of each role on a quiet machine, write HPA and KEDA targets into k8s/overlays/prod (HPA_ARGS=...)
 	$(BIN)/python bench/hpa_tune.py $(HPA_ARGS)
 
 chaos: install ## Break the whole system under load (15 s outages, restarts, double delivery); zero lost or doubled

@@ -1530,6 +1530,7 @@ def write_chart(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     servers = [r for r in (tracker, postback) if r is not None]
     queues = worker.queues() if worker is not None else []
@@ -1553,6 +1554,9 @@ def write_chart(
         if res.target_rps is not None:
             ax.axvline(res.target_rps, color="tab:red", label=f"HPA target {res.target_rps:,}/s")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(f"requests per second (one {res.role} process)")
         ax.set_ylabel("latency at the client (ms)")
         ax.set_title(f"{res.role}: RPS against p50 and p99")

@@ -539,7 +539,7 @@ def locust_steps(
             )
             during = srv.recorder.usage(start, end)
             before = srv.recorder.usage(start - args.settle_seconds, start)
-            pair = srv.recorder.window(start, end)
+            pair = srv.recorder.window(start, end, with_extra=True)
             if during is not None:
                 # Each Locust process runs its users on one thread: a process at its core's full is saturated.
                 step.generator_cpu_pct = during.role_max_proc.get("generator")
@@ -586,7 +586,9 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
     group = limit_cpu(proc.pid, args.tracker_cpu_limit) if args.tracker_cpu_limit < 1 else None
     res.limit_cores, res.enforced = args.tracker_cpu_limit, group is not None or args.tracker_cpu_limit >= 1
     res.cpu_limit = cpu_limit_text(args.tracker_cpu_limit, group)
-    recorder = Recorder({"server": proc.pid}, extra=lambda: scrape(port))
+    # Locust's step windows are only known afterwards: scrape once a second then; loadgen's edges are marked.
+    every = 1.0 if args.generator == "locust" else None
+    recorder = Recorder({"server": proc.pid}, extra=lambda: scrape(port), extra_every=every)
     try:
         wait_http(port, "/health", proc)
         status, headers, _ = http_get(port, "/c/bench-1?sub1=hpa-tune")
@@ -954,27 +956,34 @@ def measure_queue(
     a = snapshot(roles)
     started = time.monotonic()
     send(client, queue_url, bodies)
+    # Many small messages take a while to send: where most are still queued then, time the drain from there, so
+    # the rate is the worker's and not the sender's.
+    sent_at, done_then = time.monotonic(), processed() - base
     deadline = started + args.worker_timeout
     while processed() - base < count:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the worker did not drain {count} {q.queue} messages; see worker.log")
         time.sleep(0.05)
-    q.drain_messages, q.drain_rate = count, count / (time.monotonic() - started)
+    finished = time.monotonic()
+    if count - done_then >= count / 2 and finished > sent_at:
+        q.drain_rate = (count - done_then) / (finished - sent_at)
+    else:
+        q.drain_rate = count / (finished - started)
+    q.drain_messages = count
     drain = usage(a, snapshot(roles))
     q.drain_cpu_pct, q.drain_others_pct = drain.roles.get("server"), drain.others_pct
     verdict = classify(limits_of(args), others_pct=[drain.others_pct], top_others=drain.top_others)
     q.drain_trust, q.drain_why = verdict.trust, verdict.why
     print(
-        f"  {q.queue}: drained {count} messages of {source.per_message} in {count / q.drain_rate:.1f} s "
+        f"  {q.queue}: drained {count} messages of {source.per_message} in {finished - started:.1f} s "
         f"({q.drain_rate:.1f}/s)" + ("" if verdict.trust == OK else f"  <- {verdict.trust}: {verdict.why}")
     )
-    limit_pct = 100 * res.limit_cores if res.enforced and res.limit_cores < 1 else 100.0
 
     def passed(s: WorkerStep) -> bool:
         return s.processed >= 0.9 * s.offered and (s.max_age_s or 0.0) <= args.max_age_seconds
 
     for fraction in args.worker_fractions:
-        step = worker_step(args, client, queue_url, queue, source, fraction * q.drain_rate, health, proc, limit_pct)
+        step = worker_step(args, client, queue_url, queue, source, fraction * q.drain_rate, health, proc)
         step.fraction = fraction
         q.steps.append(step)
         print(
@@ -1010,7 +1019,6 @@ def worker_step(
     rate: float,
     health: int,
     proc: subprocess.Popen[bytes],
-    limit_pct: float,
 ) -> WorkerStep:
     """Offer `rate` messages a second for a step: what the worker took off the queue, the oldest message it saw."""
     seconds = args.worker_step_seconds
@@ -1023,7 +1031,7 @@ def worker_step(
     settle_at = start + min(args.settle_seconds, seconds / 2)
     b: Any = None
     sent, ages = 0, []
-    next_send = start
+    next_send = next_age = start
     while (now := time.monotonic()) < start + seconds:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {proc.returncode}")
@@ -1031,11 +1039,13 @@ def worker_step(
             send(client, queue_url, source.take(batch))
             sent += batch
             next_send += interval
-        if now >= settle_at:
+            continue  # catch up with the schedule before anything else
+        if now >= settle_at and now >= next_age:
             if b is None:
                 b = snapshot(roles)
             ages.append(worker_metric(scrape(health), "adclick_worker_oldest_message_age_seconds", queue))
-        time.sleep(max(0.0, min(next_send - time.monotonic(), 0.25)))
+            next_age = now + 0.25
+        time.sleep(max(0.0, min(next_send, next_age if now >= settle_at else settle_at) - time.monotonic()))
     end = time.monotonic()
     c = snapshot(roles)
     left = backlog(client, queue_url)
@@ -1059,12 +1069,11 @@ def worker_step(
         limits_of(args),
         others_pct=[step.others_before_pct, step.others_pct],
         top_others=during.top_others,
-        # The sender is this process: it fell behind when it sent less than the step meant to.
+        # The sender is this process, and SQS holds what the worker has not taken yet: when it sent less than the
+        # step meant to, it fell behind by itself, however busy the worker was.
         offered=rate,
         achieved=step.offered,
         generator_cores_pct=step.client_cores_pct,
-        server_pct=step.worker_cpu_pct,
-        server_limit_pct=limit_pct,
     )
     step.trust, step.why = verdict.trust, verdict.why
     return step

@@ -45,6 +45,7 @@ class Proc:
     name: str
     own: float  # CPU seconds of the process itself (every thread)
     reaped: float  # CPU seconds of the children it has waited for
+    start: int = 0  # when it started (clock ticks after boot): a reused pid is another process
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,13 @@ def read_procs() -> dict[int, Proc]:
             text = stat.read_text()
             head, _, rest = text.rpartition(")")
             f = rest.split()
-            # fields after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14)
+            # fields after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
             procs[int(stat.parent.name)] = Proc(
                 ppid=int(f[1]),
                 name=head.partition("(")[2],
                 own=(int(f[11]) + int(f[12])) / CLK_TCK,
                 reaped=(int(f[13]) + int(f[14])) / CLK_TCK,
+                start=int(f[19]),
             )
     return procs
 
@@ -149,7 +151,8 @@ def usage(a: Snapshot, b: Snapshot) -> Usage:
         if pid in b.ours or pid in a.ours:
             continue
         before = a.procs.get(pid)
-        spent = p.own - (before.own if before is not None and before.name == p.name else 0.0)
+        # A kernel worker renames itself after its work item: the start time tells one process from another.
+        spent = p.own - (before.own if before is not None and before.start == p.start else 0.0)
         if spent > 0.01 * wall:
             top.append((f"{p.name} {pid}", 100 * spent / wall))
     top.sort(key=lambda x: -x[1])
@@ -163,24 +166,38 @@ def usage(a: Snapshot, b: Snapshot) -> Usage:
 
 
 class Recorder(threading.Thread):
-    """Snapshots every `interval` seconds (and on `mark()`), with whatever `extra()` returns beside each."""
+    """Snapshots every `interval` seconds and on `mark()`; beside each mark, and beside a periodic snapshot at most
+    every `extra_every` seconds (never when None), whatever `extra()` returns.
 
-    def __init__(self, roles: dict[str, int], extra: Callable[[], Any] | None = None, interval: float = 0.5) -> None:
+    `extra` is typically a scrape of the server's /metrics, which the server answers on the thread that serves the
+    load: scraped during a measured window, it would add to the latency it measures. Snapshots cost the server
+    nothing (they read /proc).
+    """
+
+    def __init__(
+        self,
+        roles: dict[str, int],
+        extra: Callable[[], Any] | None = None,
+        interval: float = 0.5,
+        extra_every: float | None = None,
+    ) -> None:
         super().__init__(daemon=True)
-        self.roles, self.extra, self.interval = dict(roles), extra, interval
+        self.roles, self.extra, self.interval, self.extra_every = dict(roles), extra, interval, extra_every
         self.samples: list[tuple[Snapshot, Any]] = []
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.last_extra = 0.0
 
-    def mark(self) -> tuple[Snapshot, Any]:
+    def mark(self, with_extra: bool = True) -> tuple[Snapshot, Any]:
         """A sample now (besides the periodic ones), e.g. at a step's edge; it is also kept."""
         with self.lock:
             roles = dict(self.roles)
         snap = snapshot(roles)
         data = None
-        if self.extra is not None:
+        if self.extra is not None and with_extra:
             with contextlib.suppress(OSError, RuntimeError):
                 data = self.extra()
+                self.last_extra = time.monotonic()
         with self.lock:
             self.samples.append((snap, data))
             self.samples.sort(key=lambda s: s[0].t)
@@ -192,18 +209,24 @@ class Recorder(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.mark()
+            due = self.extra_every is not None and time.monotonic() - self.last_extra >= self.extra_every
+            self.mark(with_extra=due)
             self.done.wait(self.interval)
 
     def stop(self) -> None:
         self.done.set()
         self.join(5)
 
-    def window(self, start: float, end: float) -> tuple[tuple[Snapshot, Any], tuple[Snapshot, Any]] | None:
-        """The first and last samples inside [start, end] (with a little slack for the sampling period)."""
-        slack = self.interval / 2
+    def window(
+        self, start: float, end: float, with_extra: bool = False
+    ) -> tuple[tuple[Snapshot, Any], tuple[Snapshot, Any]] | None:
+        """The first and last samples inside [start, end] (with a little slack for the sampling period); with
+        `with_extra`, the first and last that have an `extra()` beside them."""
+        slack = (self.extra_every or self.interval) / 2 if with_extra else self.interval / 2
         with self.lock:
             inside = [s for s in self.samples if start - slack <= s[0].t <= end + slack]
+        if with_extra:
+            inside = [s for s in inside if s[1] is not None]
         if len(inside) < 2 or inside[-1][0].t - inside[0][0].t < self.interval / 2:
             return None
         return inside[0], inside[-1]
@@ -243,11 +266,11 @@ def classify(
     seen = [v for v in others_pct if v is not None]
     worst = max(seen, default=None)
     if worst is not None and worst > limits.busy_pct:
-        who = ", ".join(f"{name} {pct:.0f}%" for name, pct in top_others or [])
-        return Verdict(
-            BUSY,
-            f"other processes used {worst:.0f}% of a core (limit {limits.busy_pct:g}%)" + (f": {who}" if who else ""),
-        )
+        named = top_others or []
+        who = ", ".join(f"{name} {pct:.0f}%" for name, pct in named)
+        if sum(pct for _, pct in named) < worst / 2:
+            who += (", and " if who else "") + "processes that came and went between samples"
+        return Verdict(BUSY, f"other processes used {worst:.0f}% of a core (limit {limits.busy_pct:g}%): {who}")
     server_room = server_pct is None or server_pct < limits.saturated_pct / 100 * server_limit_pct
     if generator_cores_pct is not None and generator_cores_pct >= limits.saturated_pct and server_room:
         return Verdict(GENERATOR_BOUND, f"the generator's core(s) were {generator_cores_pct:.0f}% busy")

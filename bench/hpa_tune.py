@@ -358,25 +358,29 @@ def run_peak(args: argparse.Namespace, srv: Server, given: float | None) -> Peak
     return peak
 
 
-def run_loadgen(args: argparse.Namespace, binary: str, srv: Server, rate: float, seconds: float) -> dict[str, Any]:
-    cmd = [binary, "--port", str(srv.port), "--rate", f"{rate:.3f}", "--connections", str(args.connections)]
-    cmd += [*srv.loadgen_args, "--seconds", f"{seconds:g}"]
-    out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-300:]}")
-    return dict(json.loads(out.stdout))
-
-
 def loadgen_step(args: argparse.Namespace, binary: str, srv: Server, n: int, share: float, rate: float) -> Step:
-    """One constant-rate step: `settle_seconds` unmeasured, then the rest measured; the machine sampled in both."""
-    a = srv.recorder.mark()
-    run_loadgen(args, binary, srv, rate, args.settle_seconds)
-    b = srv.recorder.mark()
+    """One constant-rate step from one loadgen process: `settle_seconds` of warm-up on the same connections, then
+    the rest of the step measured; the machine sampled in both, the server's /metrics read before and after."""
     measured = args.step_seconds - args.settle_seconds
+    cmd = [binary, "--port", str(srv.port), "--rate", f"{rate:.3f}", "--connections", str(args.connections)]
+    cmd += [*srv.loadgen_args, "--warmup", f"{args.settle_seconds:g}", "--seconds", f"{measured:g}"]
+    a = srv.recorder.mark()
     cpu0, t0 = children_cpu(), time.time()
-    r = run_loadgen(args, binary, srv, rate, measured)
+    proc = subprocess.Popen(pinned(args.client_cpu, cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(max(0.0, t0 + args.settle_seconds - time.time()))
+        # No scrape while the load runs: the server would answer it on the thread that serves the load.
+        b = srv.recorder.mark(with_extra=False)
+        out, err = proc.communicate(timeout=args.step_seconds + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     cpu1, t1 = children_cpu(), time.time()
     c = srv.recorder.mark()
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {err.strip()[-300:]}")
+    r = json.loads(out)
     failures = int(r["errors"]) + int(r["other_status"])
     requests = int(r["responses"]) + int(r["errors"])
     step = Step(
@@ -392,10 +396,10 @@ def loadgen_step(args: argparse.Namespace, binary: str, srv: Server, n: int, sha
         error_rate=failures / requests if requests else None,
         seconds=round(measured, 1),
         generator_cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),  # loadgen is one thread
-        window=(t0, t1),
+        window=(b[0].t, c[0].t),
     )
     judge(args, srv, step, usage(a[0], b[0]), usage(b[0], c[0]))
-    server_figures(step, b[1], c[1], srv.role)
+    server_figures(step, a[1], c[1], srv.role)
     return step
 
 
@@ -595,7 +599,8 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
         if status != 302:
             raise RuntimeError(f"GET /c/bench-1 answered {status}, not 302; see {logs / 'tracker.log'}")
         print(f"  tracker on 127.0.0.1:{port} (core {args.tracker_cpu}); /c/bench-1 -> 302 {headers.get('location')}")
-        recorder.start()
+        if args.generator == "locust":
+            recorder.start()  # Locust's steps are known afterwards: sample all along; loadgen's edges are marked
         limit_pct = 100 * min(1.0, args.tracker_cpu_limit) if group else 100.0
         srv = Server("tracker", port, recorder, limit_pct, "clicks.lua", None, ["--slugs", str(args.slugs)])
         try:
@@ -681,7 +686,6 @@ def tune_postback(args: argparse.Namespace, env: dict[str, str]) -> ServerResult
             raise RuntimeError(f"a valid postback answered {status}: {body[:300]!r}; see {logs / 'postback.log'}")
         print(f"  postback on 127.0.0.1:{port} (core {args.tracker_cpu}, {res.cpu_limit}); a valid postback -> 200")
         before = scrape(port)
-        recorder.start()
         limit_pct = 100 * args.postback_cpu_limit if group else 100.0
         loadgen_args = ["--paths", str(paths), "--ok", "2"]
         srv = Server("postback", port, recorder, limit_pct, "paths.lua", {"BENCH_PATHS": str(paths)}, loadgen_args)

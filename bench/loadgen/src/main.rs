@@ -5,7 +5,10 @@
 //! (the coordinated-omission correction of wrk2). Prints one JSON object on stdout.
 //!
 //! Usage: adclick-loadgen --port P --rate R [--seconds S] [--connections C] [--slugs N] [--host H]
-//!        [--paths FILE] [--ok CLASS]
+//!        [--paths FILE] [--ok CLASS] [--warmup W]
+//!
+//! With --warmup, the schedule runs W seconds before the S measured ones on the same connections, and only
+//! requests due in the measured seconds count: the server and the connections are warm when measuring starts.
 //!
 //! Without --paths the requests are clicks on /c/bench-0 .. /c/bench-{N-1}; with it, GETs of the paths in FILE
 //! (one a line, cycled), e.g. postbacks. A response of status class CLASS (3: 3xx, the default; 2: 2xx) is a
@@ -20,6 +23,7 @@ struct Args {
     port: u16,
     rate: f64,
     seconds: f64,
+    warmup: f64,
     connections: usize,
     slugs: usize,
     paths: Option<String>,
@@ -32,6 +36,7 @@ fn parse_args() -> Args {
         port: 0,
         rate: 1000.0,
         seconds: 10.0,
+        warmup: 0.0,
         connections: 64,
         slugs: 64,
         paths: None,
@@ -46,6 +51,7 @@ fn parse_args() -> Args {
             "--port" => a.port = v.parse().expect("--port"),
             "--rate" => a.rate = v.parse().expect("--rate"),
             "--seconds" => a.seconds = v.parse().expect("--seconds"),
+            "--warmup" => a.warmup = v.parse().expect("--warmup"),
             "--connections" => a.connections = v.parse().expect("--connections"),
             "--slugs" => a.slugs = v.parse().expect("--slugs"),
             "--paths" => a.paths = Some(v.clone()),
@@ -170,7 +176,10 @@ fn run(args: &Args) -> (Outcome, f64) {
         })
         .collect();
     let start = Instant::now() + Duration::from_millis(20);
-    let end = start + Duration::from_secs_f64(args.seconds);
+    let measured_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measured_from + Duration::from_secs_f64(args.seconds);
+    // Only what was due in the measured seconds counts: the warm-up's replies and failures are left out.
+    let counted = |d: Instant| d >= measured_from;
     let due = |c: usize, k: usize| start + Duration::from_secs_f64((k * n + c) as f64 / args.rate);
     let mut chunk = [0u8; 16384];
     let mut fds: Vec<PollFd> = Vec::with_capacity(n);
@@ -199,7 +208,7 @@ fn run(args: &Args) -> (Outcome, f64) {
                         conn.in_flight = Some(d);
                         conn.buf.clear();
                     } else {
-                        out.errors += 1;
+                        out.errors += u64::from(counted(d));
                         conn.stream = None;
                         continue;
                     }
@@ -253,14 +262,14 @@ fn run(args: &Args) -> (Outcome, f64) {
                     match resent {
                         Ok(s) => conn.stream = Some(s),
                         Err(_) => {
-                            out.errors += 1;
+                            out.errors += u64::from(conn.in_flight.is_some_and(counted));
                             conn.stream = None;
                             conn.in_flight = None;
                         }
                     }
                 }
                 Ok(0) | Err(_) => {
-                    out.errors += 1;
+                    out.errors += u64::from(conn.in_flight.is_some_and(counted));
                     conn.stream = None;
                     conn.in_flight = None;
                 }
@@ -268,6 +277,9 @@ fn run(args: &Args) -> (Outcome, f64) {
                     conn.buf.extend_from_slice(&chunk[..got]);
                     if let Some((status, _)) = complete(&conn.buf) {
                         let d = conn.in_flight.take().expect("in flight");
+                        if !counted(d) {
+                            continue;
+                        }
                         out.latencies_us
                             .push(d.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         if (300..400).contains(&status) {
@@ -283,8 +295,8 @@ fn run(args: &Args) -> (Outcome, f64) {
             }
         }
     }
-    out.errors += conns.iter().filter(|c| c.in_flight.is_some()).count() as u64;
-    (out, start.elapsed().as_secs_f64())
+    out.errors += conns.iter().filter(|c| c.in_flight.is_some_and(counted)).count() as u64;
+    (out, start.elapsed().as_secs_f64() - args.warmup)
 }
 
 fn main() {

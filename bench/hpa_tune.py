@@ -1024,47 +1024,58 @@ def worker_step(
     health: int,
     proc: subprocess.Popen[bytes],
 ) -> WorkerStep:
-    """Offer `rate` messages a second for a step: what the worker took off the queue, the oldest message it saw."""
+    """Offer `rate` messages a second for a step: what the worker took off the queue, the oldest message it saw.
+
+    Rates count from the end of the step's settle seconds: a step starts from an empty queue, and the messages the
+    worker holds in flight then would count against it; in the steady state after, they come and go alike.
+    """
     seconds = args.worker_step_seconds
     batch = max(1, min(10, math.floor(rate)))  # one SendMessageBatch per tick, like the tracker's flushes
     interval = batch / rate
-    waiting = backlog(client, queue_url)
     roles = {"server": proc.pid}
+
+    def done() -> float:
+        return worker_metric(scrape(health), "adclick_worker_messages_total", queue)
+
     a = snapshot(roles)
     start = time.monotonic()
     settle_at = start + min(args.settle_seconds, seconds / 2)
     b: Any = None
     sent, ages = 0, []
+    sent_b = done_b = t_b = 0.0
     next_send = next_age = start
     while (now := time.monotonic()) < start + seconds:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {proc.returncode}")
+        if b is None and now >= settle_at:
+            b, sent_b, done_b, t_b = snapshot(roles), sent, done(), now
+        if b is not None and now >= next_age:
+            ages.append(worker_metric(scrape(health), "adclick_worker_oldest_message_age_seconds", queue))
+            next_age = now + 0.25
         if now >= next_send:
             send(client, queue_url, source.take(batch))
             sent += batch
             next_send += interval
-            continue  # catch up with the schedule before anything else
-        if now >= settle_at and now >= next_age:
-            if b is None:
-                b = snapshot(roles)
-            ages.append(worker_metric(scrape(health), "adclick_worker_oldest_message_age_seconds", queue))
-            next_age = now + 0.25
-        time.sleep(max(0.0, min(next_send, next_age if now >= settle_at else settle_at) - time.monotonic()))
+            continue  # catch up with the schedule before sleeping
+        time.sleep(max(0.0, min(next_send, next_age if b is not None else settle_at) - time.monotonic()))
     end = time.monotonic()
     c = snapshot(roles)
-    left = backlog(client, queue_url)
+    done_c = done()
+    if b is None:  # a step shorter than a tick: count it all
+        b, t_b = a, start
+    span = max(1e-6, end - t_b)
     step = WorkerStep(
         fraction=0.0,
         intended=rate,
-        offered=sent / (end - start),
-        # What the worker took off the queue: what was sent, less what the backlog grew by (in flight included).
-        processed=(sent - (left - waiting)) / (end - start),
+        offered=(sent - sent_b) / span,
+        # What the worker finished (its batches committed, its messages deleted) over the same seconds.
+        processed=(done_c - done_b) / span,
         max_age_s=round(max(ages), 2) if ages else None,
-        backlog=left,
-        seconds=round(end - start, 1),
+        backlog=backlog(client, queue_url),
+        seconds=round(span, 1),
     )
-    before = usage(a, b) if b is not None else None
-    during = usage(b if b is not None else a, c)
+    before = usage(a, b) if b is not a else None
+    during = usage(b, c)
     step.worker_cpu_pct = during.roles.get("server")
     step.client_cores_pct = during.cores_pct(parse_cpus(args.client_cpu))
     step.others_before_pct = None if before is None else before.others_pct
@@ -1073,10 +1084,11 @@ def worker_step(
         limits_of(args),
         others_pct=[step.others_before_pct, step.others_pct],
         top_others=during.top_others,
-        # The sender is this process, and SQS holds what the worker has not taken yet: when it sent less than the
-        # step meant to, it fell behind by itself, however busy the worker was.
-        offered=rate,
-        achieved=step.offered,
+        # The sender is this process, and SQS holds what the worker has not taken yet: when it sent less than its
+        # schedule had due by the end (one batch of slack: the last may fall due as the step ends), it fell behind
+        # by itself, however busy the worker was.
+        offered=max(1, math.ceil((end - start) / interval) - 1) * batch,
+        achieved=sent,
         generator_cores_pct=step.client_cores_pct,
     )
     step.trust, step.why = verdict.trust, verdict.why

@@ -786,7 +786,7 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Server;
+    use crate::testing::{wait_for, Server};
     use std::thread;
 
     type Json = serde_json::Value;
@@ -821,17 +821,6 @@ mod tests {
         wait_for("the invalidation listener to subscribe", Duration::from_secs(5), || {
             cache.stats().subscribed
         });
-    }
-
-    fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
     }
 
     fn value(l: &Lookup<Json>) -> Option<&Json> {

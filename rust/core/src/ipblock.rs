@@ -400,7 +400,7 @@ fn log_warning(message: &str) {
 mod tests {
     use super::*;
     use crate::cache::{CacheConfig, LinkCache};
-    use crate::testing::Server;
+    use crate::testing::{wait_for, Server};
     use std::thread;
 
     fn ranges(entries: &[&str]) -> Ranges {
@@ -595,17 +595,6 @@ mod tests {
         let cache = LinkCache::new(cfg, crate::link::CompiledLink::decode).unwrap();
         cache.follow(Arc::clone(&list) as Arc<dyn Follower>);
         (cache, list)
-    }
-
-    fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
     }
 
     #[test]

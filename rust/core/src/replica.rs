@@ -767,7 +767,6 @@ mod tests {
     use super::*;
     use crate::cache::{CacheConfig, LinkCache};
     use crate::testing::Server;
-    use std::thread;
 
     fn link_json(id: u64, slug: &str, host: &str) -> String {
         format!(r#"{{"v":1,"id":{id},"slug":"{slug}","offer_id":7,"url":"https://{host}.example/?c={{click_id}}"}}"#)
@@ -799,12 +798,8 @@ mod tests {
         (cache, replica)
     }
 
-    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            thread::sleep(Duration::from_millis(5));
-        }
+    fn wait_for(what: &str, done: impl FnMut() -> bool) {
+        crate::testing::wait_for(what, Duration::from_secs(10), done);
     }
 
     fn id_of(r: &Replica, slug: &str) -> Option<u64> {

@@ -120,3 +120,15 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// Polls `done` every 5 ms until it holds; panics, naming `what`, if it does not within `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}

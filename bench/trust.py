@@ -51,13 +51,13 @@ class Proc:
 @dataclass(frozen=True)
 class Snapshot:
     t: float
-    cores: dict[str, tuple[int, int, int]]  # core -> (all jiffies, busy jiffies, user+nice+system+steal jiffies)
+    cores: dict[str, tuple[int, ...]]  # core -> (all jiffies, busy, user+nice+system+steal, steal)
     procs: dict[int, Proc]
     ours: frozenset[int]  # this process and its descendants
     roles: dict[str, frozenset[int]]  # role -> its root process and descendants
 
 
-def read_cores() -> dict[str, tuple[int, int, int]]:
+def read_cores() -> dict[str, tuple[int, ...]]:
     out = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/stat").read_text().splitlines():
@@ -66,7 +66,7 @@ def read_cores() -> dict[str, tuple[int, int, int]]:
                 n = [int(v) for v in vals] + [0] * 10
                 # user nice system idle iowait irq softirq steal (guest and guest_nice are inside user and nice)
                 total = sum(n[:8])
-                out[name[3:]] = (total, total - n[3] - n[4], n[0] + n[1] + n[2] + n[7])
+                out[name[3:]] = (total, total - n[3] - n[4], n[0] + n[1] + n[2] + n[7], n[7])
     return out
 
 
@@ -155,6 +155,10 @@ def usage(a: Snapshot, b: Snapshot) -> Usage:
         spent = p.own - (before.own if before is not None and before.start == p.start else 0.0)
         if spent > 0.01 * wall:
             top.append((f"{p.name} {pid}", 100 * spent / wall))
+    # Steal is time the hypervisor gave another guest: no process of ours or theirs shows it, so it is named here.
+    steal = sum(b.cores[c][3] - a.cores[c][3] for c in b.cores if c in a.cores and len(b.cores[c]) > 3) / CLK_TCK
+    if steal > 0.01 * wall:
+        top.append(("steal (the hypervisor ran other guests)", 100 * steal / wall))
     top.sort(key=lambda x: -x[1])
     roles, role_max = {}, {}
     for role, pids in b.roles.items():

@@ -103,10 +103,10 @@ def test_no_capacity_is_chosen_that_depends_on_an_untrusted_step(kind: str) -> N
     assert d.refusal is None and d.best is not None and d.best.rps == 100
 
 
-def snap(t: float, machine: int, procs: dict[int, Proc], ours: set[int]) -> Snapshot:
-    # One core, `machine` jiffies of user+system out of t * CLK_TCK.
+def snap(t: float, machine: int, procs: dict[int, Proc], ours: set[int], steal: int = 0) -> Snapshot:
+    # One core, `machine` jiffies of user+system+steal (`steal` of them stolen) out of t * CLK_TCK.
     total = int(t * trust.CLK_TCK)
-    return Snapshot(t, {"0": (total, machine, machine)}, procs, frozenset(ours), {})
+    return Snapshot(t, {"0": (total, machine, machine, steal)}, procs, frozenset(ours), {})
 
 
 def test_others_are_the_machines_cpu_less_the_runs_own_reaped_children_included() -> None:
@@ -121,6 +121,20 @@ def test_others_are_the_machines_cpu_less_the_runs_own_reaped_children_included(
     u = usage(b, c)
     assert u.others_pct == pytest.approx(30.0, abs=0.5)
     assert u.top_others == [("cc1 77", pytest.approx(30.0))]
+
+
+def test_time_the_hypervisor_stole_is_named_as_other_work() -> None:
+    # No process shows steal: without a name of its own, a noisy neighbour on the host would read as processes
+    # that came and went.
+    hz = trust.CLK_TCK
+    me = os.getpid()
+    a = snap(0.0, 0, {me: Proc(1, "tuner", 1.0, 0.0)}, {me})
+    b = snap(10.0, int(4.0 * hz), {me: Proc(1, "tuner", 2.0, 0.0)}, {me}, steal=int(3.0 * hz))
+    u = usage(a, b)
+    assert u.others_pct == pytest.approx(30.0, abs=0.5)
+    assert u.top_others == [("steal (the hypervisor ran other guests)", pytest.approx(30.0))]
+    verdict = trust.classify(trust.Limits(), others_pct=[u.others_pct], top_others=u.top_others)
+    assert verdict.trust == trust.BUSY and "hypervisor" in verdict.why and "came and went" not in verdict.why
 
 
 def spin_code() -> list[str]:

@@ -9,8 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
 
-group_a=(tests/manager tests/fuzz tests/bench tests/core tests/postback tests/security tests/tracker tests/support)
-group_b=(tests/worker tests/browser tests/deploy tests/e2e tests/faults tests/test_*.py)
+group_a=(tests/manager tests/fuzz tests/bench tests/core tests/postback tests/security tests/support)
+group_b=(tests/worker tests/tracker tests/browser tests/deploy tests/e2e tests/faults tests/test_*.py)
 
 # Every test directory and top-level test module is in exactly one group: a new one must be placed.
 all="$(ls -d tests/*/ tests/test_*.py | sed 's#/$##' | grep -v -x -E "tests/__pycache__" | sort)"

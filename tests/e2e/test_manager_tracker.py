@@ -15,7 +15,6 @@ from adclick.core.db.models import ApiToken, User
 from adclick.core.db.session import create_engine, session_factory
 from adclick.manager.security import hash_api_token, hash_password, new_api_token
 from support.procs import ProcessGuard, free_port, wait_until
-from support.servers import SqsServer
 from support.tracker import UA_DESKTOP, TrackerProc, request
 
 LANDING = "https://shop.example/lp?cid={click_id}"
@@ -74,9 +73,8 @@ def within_a_second(answer: Callable[[], bool]) -> float:
 
 
 def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_the_offer_within_a_second(
-    process_guard: ProcessGuard, adclick_env: dict[str, str], sqs_server: SqsServer, database_url: str
+    process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str, database_url: str
 ) -> None:
-    sqs_server.create_queue("adclick-clicks")
     token = asyncio.run(make_admin_token(database_url))
     port = free_port()
     env = {

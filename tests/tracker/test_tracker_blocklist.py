@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 
-import pytest
 from adclick import _native
 from adclick.core.links import INVALIDATE_CHANNEL, publish_link
 from support.procs import ProcessGuard, wait_until
@@ -14,8 +12,10 @@ from support.servers import RedisServer, SqsServer
 from support.tracker import (
     UA_DESKTOP,
     UA_SLACKBOT,
+    Reply,
     TrackerProc,
     click_id_from,
+    click_path,
     collect_events,
     events_in,
     request,
@@ -38,10 +38,15 @@ def set_blocklist(redis_server: RedisServer, cidrs: list[str], *, announce: bool
         client.publish(INVALIDATE_CHANNEL, _native.IPBLOCK_MESSAGE)
 
 
+def proxied(tracker: TrackerProc, slug: str, client_ip: str, ua: str = UA_DESKTOP, **params: str) -> Reply:
+    """A click through one trusted proxy that saw `client_ip`."""
+    headers = {"X-Forwarded-For": client_ip, "User-Agent": ua}
+    return request(tracker.port, "GET", click_path(slug, **params), headers=headers)
+
+
 def click(tracker: TrackerProc, slug: str, client_ip: str, ua: str = UA_DESKTOP, **params: str) -> tuple[int, str]:
     """A click through one trusted proxy that saw `client_ip`: (status, Location or "")."""
-    path = f"/c/{slug}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    reply = request(tracker.port, "GET", path, headers={"X-Forwarded-For": client_ip, "User-Agent": ua})
+    reply = proxied(tracker, slug, client_ip, ua, **params)
     return reply.status, reply.location or ""
 
 
@@ -49,11 +54,6 @@ def flags_of(location: str) -> tuple[int, int]:
     """(version, flags) of the ClickID in a location; verifying it proves the flags were sealed by the tracker."""
     version, _key_id, _ts_ms, _link_id, flags = CODEC.verify(click_id_from(location))
     return version, flags
-
-
-@pytest.fixture
-def clicks_queue(sqs_server: SqsServer) -> str:
-    return sqs_server.create_queue("adclick-clicks")
 
 
 def test_a_blocked_address_gets_the_fallback_its_event_says_blocked_and_unblocking_takes_under_a_second(
@@ -87,9 +87,7 @@ def test_a_blocked_address_gets_the_fallback_its_event_says_blocked_and_unblocki
     status, blocked_bot = click(tracker, "summer", "198.51.100.7", ua=UA_SLACKBOT)
     assert status == 302 and flags_of(blocked_bot) == (2, _native.FLAG_BLOCKED | _native.FLAG_BOT)
     # A link without a fallback: 403, and the click is recorded all the same.
-    reply = request(
-        tracker.port, "GET", "/c/nofb", headers={"X-Forwarded-For": "203.0.113.9", "User-Agent": UA_DESKTOP}
-    )
+    reply = proxied(tracker, "nofb", "203.0.113.9")
     assert reply.status == 403 and "location" not in reply.headers
 
     # Unblocked addresses, the blocked one's neighbours among them, are served as ever; a bot's ClickID says bot.
@@ -144,9 +142,7 @@ def test_blocked_action_403_from_the_list_read_at_startup_and_a_bad_list_keeps_t
     set_blocklist(redis_server, ["203.0.113.0/24"], announce=False)
     tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, blocked_action="403")
     # Ready means the list has been read: the very first click is checked against it.
-    reply = request(
-        tracker.port, "GET", "/c/summer", headers={"X-Forwarded-For": "203.0.113.9", "User-Agent": UA_DESKTOP}
-    )
+    reply = proxied(tracker, "summer", "203.0.113.9")
     assert reply.status == 403 and "location" not in reply.headers and "set-cookie" not in reply.headers
     status, served = click(tracker, "summer", "203.0.114.9")
     assert status == 302 and served.startswith("https://shop.example/")
@@ -155,12 +151,7 @@ def test_blocked_action_403_from_the_list_read_at_startup_and_a_bad_list_keeps_t
     redis_server.client().set(_native.IPBLOCK_KEY, json.dumps({"v": 1, "cidrs": ["203.0.113.0/24", "no-such-ip"]}))
     redis_server.client().publish(INVALIDATE_CHANNEL, _native.IPBLOCK_MESSAGE)
     wait_until(lambda: tracker.metrics()["adclick_ipblock_invalid_total"] == 1, timeout=2, message="the bad list")
-    assert (
-        request(
-            tracker.port, "GET", "/c/summer", headers={"X-Forwarded-For": "203.0.113.9", "User-Agent": UA_DESKTOP}
-        ).status
-        == 403
-    )
+    assert click(tracker, "summer", "203.0.113.9")[0] == 403
     assert tracker.metrics()["adclick_ipblock_entries"] == 1
 
     bodies: list[str] = []

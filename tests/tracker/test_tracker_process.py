@@ -39,11 +39,6 @@ def link(slug: str = "summer", url: str = TEMPLATE, **extra: object) -> dict[str
 
 
 @pytest.fixture
-def clicks_queue(sqs_server: SqsServer) -> str:
-    return sqs_server.create_queue("adclick-clicks")
-
-
-@pytest.fixture
 def tracker(process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str) -> TrackerProc:
     return TrackerProc(process_guard, adclick_env)
 

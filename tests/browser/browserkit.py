@@ -1,4 +1,5 @@
-"""What the browser tests drive: the roles as real processes, a landing page, Chromium, and step screenshots."""
+"""What the browser tests drive besides the running system (support/system.py): a landing page, Chromium, and step
+screenshots."""
 
 from __future__ import annotations
 
@@ -7,18 +8,15 @@ import http.server
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
-from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
 from support.tracker import UA_DESKTOP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--no-first-run",
 ]
-ADMIN = "browser-admin@example.com"
-PASSWORD = "browser test password, not a secret"
 
 
 def chromium_path() -> str:
@@ -135,103 +131,6 @@ class Landing:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def status_of(port: int, path: str) -> int | None:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().status
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException):
-        return None
-
-
-@dataclass
-class Role:
-    """One `adclick <role>` process on its own port."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    proc: ManagedProcess | None = None
-
-    def spawn(self, guard: ProcessGuard) -> None:
-        self.proc = guard.spawn(self.argv, name=self.name, env=self.env)
-
-    def wait_healthy(self, within: float = 60.0) -> None:
-        wait_until(
-            lambda: status_of(self.port, "/health") == 200,
-            timeout=within,
-            interval=0.1,
-            message=f"{self.name} /health 200",
-            proc=self.proc,
-        )
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-class Stack:
-    """The roles of adclick on one PostgreSQL database, wired to each other, and an admin to sign in as."""
-
-    def __init__(self, guard: ProcessGuard, env: Mapping[str, str], database_url: str) -> None:
-        self.guard = guard
-        cli = [sys.executable, "-m", "adclick.cli"]
-        ports = {name: free_port() for name in ("tracker", "postback", "worker", "manager")}
-        self.env = {
-            **os.environ,
-            **env,
-            "PYTHONUNBUFFERED": "1",
-            "ADCLICK_DATABASE_URL": database_url,
-            "ADCLICK_FLUSH_INTERVAL_MS": "50",
-            "ADCLICK_DRAIN_SECONDS": "1",
-            "ADCLICK_WORKER_WAIT_SECONDS": "1",
-            "ADCLICK_MANAGER_TRACKER_BASE_URL": f"http://127.0.0.1:{ports['tracker']}",
-            "ADCLICK_MANAGER_POSTBACK_BASE_URL": f"http://127.0.0.1:{ports['postback']}",
-        }
-
-        def serve(role: str) -> list[str]:
-            return [*cli, role, "--host", "127.0.0.1", "--port", str(ports[role])]
-
-        worker_env = {**self.env, "ADCLICK_WORKER_HEALTH_HOST": "127.0.0.1"}
-        worker_env["ADCLICK_WORKER_HEALTH_PORT"] = str(ports["worker"])
-        self.roles = {
-            "worker": Role("worker", [*cli, "worker"], worker_env, ports["worker"]),  # creates the queues
-            "manager": Role("manager", serve("manager"), self.env, ports["manager"]),
-            "tracker": Role("tracker", serve("tracker"), self.env, ports["tracker"]),
-            "postback": Role("postback", serve("postback"), self.env, ports["postback"]),
-        }
-
-    @property
-    def manager(self) -> Role:
-        return self.roles["manager"]
-
-    def start(self, *names: str) -> None:
-        """Start the named roles (all by default) side by side, make the admin, and wait until each is healthy."""
-        started = [self.roles[name] for name in names or self.roles]
-        for role in started:
-            role.spawn(self.guard)
-        self.create_admin()
-        for role in started:
-            role.wait_healthy()
-
-    def create_admin(self) -> None:
-        """`adclick create-admin`, as an operator runs it, the password on stdin."""
-        done = subprocess.run(
-            [sys.executable, "-m", "adclick.cli", "create-admin", ADMIN, "--password-stdin"],
-            input=PASSWORD + "\n",
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
 
 
 def fill_macros(template: str, **values: str) -> str:

@@ -9,8 +9,9 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from browserkit import Landing, Shots, Stack, Tab, artifacts_root, chromium_tab
+from browserkit import Landing, Shots, Tab, artifacts_root, chromium_tab
 from support.procs import ProcessGuard
+from support.system import System
 
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 WRITTEN = pytest.StashKey[list[Path]]()
@@ -65,6 +66,6 @@ def landing() -> Iterator[Landing]:
 
 
 @pytest.fixture
-def stack(process_guard: ProcessGuard, adclick_env: dict[str, str], database_url: str) -> Stack:
+def stack(process_guard: ProcessGuard, adclick_env: dict[str, str], database_url: str) -> System:
     """Tracker, worker, postback and manager, not yet started (`stack.start()`), on `database_url` (use PostgreSQL)."""
-    return Stack(process_guard, adclick_env, database_url)
+    return System(process_guard, adclick_env, database_url)

@@ -12,9 +12,10 @@ import urllib.request
 from typing import Any, cast
 
 import pytest
-from browserkit import ADMIN, PASSWORD, Landing, Shots, Stack, Tab, fill_macros
+from browserkit import Landing, Shots, Tab, fill_macros
 from playwright.sync_api import Locator, Page, expect
 from support.procs import wait_until
+from support.system import ADMIN, PASSWORD, System
 
 # What the chart holds (each dataset's sum) and what it drew: pixels in the plot area (legend and axes left out)
 # painted at all, and painted in the Clicks line's colour.
@@ -83,7 +84,7 @@ def chart(page: Page) -> dict[str, Any]:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_campaign_set_up_in_the_browser_counts_its_click_and_conversion(
-    stack: Stack, landing: Landing, tab: Tab, shots: Shots
+    stack: System, landing: Landing, tab: Tab, shots: Shots
 ) -> None:
     stack.start()
     page, base = tab.page, stack.manager.base
@@ -195,7 +196,7 @@ def _option(form: Locator, select: str, name: str) -> str:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_script_in_a_name_shows_as_text_and_a_form_without_its_csrf_token_is_refused(
-    stack: Stack, tab: Tab, shots: Shots
+    stack: System, tab: Tab, shots: Shots
 ) -> None:
     stack.start("manager")
     page, base = tab.page, stack.manager.base

@@ -6,10 +6,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from faultkit import FaultSystem, Tally, table
 from support.database import PostgresServer, unique_name
 from support.procs import ProcessGuard
 from support.servers import RedisServer, SqsServer
-from system import System, Tally, table
 
 TALLIES: list[Tally] = []
 
@@ -25,7 +25,7 @@ def system(
     _sqs_server_session: SqsServer,
     _postgres_server_session: PostgresServer,
     _postgres_template: str,
-) -> Iterator[System]:
+) -> Iterator[FaultSystem]:
     postgres = _postgres_server_session
     if postgres.external:
         pytest.skip("the fault tests stop PostgreSQL, which they cannot do to ADCLICK_TEST_DATABASE_URL")
@@ -36,7 +36,7 @@ def system(
         (tmp / "redis").mkdir()
         redis = RedisServer(guard, tmp / "redis")
         redis.start()
-        running = System(guard, redis, _sqs_server_session, postgres, url)
+        running = FaultSystem(guard, redis, _sqs_server_session, postgres, url)
         try:
             running.start()
             yield running

@@ -15,21 +15,23 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import TALLIES, full
+from faultkit import CLICKS_QUEUE, CONVERSIONS_QUEUE, FaultSystem, reconcile
+from support.load import Load, Postbacks
 from support.procs import wait_until
-from system import CLICKS_QUEUE, CONVERSIONS_QUEUE, Clicks, Postbacks, System, prometheus, reconcile, status_of
+from support.tracker import prometheus, status_of
 
 OUTAGE = 15.0 if full() else 3.0
 PHASE = 10.0 if full() else 3.0  # load before and after each fault
 
 
-def sigterm_tracker(system: System) -> None:
+def sigterm_tracker(system: FaultSystem) -> None:
     """SIGTERM mid-load: it drains, flushes its buffer and exits 0; a new one takes the same port."""
     code = system.tracker.signal(signal.SIGTERM)
     assert code == 0, system.tracker.output()[-3000:]
     system.tracker.start()
 
 
-def sigkill_worker(system: System) -> None:
+def sigkill_worker(system: FaultSystem) -> None:
     """SIGKILL while it is consuming: whatever batch it held is redelivered after the visibility timeout."""
     taken = f'adclick_worker_messages_total{{queue="{CLICKS_QUEUE}"}}'
     before = prometheus(system.worker.port).get(taken, 0.0)
@@ -42,7 +44,7 @@ def sigkill_worker(system: System) -> None:
     system.worker.start()
 
 
-def restart_redis(system: System) -> None:
+def restart_redis(system: FaultSystem) -> None:
     """Redis goes away and comes back empty (no persistence): the manager's reconciliation rewrites the links."""
     system.redis.stop()
     time.sleep(1.0)
@@ -50,7 +52,7 @@ def restart_redis(system: System) -> None:
     wait_until(lambda: status_of(system.tracker.port, "/health") == 200, timeout=30, message="tracker healthy")
 
 
-def sqs_outage(system: System) -> None:
+def sqs_outage(system: FaultSystem) -> None:
     """The SQS endpoint hangs (SIGSTOP) for the outage: the tracker spills to Redis, the postback role says 503."""
     system.sqs.pause()
     try:
@@ -59,7 +61,7 @@ def sqs_outage(system: System) -> None:
         system.sqs.resume()
 
 
-def postgres_outage(system: System) -> None:
+def postgres_outage(system: FaultSystem) -> None:
     """PostgreSQL is down (fast shutdown, connections refused) for the outage, then back on the same port."""
     system.postgres.stop()
     try:
@@ -71,11 +73,11 @@ def postgres_outage(system: System) -> None:
 @dataclass
 class Scenario:
     name: str
-    fault: Callable[[System], None]
+    fault: Callable[[FaultSystem], None]
     duplicate: bool = False
 
 
-def nothing(system: System) -> None:
+def nothing(system: FaultSystem) -> None:
     """No fault during the load: the worker is stopped and every message is delivered twice afterwards."""
 
 
@@ -89,7 +91,7 @@ SCENARIOS = [
 ]
 
 
-def deliver_twice(system: System) -> int:
+def deliver_twice(system: FaultSystem) -> int:
     """Take every message off both queues and send each body back twice; the number of bodies taken."""
     taken = 0
     client = system.sqs.client()
@@ -109,11 +111,11 @@ def deliver_twice(system: System) -> int:
 
 @pytest.mark.timeout(600 if full() else 240)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_nothing_lost_nothing_doubled(system: System, scenario: Scenario) -> None:
+def test_nothing_lost_nothing_doubled(system: FaultSystem, scenario: Scenario) -> None:
     link_id = system.create_link(scenario.name)
     if scenario.duplicate:
         assert system.worker.signal(signal.SIGTERM) == 0
-    clicks = Clicks(system.tracker.port, scenario.name)
+    clicks = Load(system.tracker.port, scenario.name, connections=2, pause=0.01, timeout=10, backoff=0.05)
     postbacks = Postbacks(system.postback.port, system.token, clicks, prefix=scenario.name)
     clicks.start()
     postbacks.start()

@@ -12,12 +12,12 @@ import time
 import urllib.parse
 from decimal import Decimal
 
+from faultkit import FaultSystem
 from support.procs import wait_until
-from support.tracker import UA_IPHONE, UA_SLACKBOT
-from system import System, get
+from support.tracker import UA_IPHONE, UA_SLACKBOT, request
 
 
-def _location(system: System, slug: str, user_agent: str = UA_IPHONE) -> tuple[int, str]:
+def _location(system: FaultSystem, slug: str, user_agent: str = UA_IPHONE) -> tuple[int, str]:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", system.tracker.port, timeout=10)
@@ -34,7 +34,7 @@ def _cid(location: str) -> str:
     return urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["cid"][0]
 
 
-def _offer_with_link(system: System, name: str, **terms: object) -> tuple[int, str]:
+def _offer_with_link(system: FaultSystem, name: str, **terms: object) -> tuple[int, str]:
     offer = {
         "advertiser_id": system.advertiser_id,
         "name": name,
@@ -57,17 +57,18 @@ def _offer_with_link(system: System, name: str, **terms: object) -> tuple[int, s
     return offer_id, slug
 
 
-def _pixel(system: System, **query: str) -> None:
-    status, body = get(system.postback.port, "/pixel.gif?" + urllib.parse.urlencode(query))
+def _pixel(system: FaultSystem, **query: str) -> None:
+    reply = request(system.postback.port, "GET", "/pixel.gif?" + urllib.parse.urlencode(query))
+    status, body = reply.status, reply.body
     assert status == 200 and body.startswith(b"GIF"), (status, body[:50])
 
 
-def _postback(system: System, **query: str) -> int:
-    status, _body = get(system.postback.port, "/postback?" + urllib.parse.urlencode({"token": system.token, **query}))
-    return status
+def _postback(system: FaultSystem, **query: str) -> int:
+    query = {"token": system.token, **query}
+    return request(system.postback.port, "GET", "/postback?" + urllib.parse.urlencode(query)).status
 
 
-def test_a_pixel_never_creates_approved_money_nor_changes_a_status(system: System) -> None:
+def test_a_pixel_never_creates_approved_money_nor_changes_a_status(system: FaultSystem) -> None:
     closed_offer, closed_slug = _offer_with_link(system, "No pixel")
     open_offer, open_slug = _offer_with_link(system, "Pixel on", pixel_enabled=True)
     closed_click = _cid(_location(system, closed_slug)[1])
@@ -108,7 +109,7 @@ def test_a_pixel_never_creates_approved_money_nor_changes_a_status(system: Syste
     assert refused[0]["n"] == 3
 
 
-def test_bot_and_blocked_clicks_never_reach_paid_metrics(system: System) -> None:
+def test_bot_and_blocked_clicks_never_reach_paid_metrics(system: FaultSystem) -> None:
     offer_id, slug = _offer_with_link(system, "Bots and blocks")
     human = _cid(_location(system, slug)[1])
     bot_status, bot_location = _location(system, slug, UA_SLACKBOT)

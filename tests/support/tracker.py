@@ -6,11 +6,9 @@ import http.client
 import json
 import os
 import sys
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from adclick import _native
 
@@ -68,13 +66,7 @@ class TrackerProc:
 
     def metrics(self) -> dict[str, float]:
         """Prometheus samples summed by name and labels, e.g. 'adclick_click_requests_total{outcome="redirect"}'."""
-        text = request(self.port, "GET", "/metrics").body.decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = out.get(name, 0.0) + float(value)
-        return out
+        return samples(request(self.port, "GET", "/metrics").body.decode())
 
 
 def request(
@@ -93,6 +85,33 @@ def request(
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
     finally:
         conn.close()
+
+
+def status_of(port: int, path: str, method: str = "GET") -> int | None:
+    """The status of one request, or None when nothing answers within two seconds."""
+    try:
+        return request(port, method, path, timeout=2.0).status
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def samples(text: str) -> dict[str, float]:
+    """Prometheus text as samples summed by name and labels (`name{labels}`)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def prometheus(port: int, path: str = "/metrics") -> dict[str, float]:
+    """A role's samples (see `samples`); empty when the process does not answer."""
+    try:
+        reply = request(port, "GET", path, timeout=3.0)
+    except (OSError, http.client.HTTPException):
+        return {}
+    return samples(reply.body.decode()) if reply.status == 200 else {}
 
 
 def click_path(slug: str, **params: str) -> str:
@@ -117,68 +136,6 @@ def collect_events(
 def events_in(bodies: Iterable[str]) -> list[dict[str, object]]:
     """Every click event packed in these SQS message bodies."""
     return [json.loads(e) for body in bodies for e in _native.unpack_clicks(body)]
-
-
-@dataclass
-class Load:
-    """Steady click load from a few keep-alive connections; remembers every ClickID answered with a 302."""
-
-    port: int
-    slug: str
-    connections: int = 4
-    pause: float = 0.002
-    answered: set[str] = field(default_factory=set)
-    statuses: dict[int, int] = field(default_factory=dict)
-    errors: int = 0
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.connections)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-    def _run(self, n: int) -> None:
-        conn: http.client.HTTPConnection | None = None
-        i = 0
-        while not self._stop.is_set():
-            i += 1
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", click_path(self.slug, sub1=f"c{n}", sub2=str(i)), headers={"User-Agent": UA_IPHONE})
-                resp = conn.getresponse()
-                resp.read()
-                loc = resp.getheader("Location")
-                with self._lock:
-                    self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
-                    if resp.status == 302 and loc:
-                        self.answered.add(click_id_from(loc))
-                if resp.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException):
-                with self._lock:
-                    self.errors += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.01)
-            if self.pause:
-                time.sleep(self.pause)
-        if conn is not None:
-            conn.close()
 
 
 def click_id_from(location: str) -> str:

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from adclick import _native
 from adclick.core.links import publish_link
+from support.load import Load
 from support.procs import ProcessGuard, free_port, wait_until
 from support.servers import QueueReader, RedisServer, SqsServer
 from support.tracker import (
     UA_DESKTOP,
     UA_IPHONE,
     UA_SLACKBOT,
-    Load,
     TrackerProc,
     click_id_from,
     click_path,

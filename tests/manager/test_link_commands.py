@@ -14,7 +14,7 @@ import anyio
 import pytest
 import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager.livecache import rebuild, serving_configs
+from adclick.manager.publisher import rebuild, serving_configs
 from conftest import Manager
 from sqlalchemy import func, select
 

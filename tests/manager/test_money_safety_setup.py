@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from adclick.manager.livecache import rebuild, redis_client
+from adclick.manager.publisher import rebuild, redis_client
 from conftest import Manager, csrf_of
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ import sys
 import anyio
 import pytest
 from adclick.core.db.models import Link, Offer
-from adclick.manager.livecache import link_config, rebuild
+from adclick.manager.publisher import link_config, rebuild
 from conftest import TRACKER, Manager, form, manager_settings
 from sqlalchemy import select
 

@@ -16,7 +16,7 @@ from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
 from adclick.manager import accounts, campaigns
 from adclick.manager.deps import AdminUser, CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
-from adclick.manager.livecache import publish, publish_links_of, publish_token_version, unpublish
+from adclick.manager.publisher import publish, publish_links_of, publish_token_version, unpublish
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserOut,

@@ -24,7 +24,7 @@ from adclick.core.settings import ManagerSettings
 from adclick.manager import routers as routers_module
 from adclick.manager.campaigns import Conflict, Invalid, NotFound
 from adclick.manager.deps import LoginRequired, csrf_protect, is_api
-from adclick.manager.livecache import reconcile_forever, redis_client
+from adclick.manager.publisher import reconcile_forever, redis_client
 from adclick.manager.security import LoginLimiter
 from adclick.manager.templating import HERE, render
 

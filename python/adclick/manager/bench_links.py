@@ -18,7 +18,7 @@ from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.core.links import LinkConfigError, check_slug
 from adclick.manager import campaigns
 from adclick.manager.campaigns import Conflict, Invalid
-from adclick.manager.livecache import InvalidLinkConfig, check_template, held_by
+from adclick.manager.publisher import InvalidLinkConfig, check_template, held_by
 from adclick.manager.schemas import AdvertiserIn, AffiliateIn, OfferIn, OfferPatch
 
 BENCH_ADVERTISER = "Bench advertiser"
@@ -81,7 +81,7 @@ async def ensure_bench_links(
 ) -> BenchLinks:
     """Make or reuse the links `{prefix}0` .. `{prefix}{count-1}` on the bench offer and affiliate, and commit.
 
-    The caller publishes them (`livecache.publish_links_of(offer_id=...)`). Raises Invalid for a bad count,
+    The caller publishes them (`publisher.publish_links_of(offer_id=...)`). Raises Invalid for a bad count,
     prefix or URL, and Conflict when one of the slugs belongs to a link outside the bench campaign.
     """
     slugs = bench_slugs(count, prefix)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Base, Link, Offer, OfferAffiliateOverride
-from adclick.manager.livecache import InvalidLinkConfig, check_link_config, check_template, link_config
+from adclick.manager.publisher import InvalidLinkConfig, check_link_config, check_template, link_config
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,

@@ -2,7 +2,7 @@
 
 There is one writer of link configs: a link is a row in the database (ADCLICK_DATABASE_URL, migrated with
 `adclick migrate`), its id comes from the database, and its config reaches Redis the way the manager publishes
-it (`livecache`), so the reconciler keeps it and no two links ever share an id. These commands call the same
+it (`publisher`), so the reconciler keeps it and no two links ever share an id. These commands call the same
 domain steps as the manager's JSON API; they only translate arguments and errors.
 
 Exit codes: 0 done, 1 no such link, 2 bad input (or an offer or affiliate that does not exist), 3 the database or
@@ -36,7 +36,7 @@ from adclick.core.settings import ManagerSettings
 from adclick.manager import campaigns
 from adclick.manager.bench_links import BENCH_OFFER, DEFAULT_PREFIX, DEFAULT_URL, MAX_LINKS, ensure_bench_links
 from adclick.manager.campaigns import Conflict, Invalid, NotFound
-from adclick.manager.livecache import (
+from adclick.manager.publisher import (
     publish,
     publish_links_of,
     published_state,
@@ -324,7 +324,7 @@ def run(settings: ManagerSettings, step: Callable[[Backends], Awaitable[int]]) -
     """Run `step` on the database and Redis of `settings`; a failure of either becomes a CommandError."""
     _check_database(settings)
     # Publishing failures come back as results that these commands report; the log line would say it twice.
-    logging.getLogger("adclick.manager.livecache").setLevel(logging.ERROR)
+    logging.getLogger("adclick.manager.publisher").setLevel(logging.ERROR)
 
     async def main() -> int:
         engine = create_engine(settings)

@@ -24,7 +24,7 @@ from adclick.manager.api import (
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
-from adclick.manager.livecache import (
+from adclick.manager.publisher import (
     publish,
     publish_token_version,
     published_state,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager import livecache
-from adclick.manager.livecache import link_config, rebuild
+from adclick.manager import publisher
+from adclick.manager.publisher import link_config, rebuild
 from conftest import Manager, form
 from sqlalchemy import select, update
 
@@ -281,14 +281,14 @@ async def test_an_offer_template_changed_while_redis_is_down_commits_says_not_li
 def during_rebuild(monkeypatch: pytest.MonkeyPatch, write: Callable[[], Awaitable[None]]) -> None:
     """Run `write` (through the manager, so it commits and publishes) after the rebuild read the database and
     before it writes Redis: exactly the window in which the reconciler used to undo it."""
-    snapshot = livecache._snapshot
+    snapshot = publisher._snapshot
 
     async def snapshot_then_write(sessions: Any) -> Any:
         taken = await snapshot(sessions)
         await write()
         return taken
 
-    monkeypatch.setattr(livecache, "_snapshot", snapshot_then_write)
+    monkeypatch.setattr(publisher, "_snapshot", snapshot_then_write)
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -361,14 +361,14 @@ async def test_a_slow_writer_with_an_older_version_does_not_undo_a_newer_one(man
         row = await session.scalar(select(Link).where(Link.slug == "mine"))
         assert row is not None
         old = link_config(row, parents_active=True)
-    older, newer = livecache._next_version(redis), livecache._next_version(redis)
+    older, newer = publisher._next_version(redis), publisher._next_version(redis)
     new = {**old, "url": "https://shop.example/newer"}
-    assert livecache._set_links(redis, newer, [("mine", new)]) == [True]
-    assert livecache._set_links(redis, older, [("mine", old)]) == [False]
-    assert livecache._set_links(redis, older, [("mine", None)]) == [False]
+    assert publisher._set_links(redis, newer, [("mine", new)]) == [True]
+    assert publisher._set_links(redis, older, [("mine", old)]) == [False]
+    assert publisher._set_links(redis, older, [("mine", None)]) == [False]
     assert stored(manager, "mine") == new
     # a delete leaves its version behind, so an older write cannot bring the link back
-    deleted = livecache._next_version(redis)
-    assert livecache._set_links(redis, deleted, [("mine", None)]) == [True]
-    assert livecache._set_links(redis, newer, [("mine", new)]) == [False]
-    assert stored(manager, "mine") is None and 0 < redis.ttl("adclick:link_version:mine") <= livecache.TOMBSTONE_SECONDS
+    deleted = publisher._next_version(redis)
+    assert publisher._set_links(redis, deleted, [("mine", None)]) == [True]
+    assert publisher._set_links(redis, newer, [("mine", new)]) == [False]
+    assert stored(manager, "mine") is None and 0 < redis.ttl("adclick:link_version:mine") <= publisher.TOMBSTONE_SECONDS

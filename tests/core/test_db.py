@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from support.database import PostgresServer, unique_name
 from support.rollups import projection_mismatches
+from support.seeding import seed_campaign
 
 pytestmark = pytest.mark.anyio
 
@@ -69,11 +70,7 @@ def rollup(**values: Any) -> dict[str, Any]:
 
 
 async def make_offer(session: AsyncSession, **values: Any) -> Offer:
-    advertiser = Advertiser(name="Shop")
-    session.add(advertiser)
-    await session.flush()
-    offer = Offer(advertiser_id=advertiser.id, name="Summer sale", **values)
-    session.add(offer)
+    offer = (await seed_campaign(session, offer={"name": "Summer sale", **values})).offer
     await session.commit()
     return offer
 

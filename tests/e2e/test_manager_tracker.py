@@ -3,59 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
-from typing import Any
 
-from adclick.core.db.models import ApiToken, User
-from adclick.core.db.session import create_engine, session_factory
-from adclick.manager.security import hash_api_token, hash_password, new_api_token
+from support.manager import ManagerApi, add_api_token
 from support.procs import ProcessGuard, free_port, wait_until
+from support.seeding import seed_campaign_api
 from support.tracker import UA_DESKTOP, TrackerProc, request
 
 LANDING = "https://shop.example/lp?cid={click_id}"
 FALLBACK = "https://shop.example/sold-out"
-
-
-async def make_admin_token(database_url: str) -> str:
-    token = new_api_token()
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session:
-            admin = User(email="e2e-admin@example.com", password_hash=hash_password("x" * 16), role="admin")
-            session.add(admin)
-            await session.flush()
-            session.add(ApiToken(user_id=admin.id, name="e2e", token_hash=hash_api_token(token)))
-            await session.commit()
-    finally:
-        await engine.dispose()
-    return token
-
-
-class ManagerApi:
-    """The manager's JSON API over HTTP with an API token, as a script or integration would use it."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
-
-    def __call__(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=10) as reply:
-            return json.loads(reply.read())
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.base + "/health", timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
 
 
 def click(tracker: TrackerProc, slug: str) -> tuple[int, str | None]:
@@ -75,7 +34,7 @@ def within_a_second(answer: Callable[[], bool]) -> float:
 def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_the_offer_within_a_second(
     process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str, database_url: str
 ) -> None:
-    token = asyncio.run(make_admin_token(database_url))
+    token = asyncio.run(add_api_token(database_url, "e2e-admin@example.com", "e2e", new_user_role="admin"))
     port = free_port()
     env = {
         **os.environ,
@@ -90,17 +49,15 @@ def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_
     tracker = TrackerProc(process_guard, adclick_env)
     wait_until(api.healthy, timeout=30, message="manager /health", proc=manager_proc)
 
-    advertiser = api("POST", "/api/v1/advertisers", {"name": "Shop"})
-    offer = api("POST", "/api/v1/offers", {"advertiser_id": advertiser["id"], "name": "Spring"})
-    affiliate = api("POST", "/api/v1/affiliates", {"name": "Blog"})
-    common = {"offer_id": offer["id"], "affiliate_id": affiliate["id"], "url": LANDING}
+    campaign = seed_campaign_api(api, offer={"name": "Spring"}, affiliate={"name": "Blog"})
+    common = {"offer_id": campaign.offer_id, "affiliate_id": campaign.affiliate_id, "url": LANDING}
     assert api("POST", "/api/v1/links", {**common, "slug": "spring", "fallback_url": FALLBACK})["live"] is True
     assert api("POST", "/api/v1/links", {**common, "slug": "spring-bare"})["live"] is True
     for slug in ("spring", "spring-bare"):  # served, and now in the tracker's own cache
         status, location = click(tracker, slug)
         assert status == 302 and location is not None and location.startswith("https://shop.example/lp?cid="), slug
 
-    paused = api("PATCH", f"/api/v1/offers/{offer['id']}", {"status": "paused"})
+    paused = api("PATCH", f"/api/v1/offers/{campaign.offer_id}", {"status": "paused"})
     assert paused["status"] == "paused" and paused["live"] is True
     # what a paused link gets: its fallback URL, or a 404 without one; never the offer's landing page
     within_a_second(lambda: click(tracker, "spring") == (302, FALLBACK))
@@ -108,7 +65,7 @@ def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_
     for _ in range(20):
         assert click(tracker, "spring") == (302, FALLBACK)
 
-    resumed = api("PATCH", f"/api/v1/offers/{offer['id']}", {"status": "active"})
+    resumed = api("PATCH", f"/api/v1/offers/{campaign.offer_id}", {"status": "active"})
     assert resumed["live"] is True
     within_a_second(lambda: (click(tracker, "spring")[1] or "").startswith("https://shop.example/lp?cid="))
     within_a_second(lambda: click(tracker, "spring-bare")[0] == 302)

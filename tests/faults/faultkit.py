@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from support.database import PostgresServer
 from support.load import Load, Postbacks
 from support.procs import ProcessGuard, wait_until
+from support.seeding import seed_campaign_api
 from support.servers import DUMMY_AWS_ENV, RedisServer, SqsServer
 from support.system import System
 from support.tracker import prometheus, status_of
@@ -62,16 +63,12 @@ class FaultSystem(System):
     def start(self, *names: str) -> None:
         """Start every role, then create an advertiser, offer and affiliate through the manager's API."""
         super().start(*names)
-        self.advertiser_id = self.api("POST", "/api/v1/advertisers", {"name": "Chaos Shop"})["id"]
-        self.affiliate_id = self.api("POST", "/api/v1/affiliates", {"name": "Chaos Affiliate"})["id"]
-        offer = {
-            "advertiser_id": self.advertiser_id,
-            "name": "Chaos Offer",
-            "revenue_amount": "2.50",
-            "payout_amount": "1.25",
-            "default_status": "approved",
-        }
-        self.offer_id = self.api("POST", "/api/v1/offers", offer)["id"]
+        offer = {"name": "Chaos Offer", "revenue_amount": "2.50", "payout_amount": "1.25", "default_status": "approved"}
+        campaign = seed_campaign_api(
+            self.api, advertiser={"name": "Chaos Shop"}, affiliate={"name": "Chaos Affiliate"}, offer=offer
+        )
+        self.advertiser_id, self.affiliate_id = campaign.advertiser_id, campaign.affiliate_id
+        self.offer_id = campaign.offer_id
         self.token = make_token(DEFAULT_POSTBACK_SECRET, self.advertiser_id, 1)
         self.queue_urls = {name: self.sqs.queue_url(name) for name in (CLICKS_QUEUE, CONVERSIONS_QUEUE)}
         self.queue_urls.update({f"{name}-dlq": self.sqs.queue_url(f"{name}-dlq") for name in list(self.queue_urls)})

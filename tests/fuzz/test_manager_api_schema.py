@@ -7,64 +7,29 @@ ADCLICK_FUZZ_EXAMPLES sets the examples per operation (default 150 for the other
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+from support.manager import ManagerApi, add_api_token
 from support.procs import ProcessGuard, free_port, wait_until
+from support.seeding import seed_campaign_api
 from support.servers import RedisServer
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 EXAMPLES = max(5, int(os.environ.get("ADCLICK_FUZZ_EXAMPLES", "150")) // 10)
 
 
-class Manager:
-    def __init__(self, port: int, token: str) -> None:
-        self.port = port
-        self.token = token
-        self.base = f"http://127.0.0.1:{port}"
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.base + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={**self.headers, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
-
-
-async def _api_token(database_url: str, email: str, token: str) -> None:
-    from adclick.core.db.models import ApiToken, User
-    from adclick.core.db.session import create_engine, session_factory
-    from adclick.manager.security import hash_api_token
-    from sqlalchemy import select
-
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            user = (await session.execute(select(User).where(User.email == email))).scalar_one()
-            session.add(ApiToken(user_id=user.id, name="schemathesis", token_hash=hash_api_token(token)))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[Manager]:
+def manager(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[ManagerApi]:
     tmp = tmp_path_factory.mktemp("schemathesis")
     database = tmp / "manager.db"
     shutil.copyfile(_sqlite_template, database)
@@ -91,31 +56,19 @@ def manager(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) ->
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        token = secrets.token_urlsafe(32)
-        asyncio.run(_api_token(database_url, email, token))
+        token = asyncio.run(add_api_token(database_url, email, "schemathesis"))
         port = free_port()
         proc = guard.spawn([*cli, "manager", "--host", "127.0.0.1", "--port", str(port)], name="manager", env=env)
-        running = Manager(port, token)
-        wait_until(lambda: _health(running) == 200, timeout=60, message="manager /health", proc=proc)
+        running = ManagerApi(f"http://127.0.0.1:{port}", token)
+        wait_until(running.healthy, timeout=60, message="manager /health", proc=proc)
         # Some rows for the generated ids to find: one of each, linked together.
-        advertiser = running.api("POST", "/api/v1/advertisers", {"name": "Shop"})["id"]
-        affiliate = running.api("POST", "/api/v1/affiliates", {"name": "Aff"})["id"]
-        offer = running.api("POST", "/api/v1/offers", {"advertiser_id": advertiser, "name": "Offer"})["id"]
-        link = {"offer_id": offer, "affiliate_id": affiliate, "url": "https://shop.example/?c={click_id}"}
-        running.api("POST", "/api/v1/links", link)
+        link = {"url": "https://shop.example/?c={click_id}"}
+        seed_campaign_api(running, affiliate={"name": "Aff"}, offer={"name": "Offer"}, link=link)
         yield running
         assert proc.alive(), proc.output()[-3000:]
 
 
-def _health(manager: Manager) -> int | None:
-    try:
-        with urllib.request.urlopen(f"{manager.base}/health", timeout=2) as response:
-            return int(response.status)
-    except OSError:
-        return None
-
-
-def test_manager_api_conforms_to_its_schema(manager: Manager) -> None:
+def test_manager_api_conforms_to_its_schema(manager: ManagerApi) -> None:
     """Every operation in turn (schemathesis' pytest plugin does not run on pytest 9, so its strategies drive
     Hypothesis here directly); failures are collected so one run reports all of them."""
     schema = schemathesis.openapi.from_url(f"{manager.base}/api/v1/openapi.json")

@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from adclick.core.db.models import Advertiser, Affiliate, Offer, User
+from adclick.core.db.models import Affiliate, User
 from adclick.core.settings import ManagerSettings
 from adclick.manager.security import hash_password
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from support.seeding import seed_campaign
 from support.servers import RedisServer
 
 PASSWORD = "correct horse battery staple"
@@ -79,12 +80,11 @@ def form(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
 async def seed(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
     """Two affiliates (the affiliate user is the first's), an advertiser with an offer, and one user per role."""
     async with sessions() as session:
-        mine, other = Affiliate(name="Mine"), Affiliate(name="Other")
-        advertiser = Advertiser(name="Shop")
-        session.add_all([mine, other, advertiser])
-        await session.flush()
-        offer = Offer(advertiser_id=advertiser.id, name="Summer")
-        session.add(offer)
+        campaign = await seed_campaign(session, affiliate={"name": "Mine"})
+        advertiser, offer, mine = campaign.advertiser, campaign.offer, campaign.affiliate
+        assert mine is not None
+        other = Affiliate(name="Other")
+        session.add(other)
         hashed = hash_password(PASSWORD)
         users = {
             role: User(email=f"{role}@example.com", password_hash=hashed, role=role)

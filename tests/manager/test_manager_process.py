@@ -8,9 +8,8 @@ import signal
 import sys
 import urllib.request
 
-from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.core.db.session import create_engine, session_factory
 from support.procs import ProcessGuard, free_port, wait_until
+from support.seeding import seed_database
 from support.servers import RedisServer
 
 
@@ -19,29 +18,12 @@ def get(url: str) -> tuple[int, dict[str, str], str]:
         return reply.status, dict(reply.headers), reply.read().decode()
 
 
-async def add_link(database_url: str) -> None:
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session:
-            advertiser, affiliate = Advertiser(name="A"), Affiliate(name="B")
-            session.add_all([advertiser, affiliate])
-            await session.flush()
-            offer = Offer(advertiser_id=advertiser.id, name="O")
-            session.add(offer)
-            await session.flush()
-            session.add(Link(slug="proc", offer_id=offer.id, affiliate_id=affiliate.id,
-                             template="https://shop.example/", config={}))  # fmt: skip
-            await session.commit()
-    finally:
-        await engine.dispose()
-
-
 def test_the_manager_process_serves_reconciles_and_stops_cleanly(
     process_guard: ProcessGuard, database_url: str, redis_server: RedisServer
 ) -> None:
     import asyncio
 
-    asyncio.run(add_link(database_url))
+    asyncio.run(seed_database(database_url, link={"slug": "proc"}))
     port = free_port()
     env = {
         **os.environ,

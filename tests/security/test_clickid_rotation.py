@@ -17,13 +17,14 @@ import urllib.parse
 from decimal import Decimal
 
 import pytest
-from adclick.core.db.models import Advertiser, Affiliate, Conversion, ConversionRejection, Link, Offer
+from adclick.core.db.models import Conversion, ConversionRejection
 from adclick.core.db.session import session_factory
 from adclick.core.tokens import make_token
 from adclick.worker.messages import encode_conversion
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.procs import ProcessGuard, free_port, wait_until
+from support.seeding import seed_campaign
 from support.servers import RedisServer, SqsServer
 from support.tracker import TrackerProc, request
 
@@ -62,15 +63,12 @@ class Postback:
 
 async def seed(engine: AsyncEngine) -> None:
     async with session_factory(engine)() as session, session.begin():
-        advertiser = Advertiser(id=1, name="Shop")
-        affiliate = Affiliate(name="Aff")
-        session.add_all([advertiser, affiliate])
-        await session.flush()
-        offer = Offer(advertiser_id=1, name="Offer", payout_amount=Decimal("1"), default_status="approved")
-        session.add(offer)
-        await session.flush()
-        session.add(
-            Link(id=LINK_ID, slug="rot", offer_id=offer.id, affiliate_id=affiliate.id, template="https://s.example/")
+        await seed_campaign(
+            session,
+            advertiser={"id": 1},
+            affiliate={"name": "Aff"},
+            offer={"name": "Offer", "payout_amount": Decimal("1"), "default_status": "approved"},
+            link={"id": LINK_ID, "slug": "rot", "template": "https://s.example/"},
         )
 
 

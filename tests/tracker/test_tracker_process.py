@@ -15,6 +15,7 @@ from adclick import _native
 from adclick.core.links import publish_link
 from support.load import Load
 from support.procs import ProcessGuard, free_port, wait_until
+from support.seeding import seed_database
 from support.servers import QueueReader, RedisServer, SqsServer
 from support.tracker import (
     UA_DESKTOP,
@@ -152,24 +153,6 @@ def test_link_change_redirects_to_the_new_url_within_a_second(tracker: TrackerPr
     assert time.monotonic() - changed < 1.0
 
 
-async def make_offer_and_affiliate(database_url: str) -> tuple[int, int]:
-    from adclick.core.db.models import Advertiser, Affiliate, Offer
-    from adclick.core.db.session import create_engine, session_factory
-
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session:
-            advertiser, affiliate = Advertiser(name="Shop"), Affiliate(name="Partner")
-            session.add_all([advertiser, affiliate])
-            await session.flush()
-            offer = Offer(advertiser_id=advertiser.id, name="Summer")
-            session.add(offer)
-            await session.commit()
-            return offer.id, affiliate.id
-    finally:
-        await engine.dispose()
-
-
 def test_links_put_cli_changes_a_live_link(
     tracker: TrackerProc, adclick_env: dict[str, str], database_url: str
 ) -> None:
@@ -177,12 +160,12 @@ def test_links_put_cli_changes_a_live_link(
     import os
     import subprocess
 
-    offer_id, affiliate_id = asyncio.run(make_offer_and_affiliate(database_url))
+    campaign = asyncio.run(seed_database(database_url, affiliate={}))
     env = {**os.environ, **adclick_env, "ADCLICK_DATABASE_URL": database_url}
 
     def put(url: str) -> None:
         argv = [sys.executable, "-m", "adclick.cli", "links", "put", "cli-link", url]
-        argv += ["--offer", str(offer_id), "--affiliate", str(affiliate_id)]
+        argv += ["--offer", str(campaign.offer_id), "--affiliate", str(campaign.affiliate_id)]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
 

@@ -14,7 +14,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from adclick import _native
 from adclick.core.db.models import (
-    Advertiser,
     Affiliate,
     Click,
     Conversion,
@@ -22,7 +21,6 @@ from adclick.core.db.models import (
     FailedJob,
     HourlyRollup,
     Link,
-    Offer,
     OfferAffiliateOverride,
 )
 from adclick.core.settings import DEFAULT_CLICK_SECRET, WorkerSettings
@@ -35,6 +33,7 @@ from adclick.worker.messages import encode_conversion, pack_clicks
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.seeding import seed_campaign
 
 CODEC = _native.ClickIdCodec(1, DEFAULT_CLICK_SECRET.encode())
 FORGER = _native.ClickIdCodec(1, b"not-the-secret-at-all-not-the-secret")
@@ -77,12 +76,8 @@ async def seed(
 ) -> list[Setup]:
     """An advertiser (`advertiser_columns`), an offer (`offer` columns), `affiliates` affiliates each with a link."""
     async with sessions() as session, session.begin():
-        advertiser = Advertiser(name="Shop", **(advertiser_columns or {}))
-        session.add(advertiser)
-        await session.flush()
-        row = Offer(advertiser_id=advertiser.id, name="Offer", **offer)
-        session.add(row)
-        await session.flush()
+        campaign = await seed_campaign(session, advertiser=advertiser_columns, offer={"name": "Offer", **offer})
+        advertiser, row = campaign.advertiser, campaign.offer
         setups = []
         for n in range(affiliates):
             affiliate = Affiliate(name=f"Affiliate {n}")

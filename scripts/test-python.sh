@@ -2,7 +2,6 @@
 # `make test-python`: the pytest suite as two groups run at the same time, each in its own pytest process with its
 # own Redis, SQS endpoint, PostgreSQL and temporary directory. Most tests wait on child processes, servers and
 # timeouts rather than on the CPU, so two at once take little more than half the time of one after the other.
-# The groups also keep tests/manager and tests/worker apart, whose conftest modules clash in one process.
 # Group A prints as it goes; group B's output follows when both are done. Either failing fails the run.
 # `.venv/bin/pytest` alone still runs the whole suite in one process.
 set -uo pipefail
@@ -21,8 +20,8 @@ if [ "$all" != "$grouped" ]; then
     exit 2
 fi
 
-# Each group collects `tests` minus the other group, so directory conftests load as in a whole-suite run (several
-# test modules import their directory's conftest by name, which breaks if every conftest is loaded up front).
+# Each group collects `tests` minus the other group, so directory conftests load as in a whole-suite run. Tests share
+# code through tests/support, never by importing a conftest by name (which breaks when several are loaded up front).
 ignore_a=() ignore_b=()
 for path in "${group_b[@]}"; do ignore_a+=("--ignore=$path"); done
 for path in "${group_a[@]}"; do ignore_b+=("--ignore=$path"); done

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-from faultkit import FaultSystem, Tally, table
+from faultkit import TALLIES, FaultSystem, table
 from support.database import PostgresServer, unique_name
 from support.procs import ProcessGuard
 from support.servers import RedisServer, SqsServer
-
-TALLIES: list[Tally] = []
-
-
-def full() -> bool:
-    """`make chaos` sets ADCLICK_CHAOS=full: 15-second outages and longer load; `make test` runs the short form."""
-    return os.environ.get("ADCLICK_CHAOS", "short") == "full"
 
 
 @pytest.fixture(scope="package")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,6 +26,11 @@ from support.tracker import prometheus, status_of
 
 CLICKS_QUEUE = "chaos-clicks"
 CONVERSIONS_QUEUE = "chaos-conversions"
+
+
+def full() -> bool:
+    """`make chaos` sets ADCLICK_CHAOS=full: 15-second outages and longer load; `make test` runs the short form."""
+    return os.environ.get("ADCLICK_CHAOS", "short") == "full"
 
 
 class FaultSystem(System):
@@ -147,6 +153,9 @@ class FaultSystem(System):
 
 
 # ---------------------------------------------------------------------- reconciliation
+
+
+TALLIES: list[Tally] = []  # what each chaos scenario counted, printed at the end of the run
 
 
 @dataclass

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import TALLIES, full
-from faultkit import CLICKS_QUEUE, CONVERSIONS_QUEUE, FaultSystem, reconcile
+from faultkit import CLICKS_QUEUE, CONVERSIONS_QUEUE, TALLIES, FaultSystem, full, reconcile
 from support.load import Load, Postbacks
 from support.procs import wait_until
 from support.tracker import prometheus, status_of

@@ -10,8 +10,8 @@ import pytest
 from adclick.core.db.models import User
 from adclick.core.settings import ManagerSettings
 from adclick.manager.security import verify_password
-from conftest import PASSWORD, Manager, csrf_of, form
 from sqlalchemy import select
+from support.manager import PASSWORD, Manager, csrf_of, form
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from adclick.core.db.models import Link
 from adclick.core.tokens import verify_token
-from conftest import POSTBACK, TRACKER, Manager
 from sqlalchemy import select
+from support.manager import POSTBACK, TRACKER, Manager
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ import pytest
 from adclick.core.db.models import Advertiser, Affiliate, ApiToken, Link, Offer, OfferAffiliateOverride, User
 from adclick.manager.app import route_table
 from adclick.manager.security import hash_api_token, hash_password
-from conftest import Manager
+from support.manager import Manager
 
 pytestmark = pytest.mark.anyio
 

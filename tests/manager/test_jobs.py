@@ -24,9 +24,9 @@ from adclick.manager.jobs import (
     readable_payload,
     retry_job,
 )
-from conftest import Manager, form
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from support.manager import Manager, form
 from support.servers import SqsServer
 
 pytestmark = pytest.mark.anyio

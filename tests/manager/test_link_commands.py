@@ -15,8 +15,8 @@ import pytest
 import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager.publisher import rebuild, serving_configs
-from conftest import Manager
 from sqlalchemy import func, select
+from support.manager import Manager
 
 pytestmark = pytest.mark.anyio
 

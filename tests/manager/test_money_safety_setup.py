@@ -8,7 +8,7 @@ import time
 
 import pytest
 from adclick.manager.publisher import rebuild, redis_client
-from conftest import Manager, csrf_of
+from support.manager import Manager, csrf_of
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ import anyio
 import pytest
 from adclick.core.db.models import Link, Offer
 from adclick.manager.publisher import link_config, rebuild
-from conftest import TRACKER, Manager, form, manager_settings
 from sqlalchemy import select
+from support.manager import TRACKER, Manager, form, manager_settings
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from adclick.core.counting import add_to_rollups
 from adclick.core.db.models import Click, Conversion, FailedJob, Link
-from conftest import Manager, form
 from sqlalchemy import insert, select
+from support.manager import Manager, form
 from support.servers import SqsServer
 
 pytestmark = pytest.mark.anyio

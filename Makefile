@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-dist dev test test-rust test-python lint lint-fast fmt bench bench-longtail hpa-tune chaos fuzz soak bench-manager bench-worker
+.PHONY: help install build build-dist dev test test-fast test-rust test-python lint lint-fast fmt bench bench-longtail hpa-tune chaos fuzz soak bench-manager bench-worker
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-rust: ## Rust tests: the core, and the shipper against real redis-server an
 
 test-python: ## Python and end-to-end tests, two groups at once (each starts its own Redis, SQS endpoint, PostgreSQL)
 	BIN=$(BIN) scripts/test-python.sh $(PYTEST_ARGS)
+
+test-fast: install ## pytest without the slow suites (fuzz replay, image build, chaos, hpa-tune runs), two groups at once
+	BIN=$(BIN) scripts/test-python.sh -m "not slow" $(PYTEST_ARGS)
 
 lint: lint-fast ## ruff, rustfmt, mypy, clippy
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -21,6 +21,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNER = ROOT / "bench" / "hpa_tune.py"
+
+pytestmark = pytest.mark.slow  # every test here runs the real tuner against real roles
+
 # The figures are not what these runs test, and a CI machine runs other tests beside them.
 LOOSE = ["--busy-limit", "10000", "--saturated", "10000", "--keep-up", "0", "--wait-idle", "0"]
 GENEROUS = ["--slo-ms", "10000", "--postback-slo-ms", "10000", "--max-error-rate", "0.5"]

@@ -120,6 +120,7 @@ def test_runtime_stage_runs_adclick_as_a_non_root_user_in_exec_form() -> None:
     assert "maturin" not in " ".join(args for _, args in instructions("runtime")), "no build tools in the runtime"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_image_build_makes_a_wheel_whose_roles_all_start(tmp_path: Path) -> None:
     [build] = [args for keyword, args in instructions("builder") if keyword == "RUN" and "maturin build" in args]

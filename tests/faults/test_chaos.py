@@ -19,6 +19,8 @@ from support.load import Load, Postbacks
 from support.procs import wait_until
 from support.tracker import prometheus, status_of
 
+pytestmark = pytest.mark.slow  # minutes of load and outages, even in the short form
+
 OUTAGE = 15.0 if full() else 3.0
 PHASE = 10.0 if full() else 3.0  # load before and after each fault
 

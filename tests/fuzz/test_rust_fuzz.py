@@ -15,6 +15,7 @@ FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 RUNS = 50_000  # per target, with a fixed seed: the same inputs every time, whatever the machine's speed
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # a cold build of the instrumented targets takes minutes on two cores
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo")
 def test_fuzz_targets_survive_corpus_and_fixed_runs() -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from support.procs import ProcessGuard, free_port, wait_until
 from support.seeding import seed_database
 from support.servers import RedisServer
+from support.tracker import status_of
 
 
 def get(url: str) -> tuple[int, dict[str, str], str]:
@@ -37,14 +38,7 @@ def test_the_manager_process_serves_reconciles_and_stops_cleanly(
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return get(f"{base}/health")[0] == 200
-        except OSError:
-            return False
-
-    wait_until(healthy, timeout=30, message="manager /health", proc=proc)
+    wait_until(lambda: status_of(port, "/health") == 200, timeout=30, message="manager /health", proc=proc)
     status, headers, body = get(f"{base}/login")
     assert (
         status == 200 and 'name="csrf_token"' in body and "frame-ancestors 'none'" in headers["content-security-policy"]

@@ -14,6 +14,7 @@ from adclick.postback.intake import GIF
 from postback_helpers import QUEUE, click_id, conversions, tampered
 from support.procs import ProcessGuard, free_port, wait_until
 from support.servers import SqsServer
+from support.tracker import status_of
 
 
 def get(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -33,14 +34,7 @@ def test_token_cli_url_drives_the_running_postback_process(
     argv = [sys.executable, "-m", "adclick.cli", "postback", "--host", "127.0.0.1", "--port", str(port)]
     proc = process_guard.spawn(argv, name="postback", env=env)
     base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return get(f"{base}/health")[0] == 200
-        except OSError:
-            return False
-
-    wait_until(healthy, timeout=30.0, message="postback /health 200", proc=proc)
+    wait_until(lambda: status_of(port, "/health") == 200, timeout=30.0, message="postback /health 200", proc=proc)
 
     printed = subprocess.run(
         [sys.executable, "-m", "adclick.cli", "postback-token", "5", "--version", "3", "--base-url", base],

@@ -18,7 +18,7 @@ import asyncpg
 from adclick.core.db.migrate import upgrade
 from sqlalchemy.engine import URL, make_url
 
-from .procs import ManagedProcess, ProcessGuard, free_port, wait_until
+from .procs import ManagedProcess, ProcessGuard, ServerProcess, free_port, wait_until
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -41,7 +41,7 @@ def find_postgres_bindir() -> Path:
     raise RuntimeError("no PostgreSQL server binaries: install the postgresql package or set ADCLICK_TEST_DATABASE_URL")
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """A PostgreSQL server for tests: `.url(db)`, `.create_database(db)`, `.drop_database(db)`, `.stop()`, `.start()`.
 
     Without ADCLICK_TEST_DATABASE_URL it is a private cluster in a temp dir on a free 127.0.0.1 port (trust
@@ -125,15 +125,6 @@ class PostgresServer:
             return
         self.proc.stop(timeout=30.0, sig=signal.SIGINT)  # fast shutdown
         self.proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP: connections hang instead of being refused, like a stuck host."""
-        assert self.proc is not None
-        self.proc.pause()
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.resume()
 
     async def _execute(self, dbname: str, sql: str, seconds: float = 30.0) -> None:
         url = make_url(self.url(dbname))

@@ -176,3 +176,19 @@ class ProcessGuard:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class ServerProcess:
+    """A server that runs as one child process (`proc`), which a test can freeze and thaw."""
+
+    proc: ManagedProcess | None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets and data but answers nothing, so requests hang and time out instead
+        of being refused, like a stuck host; `resume()` brings it back as it was."""
+        assert self.proc is not None
+        self.proc.pause()
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.resume()

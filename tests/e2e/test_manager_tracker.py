@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-from collections.abc import Callable
 
 from support.manager import ManagerApi, add_api_token
-from support.procs import ProcessGuard, free_port, wait_until
+from support.procs import ProcessGuard, free_port, wait_until, within_a_second
 from support.seeding import seed_campaign_api
 from support.tracker import UA_DESKTOP, TrackerProc, request
 
@@ -20,15 +18,6 @@ FALLBACK = "https://shop.example/sold-out"
 def click(tracker: TrackerProc, slug: str) -> tuple[int, str | None]:
     reply = request(tracker.port, "GET", f"/c/{slug}", headers={"User-Agent": UA_DESKTOP})
     return reply.status, reply.location
-
-
-def within_a_second(answer: Callable[[], bool]) -> float:
-    """How long until `answer()` holds, polled every 10 ms; fails if it takes a second or more."""
-    start = time.monotonic()
-    while not answer():
-        assert time.monotonic() - start < 1.0, "the tracker still served the old state a second later"
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_the_offer_within_a_second(
@@ -60,12 +49,16 @@ def test_a_click_on_a_link_whose_offer_was_paused_in_the_manager_stops_reaching_
     paused = api("PATCH", f"/api/v1/offers/{campaign.offer_id}", {"status": "paused"})
     assert paused["status"] == "paused" and paused["live"] is True
     # what a paused link gets: its fallback URL, or a 404 without one; never the offer's landing page
-    within_a_second(lambda: click(tracker, "spring") == (302, FALLBACK))
-    within_a_second(lambda: click(tracker, "spring-bare")[0] == 404)
+    paused_state = "the tracker serving the paused state"
+    within_a_second(lambda: click(tracker, "spring") == (302, FALLBACK), message=paused_state)
+    within_a_second(lambda: click(tracker, "spring-bare")[0] == 404, message=paused_state)
     for _ in range(20):
         assert click(tracker, "spring") == (302, FALLBACK)
 
     resumed = api("PATCH", f"/api/v1/offers/{campaign.offer_id}", {"status": "active"})
     assert resumed["live"] is True
-    within_a_second(lambda: (click(tracker, "spring")[1] or "").startswith("https://shop.example/lp?cid="))
-    within_a_second(lambda: click(tracker, "spring-bare")[0] == 302)
+    resumed_state = "the tracker serving the resumed state"
+    within_a_second(
+        lambda: (click(tracker, "spring")[1] or "").startswith("https://shop.example/lp?cid="), message=resumed_state
+    )
+    within_a_second(lambda: click(tracker, "spring-bare")[0] == 302, message=resumed_state)

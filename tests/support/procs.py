@@ -52,6 +52,15 @@ def wait_until(
         time.sleep(interval)
 
 
+def within_a_second(predicate: Callable[[], object], message: str = "condition") -> float:
+    """Poll `predicate` every 10 ms from now; fail unless it holds in under a second. Returns the seconds it took."""
+    started = time.monotonic()
+    wait_until(predicate, timeout=1.0, interval=0.01, message=message)
+    took = time.monotonic() - started
+    assert took < 1.0, f"{message} took {took:.3f} s"
+    return took
+
+
 def wait_for_port(
     port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc: ManagedProcess | None = None
 ) -> None:

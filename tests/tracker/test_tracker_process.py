@@ -14,7 +14,7 @@ import pytest
 from adclick import _native
 from adclick.core.links import publish_link
 from support.load import Load
-from support.procs import ProcessGuard, free_port, wait_until
+from support.procs import ProcessGuard, free_port, wait_until, within_a_second
 from support.seeding import seed_database
 from support.servers import QueueReader, RedisServer, SqsServer
 from support.tracker import (
@@ -143,14 +143,10 @@ def test_link_change_redirects_to_the_new_url_within_a_second(tracker: TrackerPr
     publish_link(client, link(url="https://old.example/?cid={click_id}"))
     assert (request(tracker.port, "GET", "/c/summer").location or "").startswith("https://old.example/")
     publish_link(client, link(url="https://new.example/?cid={click_id}"))
-    changed = time.monotonic()
-    wait_until(
+    within_a_second(
         lambda: (request(tracker.port, "GET", "/c/summer").location or "").startswith("https://new.example/"),
-        timeout=1.0,
-        interval=0.01,
         message="the new destination",
     )
-    assert time.monotonic() - changed < 1.0
 
 
 def test_links_put_cli_changes_a_live_link(

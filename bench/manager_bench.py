@@ -15,7 +15,7 @@ Then it runs `adclick manager` (uvicorn, one process) on that database and, over
 
 1. GET /api/v1/reports for every grouping over the 30 days (sub-id groupings too, from the raw sample),
    `--runs` times each after a warm-up, and prints p50 / p95 / max; each grouping is served by the smallest rollup
-   table that holds it (see adclick.manager.reports.choose_rollup), and the summary names that table;
+   table that holds it (see adclick.manager.report_queries.choose_rollup), and the summary names that table;
 2. GET /api/v1/exports/report.csv?group_by=hour,link,country,device over the 30 days (one row per rollup row, more
    than a million), streamed and discarded by the client, and prints the rows, bytes, time and the manager
    process's peak RSS (VmHWM) before and after.
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from adclick.core.db.migrate import upgrade  # noqa: E402
-from adclick.manager.reports import build_query, choose_rollup  # noqa: E402
+from adclick.manager.report_queries import build_query, choose_rollup  # noqa: E402
 from adclick.manager.security import hash_api_token, new_api_token  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from support.database import PostgresServer, unique_name  # noqa: E402

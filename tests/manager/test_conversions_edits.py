@@ -16,7 +16,7 @@ from adclick.manager.conversions import (
     get_conversion,
     list_conversions,
 )
-from adclick.manager.reports import build_query, run_report
+from adclick.manager.report_queries import build_query, run_report
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from support.rollups import projection_mismatches

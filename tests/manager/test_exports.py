@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from adclick.manager.conversions import build_filter
 from adclick.manager.exports import CHUNK_BYTES, conversions_csv, payouts_csv, report_csv, safe_cell
-from adclick.manager.reports import build_query, run_report
+from adclick.manager.report_queries import build_query, run_report
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from test_reports import LINKS, random_events, seed_campaigns, seed_events
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from adclick.core.counting import HOURLY, ROLLUPS_BY_SIZE, add_to_rollups
 from adclick.core.db.models import Advertiser, Affiliate, Click, Conversion, Link, Offer
-from adclick.manager.reports import (
+from adclick.manager.report_queries import (
     ROLLUP_DIMENSIONS,
     ReportError,
     ReportQuery,

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from adclick.core.db.models import Click, ConversionAudit, DailyCap, OfferAffiliateOverride
 from adclick.manager.conversions import edit_conversion
-from adclick.manager.reports import build_query, run_report
+from adclick.manager.report_queries import build_query, run_report
 from adclick.worker.messages import pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine

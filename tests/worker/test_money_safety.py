@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 from adclick import _native
-from adclick.manager.reports import build_query, run_report
+from adclick.manager.report_queries import build_query, run_report
 from sqlalchemy.ext.asyncio import AsyncEngine
 from workerkit import (
     CODEC,

@@ -53,17 +53,8 @@ from adclick.manager.deps import (
     SessionDep,
     StaffUser,
 )
-from adclick.manager.reports import (
-    ReportError,
-    filter_choices,
-    id_text,
-    is_staff,
-    local_midnight,
-    optional_int,
-    parse_date,
-    parse_zone,
-    scope_of,
-)
+from adclick.manager.params import id_text, is_staff, optional_int, scope_of
+from adclick.manager.report_queries import ReportError, filter_choices, local_midnight, parse_date, parse_zone
 from adclick.manager.templating import flash, render
 
 ACTIONS = ("approve", "reject", "adjust")
@@ -513,7 +504,7 @@ async def conversions_page(
         "query_string": params.query_string(),
         "can_edit": is_staff(user),
         "staff": is_staff(user),
-        **await filter_choices(session, user),
+        **await filter_choices(session, scope_of(user)),
     }
     return render(request, "conversions.html", context, status_code=400 if errors else 200)
 

@@ -37,17 +37,14 @@ from adclick.manager.conversions import (
     filter_or_400,
 )
 from adclick.manager.deps import CurrentUser, FormIdFilter, SessionDep
-from adclick.manager.reports import (
-    ReportParams,
-    ReportParamsDep,
+from adclick.manager.params import ReportParams, ReportParamsDep, id_text, is_staff, query_or_400
+from adclick.manager.report_queries import (
+    METRICS,
+    NAMED_DIMENSIONS,
     ReportQuery,
-    csv_cells,
-    csv_header,
-    id_text,
-    is_staff,
+    ReportRow,
     make_row,
     prepare_report_transaction,
-    query_or_400,
     report_statement,
 )
 
@@ -125,6 +122,31 @@ async def _stream(session: AsyncSession, statement: Select[Any]) -> AsyncIterato
     result = await session.stream(statement.execution_options(yield_per=YIELD_PER))
     async for mapping in result.mappings():
         yield mapping
+
+
+def csv_header(q: ReportQuery, staff: bool = True) -> list[str]:
+    header: list[str] = []
+    for dimension in q.group_by:
+        header += [dimension, f"{dimension}_name"] if dimension in NAMED_DIMENSIONS else [dimension]
+    if not staff:
+        return [*header, *METRICS[:5], "conversion_rate", "payout", "epc"]
+    return [*header, *METRICS[:5], "conversion_rate", "revenue", "payout", "profit", "epc"]
+
+
+def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
+    """The cells under `csv_header(q, staff)`."""
+    cells: list[Any] = []
+    for dimension in q.group_by:
+        key = row.keys[dimension]
+        if dimension in NAMED_DIMENSIONS:
+            cells += [key, row.names.get(dimension) or ""]
+        else:
+            cells.append(key)
+    t = row.totals
+    cells += [t.clicks, t.unique_clicks, t.bot_clicks, t.blocked_clicks, t.conversions, t.conversion_rate]
+    if not staff:
+        return [*cells, t.payout, t.payout_epc]
+    return [*cells, t.revenue, t.payout, t.profit, t.epc]
 
 
 async def report_csv(

@@ -10,13 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
-from adclick.manager import accounts, campaigns
+from adclick.manager import accounts, campaigns, edits
 from adclick.manager.deps import AdminUser, CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
-from adclick.manager.publisher import publish, publish_links_of, publish_token_version, unpublish
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserOut,
@@ -84,63 +82,6 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
     )
 
 
-def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
-    """What of an advertiser, affiliate or offer decides whether its links are served."""
-    return row.status == "active", getattr(row, "advertiser_id", None)
-
-
-async def add_advertiser(request: Request, session: AsyncSession, data: AdvertiserIn) -> Advertiser:
-    """Create an advertiser; one with a postback allowlist is published at once (the reconciler would within a
-    minute, and until then the postback role would take its postbacks from anywhere, though the worker would not)."""
-    advertiser = await campaigns.create_advertiser(session, data)
-    if advertiser.postback_ips is not None:
-        await publish_token_version(request.app.state.redis, advertiser)
-    return advertiser
-
-
-async def edit_advertiser(
-    request: Request, session: AsyncSession, advertiser_id: int, data: AdvertiserPatch
-) -> tuple[Advertiser, bool | None]:
-    """Update an advertiser, then republish its links if what decides their serving changed. The second value is
-    whether their new state reached Redis, None when they serve what they did (for the API and the pages)."""
-    current = await campaigns.get_advertiser(session, advertiser_id)
-    before, ips_before = serving(current), current.postback_ips
-    advertiser = await campaigns.update_advertiser(session, advertiser_id, data)
-    live = None
-    if serving(advertiser) != before:
-        live = await publish_links_of(request.app.state.redis, session, advertiser_id=advertiser_id)
-    if advertiser.postback_ips != ips_before:  # the postback role checks the allowlist it reads from Redis
-        published = await publish_token_version(request.app.state.redis, advertiser)
-        live = published if live is None else live and published
-    return advertiser, live
-
-
-async def edit_affiliate(
-    request: Request, session: AsyncSession, affiliate_id: int, data: AffiliatePatch
-) -> tuple[Affiliate, bool | None]:
-    """As `edit_advertiser`, for an affiliate."""
-    before = serving(await campaigns.get_affiliate(session, affiliate_id))
-    affiliate = await campaigns.update_affiliate(session, affiliate_id, data)
-    live = None
-    if serving(affiliate) != before:
-        live = await publish_links_of(request.app.state.redis, session, affiliate_id=affiliate_id)
-    return affiliate, live
-
-
-async def edit_offer(
-    request: Request, session: AsyncSession, offer_id: int, data: OfferPatch
-) -> tuple[Offer, bool | None]:
-    """As `edit_advertiser`, for an offer; a new `destination_template` reaches only the links that follow it."""
-    before = await campaigns.get_offer(session, offer_id)
-    serving_before, template_before = serving(before), before.destination_template
-    offer = await campaigns.update_offer(session, offer_id, data)
-    if serving(offer) != serving_before:
-        return offer, await publish_links_of(request.app.state.redis, session, offer_id=offer.id)
-    if offer.destination_template != template_before:  # only the links that follow it serve something new
-        return offer, await publish_links_of(request.app.state.redis, session, offer_id=offer.id, inheriting_only=True)
-    return offer, None
-
-
 def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
     return {"total": total, "page_size": campaigns.PAGE_SIZE, "items": [out(row) for row in rows]}
 
@@ -161,7 +102,7 @@ async def list_advertisers(request: Request, session: SessionDep, _user: StaffUs
 
 @router.post("/advertisers", status_code=201, response_model=AdvertiserOut)
 async def create_advertiser(request: Request, data: AdvertiserIn, session: SessionDep, _user: StaffUser) -> Any:
-    return advertiser_out(request, await add_advertiser(request, session, data))
+    return advertiser_out(request, await edits.add_advertiser(request.app.state.redis, session, data))
 
 
 @router.get("/advertisers/{advertiser_id}", response_model=AdvertiserOut)
@@ -174,15 +115,14 @@ async def update_advertiser(
     request: Request, advertiser_id: RowId, data: AdvertiserPatch, session: SessionDep, _user: StaffUser
 ) -> Any:
     """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
-    advertiser, live = await edit_advertiser(request, session, advertiser_id, data)
+    advertiser, live = await edits.edit_advertiser(request.app.state.redis, session, advertiser_id, data)
     return advertiser_out(request, advertiser, live)
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
 async def rotate_token(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
     """Bump the token version (revoking older tokens) and tell the postback role through Redis."""
-    advertiser = await campaigns.rotate_token(session, advertiser_id)
-    live = await publish_token_version(request.app.state.redis, advertiser)
+    advertiser, live = await edits.rotate_token(request.app.state.redis, session, advertiser_id)
     return {**advertiser_out(request, advertiser).model_dump(mode="json"), "live": live}
 
 
@@ -216,7 +156,7 @@ async def update_affiliate(
     request: Request, affiliate_id: RowId, data: AffiliatePatch, session: SessionDep, _user: StaffUser
 ) -> Any:
     """`live`: whether its links' new state reached Redis (null when the change leaves them as they were)."""
-    affiliate, live = await edit_affiliate(request, session, affiliate_id, data)
+    affiliate, live = await edits.edit_affiliate(request.app.state.redis, session, affiliate_id, data)
     return AffiliateOut.model_validate(affiliate).model_copy(update={"live": live})
 
 
@@ -256,7 +196,7 @@ async def update_offer(
 
     A new `destination_template` reaches every link that follows it (those without a URL of their own).
     """
-    offer, live = await edit_offer(request, session, offer_id, data)
+    offer, live = await edits.edit_offer(request.app.state.redis, session, offer_id, data)
     return OfferOut.model_validate(offer).model_copy(update={"live": live})
 
 
@@ -306,8 +246,8 @@ async def list_links(
 @router.post("/links", status_code=201, response_model=LinkOut)
 async def create_link(request: Request, data: LinkIn, session: SessionDep, _user: StaffUser) -> Any:
     """Without `url` or `destinations` the link serves, and follows, its offer's `destination_template`."""
-    link = await campaigns.create_link(session, data)
-    return link_out(request, link, await publish(request.app.state.redis, session, link))
+    link, live = await edits.add_link(request.app.state.redis, session, data)
+    return link_out(request, link, live)
 
 
 @router.get("/links/{link_id}", response_model=LinkOut)
@@ -317,27 +257,25 @@ async def get_link(request: Request, link_id: LinkId, session: SessionDep, user:
 
 @router.patch("/links/{link_id}", response_model=LinkOut)
 async def update_link(request: Request, link_id: LinkId, data: LinkPatch, session: SessionDep, _user: StaffUser) -> Any:
-    previous_slug = (await campaigns.get_link(session, link_id)).slug
-    link = await campaigns.update_link(session, link_id, data)
-    return link_out(request, link, await publish(request.app.state.redis, session, link, previous_slug))
+    link, live = await edits.edit_link(request.app.state.redis, session, link_id, data)
+    return link_out(request, link, live)
 
 
 @router.post("/links/{link_id}/pause", response_model=LinkOut)
 async def pause_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
-    link = await campaigns.set_link_status(session, link_id, "paused")
-    return link_out(request, link, await publish(request.app.state.redis, session, link))
+    link, live = await edits.set_link_status(request.app.state.redis, session, link_id, "paused")
+    return link_out(request, link, live)
 
 
 @router.post("/links/{link_id}/resume", response_model=LinkOut)
 async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Any:
-    link = await campaigns.set_link_status(session, link_id, "active")
-    return link_out(request, link, await publish(request.app.state.redis, session, link))
+    link, live = await edits.set_link_status(request.app.state.redis, session, link_id, "active")
+    return link_out(request, link, live)
 
 
 @router.delete("/links/{link_id}", status_code=204)
 async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
-    slug = await campaigns.delete_link(session, link_id)
-    await unpublish(request.app.state.redis, session, slug)
+    await edits.remove_link(request.app.state.redis, session, link_id)
     return Response(status_code=204)
 
 

@@ -12,25 +12,12 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager import campaigns
-from adclick.manager.api import (
-    add_advertiser,
-    advertiser_out,
-    edit_advertiser,
-    edit_affiliate,
-    edit_offer,
-    tracking_url,
-)
+from adclick.manager import campaigns, edits
+from adclick.manager.api import advertiser_out, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
 from adclick.manager.forms import form_fields, parse
-from adclick.manager.publisher import (
-    publish,
-    publish_token_version,
-    published_state,
-    serving_config,
-    unpublish,
-)
+from adclick.manager.publisher import published_state, serving_config
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,
@@ -85,7 +72,7 @@ async def create_advertiser(request: Request, session: SessionDep, _user: StaffU
         rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id))
         context = {"advertisers": rows, "total": total, "page": 1, "errors": errors, "form": fields}
         return render(request, "advertisers.html", context, status_code=422)
-    advertiser = await add_advertiser(request, session, data)
+    advertiser = await edits.add_advertiser(request.app.state.redis, session, data)
     flash(request, "Advertiser created.", "success")
     return _see_other(f"/advertisers/{advertiser.id}")
 
@@ -109,15 +96,15 @@ async def update_advertiser(request: Request, advertiser_id: RowId, session: Ses
     data, errors = parse(AdvertiserPatch, fields)
     if data is None:
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
-    _advertiser, live = await edit_advertiser(request, session, advertiser_id, data)
+    _advertiser, live = await edits.edit_advertiser(request.app.state.redis, session, advertiser_id, data)
     _saved(request, "Advertiser", live)
     return _see_other(f"/advertisers/{advertiser_id}")
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
 async def rotate_token(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
-    advertiser = await campaigns.rotate_token(session, advertiser_id)
-    if await publish_token_version(request.app.state.redis, advertiser):
+    _advertiser, live = await edits.rotate_token(request.app.state.redis, session, advertiser_id)
+    if live:
         flash(request, "New postback token made; the old one no longer works.", "success")
     else:
         flash(
@@ -179,7 +166,7 @@ async def update_affiliate(request: Request, affiliate_id: RowId, session: Sessi
     data, errors = parse(AffiliatePatch, fields)
     if data is None:
         return await _affiliate_page(request, session, affiliate_id, errors=errors)
-    _affiliate, live = await edit_affiliate(request, session, affiliate_id, data)
+    _affiliate, live = await edits.edit_affiliate(request.app.state.redis, session, affiliate_id, data)
     _saved(request, "Affiliate", live)
     return _see_other(f"/affiliates/{affiliate_id}")
 
@@ -279,7 +266,7 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
     data, errors = parse(OfferPatch, fields)
     if data is not None:
         try:
-            _offer, live = await edit_offer(request, session, offer_id, data)
+            _offer, live = await edits.edit_offer(request.app.state.redis, session, offer_id, data)
         except Invalid as error:
             errors = [str(error)]
         else:
@@ -424,11 +411,11 @@ async def create_link(request: Request, session: SessionDep, _user: StaffUser) -
     errors += more
     if parsed is not None and not errors:
         try:
-            link = await campaigns.create_link(session, parsed)
+            link, live = await edits.add_link(request.app.state.redis, session, parsed)
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            _saved(request, "Link", await publish(request.app.state.redis, session, link))
+            _saved(request, "Link", live)
             return _see_other(f"/links/{link.id}")
     context = {"form": raw, "errors": errors, "macros": MACROS, **(await _choices(session))}
     return render(request, "link_form.html", context, status_code=422)
@@ -460,25 +447,23 @@ async def link_page(request: Request, link_id: LinkId, session: SessionDep, user
 
 @router.post("/links/{link_id}")
 async def update_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
-    previous_slug = (await campaigns.get_link(session, link_id)).slug
     data, raw, errors = await link_form(request)
     parsed, more = parse(LinkIn, data)
     errors += more
     if parsed is not None and not errors:
         try:
-            link = await campaigns.replace_link(session, link_id, parsed)
+            link, live = await edits.edit_link(request.app.state.redis, session, link_id, parsed)
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            _saved(request, "Link", await publish(request.app.state.redis, session, link, previous_slug))
+            _saved(request, "Link", live)
             return _see_other(f"/links/{link.id}")
     link = await campaigns.get_link(session, link_id)
     return await _link_page(request, session, link, form=raw, errors=errors)
 
 
 async def _set_status(request: Request, link_id: int, session: SessionDep, status: str) -> Response:
-    link = await campaigns.set_link_status(session, link_id, status)
-    live = await publish(request.app.state.redis, session, link)
+    _link, live = await edits.set_link_status(request.app.state.redis, session, link_id, status)
     _saved(request, "Paused link" if status == "paused" else "Resumed link", live)
     return _see_other(f"/links/{link_id}")
 
@@ -495,8 +480,7 @@ async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _u
 
 @router.post("/links/{link_id}/delete")
 async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
-    slug = await campaigns.delete_link(session, link_id)
-    if await unpublish(request.app.state.redis, session, slug):
+    if await edits.remove_link(request.app.state.redis, session, link_id):
         flash(request, "Link deleted.")
     else:
         flash(request, "Link deleted; trackers keep serving it until the reconciler reaches Redis.", "warning")

@@ -556,19 +556,16 @@ def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
     return select(*outer_keys, *sums).group_by(*_group_positions(len(outer_keys)))
 
 
-def _click_filters(q: ReportQuery) -> list[ColumnElement[bool]]:
-    c = _CLICKS.c
+def _raw_filters(q: ReportQuery, ids: Any, place: Any) -> list[ColumnElement[bool]]:
+    """The report's equality filters on raw rows: ids from the `ids` columns, country and device from `place` (a
+    conversion's place is its click's)."""
     where: list[ColumnElement[bool]] = []
-    if q.offer_id is not None:
-        where.append(c.offer_id == q.offer_id)
-    if q.affiliate_id is not None:
-        where.append(c.affiliate_id == q.affiliate_id)
-    if q.link_id is not None:
-        where.append(c.link_id == q.link_id)
-    if q.country is not None:
-        where.append(c.country == q.country)
-    if q.device is not None:
-        where.append(c.device == q.device)
+    for name in ("offer_id", "affiliate_id", "link_id"):
+        if getattr(q, name) is not None:
+            where.append(ids[name] == getattr(q, name))
+    for name in ("country", "device"):
+        if getattr(q, name) is not None:
+            where.append(place[name] == getattr(q, name))
     return where
 
 
@@ -587,7 +584,7 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
             func.sum(case((and_(c.bot, not_(c.blocked)), 1), else_=0)).label("bot_clicks"),
             func.sum(case((c.blocked, 1), else_=0)).label("blocked_clicks"),
         )
-        .where(c.ts >= q.start, c.ts < q.end, *_click_filters(q))
+        .where(c.ts >= q.start, c.ts < q.end, *_raw_filters(q, c, c))
         .group_by(*_group_positions(1))
         .subquery("c")
     )
@@ -595,17 +592,8 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
         v.created_at >= q.start,
         v.created_at < q.end,
         v.status.in_(COUNTED_STATUSES),
+        *_raw_filters(q, v, c),
     ]
-    if q.offer_id is not None:
-        conversion_filters.append(v.offer_id == q.offer_id)
-    if q.affiliate_id is not None:
-        conversion_filters.append(v.affiliate_id == q.affiliate_id)
-    if q.link_id is not None:
-        conversion_filters.append(v.link_id == q.link_id)
-    if q.country is not None:
-        conversion_filters.append(c.country == q.country)
-    if q.device is not None:
-        conversion_filters.append(c.device == q.device)
     conversions = (
         select(
             key.label("k"),

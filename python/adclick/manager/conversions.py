@@ -53,7 +53,7 @@ from adclick.manager.deps import (
     SessionDep,
     StaffUser,
 )
-from adclick.manager.params import id_text, is_staff, optional_int, scope_of
+from adclick.manager.params import id_filters, id_text, is_staff, scope_of
 from adclick.manager.report_queries import ReportError, filter_choices, local_midnight, parse_date, parse_zone
 from adclick.manager.templating import flash, render
 
@@ -372,9 +372,7 @@ class ConversionParams:
     def build(self, user: Principal) -> ConversionFilter:
         return build_filter(
             status=self.status or None,
-            offer_id=optional_int(self.offer_id, "offer_id"),
-            affiliate_id=optional_int(self.affiliate_id, "affiliate_id"),
-            link_id=optional_int(self.link_id, "link_id"),
+            **id_filters(self),
             txid=(self.txid or "").strip() or None,
             date_from=self.date_from or None,
             date_to=self.date_to or None,

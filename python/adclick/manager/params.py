@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypedDict
 
 from fastapi import Depends, HTTPException, Query
 
@@ -39,6 +39,21 @@ def optional_int(value: str | None, name: str) -> int | None:
         raise ReportError(f"{name} must be a whole number, got {value!r}") from None
 
 
+class IdFilters(TypedDict):
+    offer_id: int | None
+    affiliate_id: int | None
+    link_id: int | None
+
+
+def id_filters(params: Any) -> IdFilters:
+    """The offer, affiliate and link id filters of query-string text (ReportParams, ConversionParams)."""
+    return IdFilters(
+        offer_id=optional_int(params.offer_id, "offer_id"),
+        affiliate_id=optional_int(params.affiliate_id, "affiliate_id"),
+        link_id=optional_int(params.link_id, "link_id"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ReportParams:
     """The query string of a report request, as given (blank values allowed, for HTML forms)."""
@@ -59,9 +74,7 @@ class ReportParams:
             self.date_from or None,
             self.date_to or None,
             self.tz or None,
-            offer_id=optional_int(self.offer_id, "offer_id"),
-            affiliate_id=optional_int(self.affiliate_id, "affiliate_id"),
-            link_id=optional_int(self.link_id, "link_id"),
+            **id_filters(self),
             country=self.country or None,
             device=self.device or None,
             scope_affiliate_id=scope_of(user),

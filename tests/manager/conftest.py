@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from support.manager import Manager, form, manager_settings, seed_manager
+from support.manager import Manager, manager_settings, seed_manager
 from support.servers import RedisServer
-
-# test_publisher.py still imports these from here by name; the rest import tests/support/manager.py.
-__all__ = ["Manager", "form"]
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import publisher
 from adclick.manager.publisher import link_config, rebuild
-from conftest import Manager, form
 from sqlalchemy import select, update
+from support.manager import Manager, form
 
 pytestmark = pytest.mark.anyio
 

@@ -65,10 +65,90 @@ pub enum PushError {
     Closed,
 }
 
+/// JSON lines end to end in one allocation, each followed by `\n`, and where each ends.
+///
+/// A click appends its line with one copy, and a flush packs runs of lines straight from `data`: nothing is
+/// allocated or freed per event on either side, and a chunk of lines is already the compressor's input.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Lines {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    pub fn with_capacity(bytes: usize, lines: usize) -> Self {
+        Lines {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(lines),
+        }
+    }
+
+    /// Appends one line; it must not hold a `\n` (compact JSON never does).
+    pub fn push(&mut self, line: &[u8]) {
+        self.data.extend_from_slice(line);
+        self.data.push(b'\n');
+        self.ends.push(self.data.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes held, separators included.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
+    /// Line `i`, without its `\n`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.data[self.start(i)..self.ends[i] - 1]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Lines `start..end` joined by `\n` (no trailing one), and their raw size with separators.
+    fn span(&self, start: usize, end: usize) -> &[u8] {
+        &self.data[self.start(start)..self.ends[end - 1] - 1]
+    }
+
+    fn raw_len(&self, start: usize, end: usize) -> usize {
+        self.ends[end - 1] - self.start(start)
+    }
+}
+
+impl<T: AsRef<[u8]>> FromIterator<T> for Lines {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut lines = Lines::default();
+        for line in iter {
+            lines.push(line.as_ref());
+        }
+        lines
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    lines: Vec<Vec<u8>>,
+    lines: Lines,
     closed: bool,
+}
+
+thread_local! {
+    // Each click thread serialises into its own reused buffer, so an event costs no allocation.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
 /// A bounded, thread-safe queue of serialised click events waiting to be shipped.
@@ -76,6 +156,8 @@ struct Inner {
 pub struct EventBuffer {
     inner: Mutex<Inner>,
     max_events: usize,
+    /// Bytes (high bits) and lines (low 24 bits) of the last take: the size of the next buffer.
+    last_take: std::sync::atomic::AtomicUsize,
 }
 
 impl EventBuffer {
@@ -83,21 +165,25 @@ impl EventBuffer {
         Self {
             inner: Mutex::new(Inner::default()),
             max_events,
+            last_take: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Queues one event as a JSON line; the serialising happens before the lock is taken.
     pub fn push(&self, ev: &ClickEvent) -> Result<(), PushError> {
-        let line = serde_json::to_vec(ev).expect("a ClickEvent always serialises: every map key is a string");
-        let mut inner = self.inner.lock();
-        if inner.closed {
-            return Err(PushError::Closed);
-        }
-        if inner.lines.len() >= self.max_events {
-            return Err(PushError::Full);
-        }
-        inner.lines.push(line);
-        Ok(())
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            serde_json::to_writer(&mut *line, ev).expect("a ClickEvent always serialises: every map key is a string");
+            let mut inner = self.inner.lock();
+            if inner.closed {
+                return Err(PushError::Closed);
+            }
+            if inner.lines.len() >= self.max_events {
+                return Err(PushError::Full);
+            }
+            inner.lines.push(line);
+            Ok(())
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -122,19 +208,27 @@ impl EventBuffer {
     }
 
     /// Removes and returns every buffered line, oldest first.
-    pub fn take(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.inner.lock().lines)
+    ///
+    /// The buffer that replaces them is sized like the last one taken and allocated before the lock, so the
+    /// clicks that follow neither wait for an allocation nor grow it again a doubling at a time.
+    pub fn take(&self) -> Lines {
+        let hint = self.last_take.load(std::sync::atomic::Ordering::Relaxed);
+        let (bytes, lines) = (hint >> 24, hint & 0xff_ffff);
+        let fresh = Lines::with_capacity(bytes + bytes / 4, lines + lines / 4);
+        let taken = std::mem::replace(&mut self.inner.lock().lines, fresh);
+        if !taken.is_empty() {
+            let hint = (taken.bytes().min(1 << 39) << 24) | taken.len().min(0xff_ffff);
+            self.last_take.store(hint, std::sync::atomic::Ordering::Relaxed);
+        }
+        taken
     }
 }
 
-fn encode_body(lines: &[Vec<u8>]) -> String {
-    let mut z = ZlibEncoder::new(Vec::with_capacity(raw_len(lines) / 4 + 64), Compression::fast());
-    for (i, line) in lines.iter().enumerate() {
-        if i > 0 {
-            z.write_all(b"\n").expect("writing to a Vec cannot fail");
-        }
-        z.write_all(line).expect("writing to a Vec cannot fail");
-    }
+fn encode_body(raw: &[u8]) -> String {
+    // One contiguous input and one call: fed a line at a time, the compressor pays its per-call work (window
+    // refill, checksum, state checks) twice an event.
+    let mut z = ZlibEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), Compression::fast());
+    z.write_all(raw).expect("writing to a Vec cannot fail");
     let compressed = z.finish().expect("writing to a Vec cannot fail");
     let mut body = String::with_capacity(BODY_PREFIX.len() + compressed.len().div_ceil(3) * 4);
     body.push_str(BODY_PREFIX);
@@ -142,30 +236,29 @@ fn encode_body(lines: &[Vec<u8>]) -> String {
     body
 }
 
-fn raw_len(lines: &[Vec<u8>]) -> usize {
-    lines.iter().map(|l| l.len() + 1).sum()
-}
-
 // Lines from `start` whose raw size stays within `raw_limit`, never fewer than one.
-fn chunk_end(lines: &[Vec<u8>], start: usize, raw_limit: usize) -> usize {
-    let mut raw = 0;
-    for (i, line) in lines.iter().enumerate().skip(start) {
-        raw += line.len() + 1;
-        if i > start && raw > raw_limit {
-            return i;
-        }
-    }
-    lines.len()
+fn chunk_end(lines: &Lines, start: usize, raw_limit: usize) -> usize {
+    let base = lines.start(start);
+    // The first line past the limit, by its end offset; the chunk always takes line `start`.
+    let past = lines.ends[start..].partition_point(|&end| end - base <= raw_limit);
+    start + past.max(1)
 }
 
-fn pack_chunk(lines: &[Vec<u8>], max_body_bytes: usize, body: String, out: &mut Vec<String>) {
-    if body.len() <= max_body_bytes || lines.len() == 1 {
+fn pack_chunk(lines: &Lines, start: usize, end: usize, max_body_bytes: usize, body: String, out: &mut Vec<String>) {
+    if body.len() <= max_body_bytes || end - start == 1 {
         out.push(body);
         return;
     }
-    let (first, second) = lines.split_at(lines.len() / 2);
-    pack_chunk(first, max_body_bytes, encode_body(first), out);
-    pack_chunk(second, max_body_bytes, encode_body(second), out);
+    let mid = start + (end - start) / 2;
+    pack_chunk(
+        lines,
+        start,
+        mid,
+        max_body_bytes,
+        encode_body(lines.span(start, mid)),
+        out,
+    );
+    pack_chunk(lines, mid, end, max_body_bytes, encode_body(lines.span(mid, end)), out);
 }
 
 /// Packs JSON lines, in order, into few message bodies of at most `max_body_bytes` characters each.
@@ -176,7 +269,7 @@ fn pack_chunk(lines: &[Vec<u8>], max_body_bytes: usize, body: String, out: &mut 
 /// until it fits. A single line whose body alone exceeds the limit cannot be made smaller, so it is
 /// emitted as a body of its own, over the limit: callers bound by a hard limit (SQS) must check each
 /// body's length and divert such a body.
-pub fn pack(lines: &[Vec<u8>], max_body_bytes: usize) -> Vec<String> {
+pub fn pack(lines: &Lines, max_body_bytes: usize) -> Vec<String> {
     const GROW_TRIES: u32 = 3;
     let target = max_body_bytes as f64 * 0.9;
     let mut raw_limit = max_body_bytes.saturating_mul(RAW_CHUNK_FACTOR);
@@ -187,8 +280,8 @@ pub fn pack(lines: &[Vec<u8>], max_body_bytes: usize) -> Vec<String> {
         let mut fitted: Option<(usize, String)> = None;
         let (end, body) = loop {
             let end = chunk_end(lines, start, raw_limit);
-            let body = encode_body(&lines[start..end]);
-            let raw = raw_len(&lines[start..end]);
+            let body = encode_body(lines.span(start, end));
+            let raw = lines.raw_len(start, end);
             raw_limit = ((raw as f64 * target / body.len() as f64) as usize).max(1);
             if body.len() > max_body_bytes {
                 // Grown too far: the last chunk that fitted beats two half-empty halves.
@@ -201,7 +294,7 @@ pub fn pack(lines: &[Vec<u8>], max_body_bytes: usize) -> Vec<String> {
             fitted = Some((end, body));
             tries += 1;
         };
-        pack_chunk(&lines[start..end], max_body_bytes, body, &mut out);
+        pack_chunk(lines, start, end, max_body_bytes, body, &mut out);
         start = end;
     }
     out
@@ -273,7 +366,7 @@ mod tests {
         }
     }
 
-    fn lines(events: &[ClickEvent]) -> Vec<Vec<u8>> {
+    fn lines(events: &[ClickEvent]) -> Lines {
         let buf = EventBuffer::new(events.len());
         for ev in events {
             buf.push(ev).unwrap();
@@ -350,7 +443,7 @@ mod tests {
         let ls = lines(&events);
         let max = 64 * 1024;
         let bodies = pack(&ls, max);
-        let ideal = encode_body(&ls).len().div_ceil(max);
+        let ideal = encode_body(ls.span(0, ls.len())).len().div_ceil(max);
         assert!(
             bodies.len() <= ideal + ideal / 2 + 1,
             "{} bodies where {ideal} could do",
@@ -361,8 +454,52 @@ mod tests {
     }
 
     #[test]
+    fn lines_keep_each_line_and_chunks_stop_at_the_raw_limit() {
+        let input: Vec<Vec<u8>> = (0..50).map(|i| vec![b'a' + (i % 26) as u8; 1 + i * 7 % 40]).collect();
+        let lines: Lines = input.iter().collect();
+        assert_eq!(lines.len(), 50);
+        assert_eq!(lines.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(), input);
+        assert_eq!(lines.bytes(), input.iter().map(|l| l.len() + 1).sum::<usize>());
+        for start in [0, 1, 17, 49] {
+            for limit in [0, 1, 8, 60, 300, 10_000] {
+                // The lines from `start` whose sizes, each with its separator, add up to at most the limit.
+                let mut raw = 0;
+                let mut naive = input.len();
+                for (i, line) in input.iter().enumerate().skip(start) {
+                    raw += line.len() + 1;
+                    if i > start && raw > limit {
+                        naive = i;
+                        break;
+                    }
+                }
+                assert_eq!(chunk_end(&lines, start, limit), naive, "start {start} limit {limit}");
+            }
+        }
+        assert_eq!(lines.span(1, 3), [&input[1][..], b"\n", &input[2][..]].concat());
+    }
+
+    #[test]
+    fn a_take_leaves_a_buffer_sized_like_the_last_one() {
+        let buf = EventBuffer::new(100);
+        for i in 0..40 {
+            buf.push(&event(i)).unwrap();
+        }
+        let first = buf.take();
+        assert_eq!(first.len(), 40);
+        // The buffer in place now was made before any take; the one an empty take leaves is sized by `first`.
+        assert!(buf.take().is_empty());
+        let next = buf.take();
+        assert!(next.is_empty());
+        assert!(next.data.capacity() >= first.bytes() && next.ends.capacity() >= 40);
+        assert_eq!(
+            unpack_all(&pack(&first, 262_144)),
+            (0..40).map(event).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn nothing_packs_to_nothing() {
-        assert!(pack(&[], 1024).is_empty());
+        assert!(pack(&Lines::default(), 1024).is_empty());
         assert_eq!(unpack(&zbody(b"")).unwrap(), vec![]);
     }
 
@@ -488,14 +625,14 @@ mod tests {
             })
             .collect();
         // Drain while the pushers run, as the shipper does.
-        let mut got = Vec::new();
+        let mut got = Lines::default();
         while !pushers.iter().all(|h| h.is_finished()) {
-            got.extend(buf.take());
+            buf.take().iter().for_each(|line| got.push(line));
         }
         for h in pushers {
             h.join().unwrap();
         }
-        got.extend(buf.take());
+        buf.take().iter().for_each(|line| got.push(line));
         let events = unpack_all(&pack(&got, 262_144));
         assert_eq!(events.len() as u64, THREADS * PER_THREAD);
         let ids: HashSet<_> = events.iter().map(|e| e.ts).collect();

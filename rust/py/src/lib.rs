@@ -484,7 +484,7 @@ fn pack_clicks(py: Python<'_>, lines: Vec<Vec<u8>>, max_body_bytes: usize) -> Py
     if max_body_bytes == 0 {
         return Err(ConfigError::new_err("max_body_bytes must be positive"));
     }
-    Ok(py.detach(|| adclick_core::event::pack(&lines, max_body_bytes)))
+    Ok(py.detach(|| adclick_core::event::pack(&lines.iter().collect(), max_body_bytes)))
 }
 
 /// Checks a v1 link config (JSON bytes) exactly as the tracker will decode it; raises InvalidLink or InvalidTemplate.

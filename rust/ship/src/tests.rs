@@ -54,7 +54,27 @@ impl Moto {
             assert!(Instant::now() < deadline, "moto server on {port} did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
+        moto.warm_up();
         moto
+    }
+
+    /// Moto loads its SQS backend on the first SQS request, which on a busy two-core machine takes longer than the
+    /// shipper's timeouts: one ListQueues here, with a generous wait, so no test's first call pays for it.
+    fn warm_up(&self) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("moto answers");
+        let _ = s.set_read_timeout(Some(WAIT));
+        let body = "{}";
+        let request = format!(
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\
+             Content-Type: application/x-amz-json-1.0\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sqs/aws4_request, \
+             SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut head = [0u8; 12];
+        s.write_all(request.as_bytes()).expect("write ListQueues");
+        s.read_exact(&mut head).expect("moto answers ListQueues");
+        assert!(head.ends_with(b"200"), "ListQueues: {}", String::from_utf8_lossy(&head));
     }
 
     fn answers(&self) -> bool {
@@ -134,7 +154,8 @@ fn config(moto: &Moto, redis: &Redis, queue: &str) -> ShipConfig {
             queue_name: queue.into(),
             region: "us-east-1".into(),
             endpoint_url: Some(moto.url()),
-            timeout: Duration::from_millis(500),
+            // Short enough for the outage tests' flush deadlines, long enough for moto on a busy CI machine.
+            timeout: Duration::from_millis(1500),
             max_receives: 4,
         },
         redis_url: redis.url(),

@@ -9,9 +9,9 @@ import sys
 
 import anyio
 import pytest
-from adclick.core.db.models import Link, Offer
+from adclick.core.db.models import Link, Offer, User
 from adclick.manager.publisher import link_config, rebuild
-from sqlalchemy import select
+from sqlalchemy import select, update
 from support.manager import TRACKER, Manager, form, manager_settings
 
 pytestmark = pytest.mark.anyio
@@ -172,6 +172,30 @@ async def test_an_affiliate_sees_only_its_own_links(manager: Manager) -> None:
     affiliate_api = await manager.api("affiliate")
     assert (await affiliate_api.get("/api/v1/advertisers")).status_code == 403
     assert (await affiliate_api.post(f"/api/v1/links/{mine[0]['id']}/pause")).status_code == 403
+
+
+async def test_an_affiliate_user_without_an_affiliate_sees_no_links(manager: Manager) -> None:
+    """An affiliate user whose affiliate id is gone (a row edited by hand) is confined to nothing, not widened to
+    every affiliate's links."""
+    api = await manager.api("manager")
+    reply = await api.post(
+        "/api/v1/links",
+        json={"offer_id": manager.ids["offer"], "affiliate_id": manager.ids["other_affiliate"], "slug": "theirs1", "url": "https://s.example/"},
+    )
+    assert reply.status_code == 201, reply.text
+    link_id = reply.json()["id"]
+    affiliate = await manager.as_role("affiliate")
+    affiliate_api = await manager.api("affiliate")
+    async with manager.sessions() as session:
+        await session.execute(update(User).where(User.id == manager.ids["affiliate_user"]).values(affiliate_id=None))
+        await session.commit()
+    assert "theirs1" not in (await affiliate.get("/links")).text
+    assert "theirs1" not in (await affiliate.get(f"/links?affiliate_id={manager.ids['other_affiliate']}")).text
+    assert (await affiliate_api.get("/api/v1/links")).json()["items"] == []
+    for path in (f"/links/{link_id}", f"/links/{link_id}/qr.svg", f"/api/v1/links/{link_id}"):
+        assert (await affiliate.get(path)).status_code == 404, path
+    assert (await affiliate_api.get(f"/api/v1/links/{link_id}")).status_code == 404
+    assert (await affiliate_api.get("/api/v1/advertisers")).status_code == 403
 
 
 async def test_link_page_offers_a_copyable_tracking_url_and_a_qr_code(manager: Manager) -> None:

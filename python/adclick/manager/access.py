@@ -82,8 +82,8 @@ async def logout(request: Request) -> Response:
 @router.get("/")
 async def dashboard(request: Request, session: SessionDep, user: CurrentUser) -> Response:
     counts: dict[str, int] = {}
-    if user.role == "affiliate":
-        query = select(func.count()).select_from(Link).where(Link.affiliate_id == user.affiliate_id)
+    if user.scope is not None:
+        query = select(func.count()).select_from(Link).where(Link.affiliate_id == user.scope)
         counts["Links"] = int(await session.scalar(query) or 0)
     else:
         models = (("Advertisers", Advertiser), ("Offers", Offer), ("Affiliates", Affiliate), ("Links", Link))

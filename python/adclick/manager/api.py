@@ -237,8 +237,8 @@ async def list_links(
     affiliate_id: IdFilter = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
-    if user.role == "affiliate":
-        affiliate_id = user.affiliate_id
+    if user.scope is not None:
+        affiliate_id = user.scope
     rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, q), page)
     return _list(rows, total, lambda row: link_out(request, row))
 
@@ -252,7 +252,7 @@ async def create_link(request: Request, data: LinkIn, session: SessionDep, _user
 
 @router.get("/links/{link_id}", response_model=LinkOut)
 async def get_link(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Any:
-    return link_out(request, await campaigns.get_link(session, link_id, user.affiliate_id))
+    return link_out(request, await campaigns.get_link(session, link_id, user.scope))
 
 
 @router.patch("/links/{link_id}", response_model=LinkOut)

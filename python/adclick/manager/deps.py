@@ -57,6 +57,15 @@ class Principal:
     def of(cls, user: User) -> Principal:
         return cls(user.id, user.email, user.role, user.affiliate_id, user.is_active, user.created_at)
 
+    @property
+    def scope(self) -> int | None:
+        """The affiliate id an affiliate user is confined to; None (everything) for staff only. An affiliate user
+        without an affiliate id (a row edited by hand, or older than the check) is confined to id 0, which matches
+        nothing: a missing id never widens what an affiliate sees."""
+        if self.role in ("admin", "manager"):
+            return None
+        return self.affiliate_id if self.affiliate_id is not None else 0
+
 
 class LoginRequired(Exception):
     """Nobody is signed in: pages redirect to /login, the API answers 401."""

@@ -379,8 +379,8 @@ async def links_page(
     affiliate_id: IdFilter = None,
     q: str | None = None,
 ) -> Response:
-    if user.role == "affiliate":
-        affiliate_id = user.affiliate_id
+    if user.scope is not None:
+        affiliate_id = user.scope
     rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, (q or "")[:200]), page)
     offer_names = {row[0]: row[1] for row in await session.execute(select(Offer.id, Offer.name))}
     context = {
@@ -442,7 +442,7 @@ async def _link_page(request: Request, session: SessionDep, link: Link, **extra:
 
 @router.get("/links/{link_id}")
 async def link_page(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Response:
-    return await _link_page(request, session, await campaigns.get_link(session, link_id, user.affiliate_id))
+    return await _link_page(request, session, await campaigns.get_link(session, link_id, user.scope))
 
 
 @router.post("/links/{link_id}")
@@ -490,7 +490,7 @@ async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _u
 @router.get("/links/{link_id}/qr.svg")
 async def link_qr(request: Request, link_id: LinkId, session: SessionDep, user: CurrentUser) -> Response:
     """The tracking URL as a QR code (SVG, made here: no third-party service sees the URL)."""
-    link = await campaigns.get_link(session, link_id, user.affiliate_id)
+    link = await campaigns.get_link(session, link_id, user.scope)
     buffer = io.BytesIO()
     segno.make(tracking_url(request, link.slug), error="m").save(buffer, kind="svg", scale=5, border=2, xmldecl=False)
     return Response(buffer.getvalue(), media_type="image/svg+xml")

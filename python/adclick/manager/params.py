@@ -19,9 +19,7 @@ def is_staff(user: Principal) -> bool:
 
 def scope_of(user: Principal) -> int | None:
     """The affiliate id an affiliate user is confined to (0, matching nothing, if it has none); None for staff."""
-    if user.role == "affiliate":
-        return user.affiliate_id if user.affiliate_id is not None else 0
-    return None
+    return user.scope
 
 
 def id_text(value: int | None) -> str | None:

@@ -786,7 +786,7 @@ fn listen_once<V: Weigh + Send + Sync + 'static>(s: &Shared<V>, stop: &AtomicBoo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{wait_for, Server};
+    use adclick_testkit::{wait_for, Server};
     use std::thread;
 
     type Json = serde_json::Value;

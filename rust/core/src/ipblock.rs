@@ -400,7 +400,7 @@ fn log_warning(message: &str) {
 mod tests {
     use super::*;
     use crate::cache::{CacheConfig, LinkCache};
-    use crate::testing::{wait_for, Server};
+    use adclick_testkit::{wait_for, Server};
     use std::thread;
 
     fn ranges(entries: &[&str]) -> Ranges {

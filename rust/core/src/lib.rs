@@ -8,9 +8,6 @@ pub mod link;
 pub mod replica;
 pub mod targeting;
 pub mod template;
-/// A real redis-server for tests, here and in the crates built on this one (feature `test-support`).
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;
 pub mod tracker;
 pub mod ua;
 

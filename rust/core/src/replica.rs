@@ -766,7 +766,7 @@ fn log_warning(message: &str) {
 mod tests {
     use super::*;
     use crate::cache::{CacheConfig, LinkCache};
-    use crate::testing::Server;
+    use adclick_testkit::Server;
 
     fn link_json(id: u64, slug: &str, host: &str) -> String {
         format!(r#"{{"v":1,"id":{id},"slug":"{slug}","offer_id":7,"url":"https://{host}.example/?c={{click_id}}"}}"#)
@@ -799,7 +799,7 @@ mod tests {
     }
 
     fn wait_for(what: &str, done: impl FnMut() -> bool) {
-        crate::testing::wait_for(what, Duration::from_secs(10), done);
+        adclick_testkit::wait_for(what, Duration::from_secs(10), done);
     }
 
     fn id_of(r: &Replica, slug: &str) -> Option<u64> {

@@ -695,7 +695,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::event::unpack;
-    use crate::testing::Server;
+    use adclick_testkit::Server;
 
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 \
                           (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use adclick_core::testing::{free_port, Server as Redis};
+use adclick_testkit::{free_port, Server as Redis};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::engine::Engine;

@@ -100,7 +100,7 @@ def builder_workdir(context: Path, workdir: Path) -> None:
 
 def test_the_dist_profile_is_the_release_profile_with_fat_lto() -> None:
     profiles = tomllib.loads((ROOT / "Cargo.toml").read_text())["profile"]
-    assert profiles["dist"] == {"inherits": "release", "lto": "fat", "codegen-units": 1}
+    assert profiles["dist"] == {"inherits": "release", "lto": "fat", "codegen-units": 1, "package": {"*": {"debug": 1}}}
     assert profiles["release"]["panic"] == "unwind"
 
 

@@ -147,6 +147,39 @@ def test_production_refuses_the_default_manager_secret() -> None:
     assert ManagerSettings(env="production", manager_secret="m" * 40, **secrets).secure_cookie
 
 
+def test_passwords_cost_rfc_9106s_profile_unless_set_and_production_refuses_less_than_owasps_floor() -> None:
+    secrets = {"click_secret": "c" * 40, "postback_secret": "p" * 40, "manager_secret": "m" * 40}
+    settings = ManagerSettings(**secrets)
+    assert (settings.manager_password_time_cost, settings.manager_password_memory_kib) == (3, 65536)
+    for weak in ({"manager_password_time_cost": 1}, {"manager_password_memory_kib": 19455}):
+        with pytest.raises(ValueError, match="OWASP"):
+            ManagerSettings(env="production", **secrets, **weak)
+        assert ManagerSettings(**secrets, **weak)  # development: the test suite's cheap hashes
+    ManagerSettings(env="production", manager_password_time_cost=2, manager_password_memory_kib=19456, **secrets)
+
+
+async def test_a_hash_of_another_cost_signs_in_and_is_rehashed_at_the_configured_cost(manager: Manager) -> None:
+    from argon2 import PasswordHasher, extract_parameters
+    from argon2.low_level import Type
+    from argon2.profiles import RFC_9106_LOW_MEMORY
+
+    async with manager.sessions() as session:
+        user = await session.get(User, manager.ids["manager_user"])
+        assert user is not None
+        user.password_hash = PasswordHasher.from_parameters(RFC_9106_LOW_MEMORY).hash(PASSWORD)
+        await session.commit()
+    await manager.login("manager@example.com")
+    async with manager.sessions() as session:
+        user = await session.get(User, manager.ids["manager_user"])
+        assert user is not None
+        stored = extract_parameters(user.password_hash)
+    assert stored.type is Type.ID
+    assert (stored.time_cost, stored.memory_cost) == (
+        manager.settings.manager_password_time_cost,
+        manager.settings.manager_password_memory_kib,
+    )
+
+
 async def test_health_answers_select_1(manager: Manager) -> None:
     reply = await manager.client().get("/health")
     assert reply.status_code == 200 and reply.json() == {"status": "ok"}

@@ -105,6 +105,9 @@ async def seed_manager(sessions: async_sessionmaker[AsyncSession]) -> dict[str, 
         return ids
 
 
+TEST_PASSWORD_COST: dict[str, Any] = {"manager_password_time_cost": 1, "manager_password_memory_kib": 1024}
+
+
 def manager_settings(database_url: str, redis_url: str, **overrides: Any) -> ManagerSettings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -113,6 +116,8 @@ def manager_settings(database_url: str, redis_url: str, **overrides: Any) -> Man
         "manager_tracker_base_url": TRACKER,
         "manager_postback_base_url": POSTBACK,
         "manager_redis_timeout_ms": 300,
+        # Real argon2id at its cheapest: the suite signs in thousands of times (the default cost is ~0.1 s each).
+        **TEST_PASSWORD_COST,
         **overrides,
     }
     return ManagerSettings(**values)

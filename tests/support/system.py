@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .manager import ManagerApi, add_api_token
+from .manager import TEST_PASSWORD_COST, ManagerApi, add_api_token
 from .procs import ManagedProcess, ProcessGuard, free_port, wait_until
 from .tracker import status_of
 
@@ -85,6 +85,7 @@ class System:
             "ADCLICK_WORKER_WAIT_SECONDS": "1",
             "ADCLICK_MANAGER_TRACKER_BASE_URL": f"http://127.0.0.1:{ports['tracker']}",
             "ADCLICK_MANAGER_POSTBACK_BASE_URL": f"http://127.0.0.1:{ports['postback']}",
+            **{f"ADCLICK_{key.upper()}": str(value) for key, value in TEST_PASSWORD_COST.items()},
         }
         for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL"):
             self.env.pop(name, None)

@@ -25,7 +25,7 @@ from adclick.manager import routers as routers_module
 from adclick.manager.campaigns import Conflict, Invalid, NotFound
 from adclick.manager.deps import LoginRequired, csrf_protect, is_api
 from adclick.manager.publisher import reconcile_forever, redis_client
-from adclick.manager.security import LoginLimiter
+from adclick.manager.security import LoginLimiter, configure_passwords
 from adclick.manager.templating import HERE, render
 
 SESSION_COOKIE = "adclick_session"
@@ -155,6 +155,7 @@ def create_app(
     redis_connection: redis.Redis | None = None,
 ) -> FastAPI:
     """The app for one process; the database engine and Redis client open lazily and close at shutdown."""
+    configure_passwords(settings.manager_password_time_cost, settings.manager_password_memory_kib)
     engine = None
     if sessions is None:
         engine = create_engine(settings)

@@ -48,7 +48,9 @@ async def _create_admin(settings: ManagerSettings, email: str, password: str) ->
     from adclick.manager import accounts
     from adclick.manager.campaigns import Conflict, Invalid
     from adclick.manager.schemas import UserIn
+    from adclick.manager.security import configure_passwords
 
+    configure_passwords(settings.manager_password_time_cost, settings.manager_password_memory_kib)
     try:
         data = UserIn(email=email, password=password, role="admin")
     except ValueError as error:

@@ -24,6 +24,17 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+def configure_passwords(time_cost: int, memory_kib: int) -> None:
+    """The argon2id cost of new hashes (ADCLICK_MANAGER_PASSWORD_*). A stored hash of another cost still verifies
+    and is rehashed at the next sign-in, as argon2-cffi's `check_needs_rehash` says."""
+    global _hasher, _DUMMY_HASH
+    if (_hasher.time_cost, _hasher.memory_cost) == (time_cost, memory_kib):
+        return
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+    _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
+    _hasher = hasher
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 

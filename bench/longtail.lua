@@ -5,13 +5,9 @@
 -- most clicked links take about 83% of the clicks, as a network's best offers do.
 -- Unlike clicks.lua a path is formatted per request (there are too many to prebuild); wrk runs on its own core.
 
-local agents = {
-  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
-  "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Mobile Safari/537.36",
-  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
-  "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
-}
-local countries = { "US", "CA", "DE", "FR", "BR", "IN", "JP", "GB" }
+-- wrk runs a script by its path as given (the chunk's source, "@path"), so visitors.lua is found beside it.
+local visitors = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "visitors.lua")
+local agents, countries = visitors.agents, visitors.countries
 local tails = {}
 local slugs = 64
 local zipf = false

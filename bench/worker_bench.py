@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from adclick import _native  # noqa: E402
 from adclick.core.settings import DEFAULT_CLICK_SECRET  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 from support.database import PostgresServer, unique_name  # noqa: E402
 from support.procs import ProcessGuard, free_port, wait_until  # noqa: E402
 from support.servers import DUMMY_AWS_ENV, RedisServer  # noqa: E402
@@ -161,10 +163,13 @@ async def count_rows(url: str, table: str) -> int:
 
 # ---------------------------------------------------------------- baseline
 
+Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
+# The click event's fields that a click row keeps as they are, under the same name (ts and aff_id it converts).
+CLICK_COLUMNS = "click_id link_id offer_id ip ua referer country device os bot sub1 params dest".split()
 
-async def naive_clicks(url: str, events: list[dict[str, Any]]) -> float:
-    """One ORM transaction per click: skip if stored, add it, read-modify-write its rollup row."""
-    from adclick.core.db.models import Click, HourlyRollup
+
+async def per_event(url: str, events: list[dict[str, Any]], step: Step) -> float:
+    """Events per second through `step`, one ORM transaction per event, the way a per-message job would do it."""
     from adclick.core.db.session import create_engine, session_factory
 
     engine = create_engine(url)
@@ -172,122 +177,102 @@ async def naive_clicks(url: str, events: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
     for event in events:
         async with sessions() as session, session.begin():
-            if await session.get(Click, event["click_id"]) is not None:
-                continue
-            ts = datetime.fromtimestamp(event["ts"] / 1000, UTC)
-            session.add(
-                Click(
-                    click_id=event["click_id"],
-                    ts=ts,
-                    link_id=event["link_id"],
-                    offer_id=event["offer_id"],
-                    affiliate_id=event["aff_id"],
-                    ip=event["ip"],
-                    ua=event["ua"],
-                    referer=event["referer"],
-                    country=event["country"],
-                    device=event["device"],
-                    os=event["os"],
-                    bot=event["bot"],
-                    sub1=event["sub1"],
-                    params=event["params"],
-                    dest=event["dest"],
-                )
-            )
-            hour = ts.replace(minute=0, second=0, microsecond=0)
-            key = (hour, event["link_id"], event["country"] or "", event["device"] or "")
-            rollup = await session.get(HourlyRollup, key, with_for_update=True)
-            if rollup is None:
-                rollup = HourlyRollup(
-                    hour=hour,
-                    link_id=event["link_id"],
-                    country=key[2],
-                    device=key[3],
-                    offer_id=event["offer_id"],
-                    affiliate_id=event["aff_id"],
-                    clicks=0,
-                    unique_clicks=0,
-                    bot_clicks=0,
-                    conversions=0,
-                    revenue=Decimal(0),
-                    payout=Decimal(0),
-                )
-                session.add(rollup)
-            rollup.clicks += 0 if event["bot"] else 1
-            rollup.bot_clicks += 1 if event["bot"] else 0
+            await step(session, event)
     elapsed = time.perf_counter() - started
     await engine.dispose()
     return len(events) / elapsed
+
+
+async def rollup_row(
+    session: AsyncSession, hour: datetime, link_id: int, country: str, device: str, offer_id: int, affiliate_id: int
+) -> Any:
+    """The hourly rollup row of this hour, link, country and device, locked for update; a new one at zero if none."""
+    from adclick.core.db.models import HourlyRollup
+
+    rollup = await session.get(HourlyRollup, (hour, link_id, country, device), with_for_update=True)
+    if rollup is None:
+        rollup = HourlyRollup(
+            hour=hour,
+            link_id=link_id,
+            country=country,
+            device=device,
+            offer_id=offer_id,
+            affiliate_id=affiliate_id,
+            clicks=0,
+            unique_clicks=0,
+            bot_clicks=0,
+            conversions=0,
+            revenue=Decimal(0),
+            payout=Decimal(0),
+        )
+        session.add(rollup)
+    return rollup
+
+
+async def naive_clicks(url: str, events: list[dict[str, Any]]) -> float:
+    """One ORM transaction per click: skip if stored, add it, read-modify-write its rollup row."""
+    from adclick.core.db.models import Click
+
+    async def step(session: AsyncSession, event: dict[str, Any]) -> None:
+        if await session.get(Click, event["click_id"]) is not None:
+            return
+        ts = datetime.fromtimestamp(event["ts"] / 1000, UTC)
+        session.add(Click(ts=ts, affiliate_id=event["aff_id"], **{name: event[name] for name in CLICK_COLUMNS}))
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        country, device = event["country"] or "", event["device"] or ""
+        rollup = await rollup_row(session, hour, event["link_id"], country, device, event["offer_id"], event["aff_id"])
+        rollup.clicks += 0 if event["bot"] else 1
+        rollup.bot_clicks += 1 if event["bot"] else 0
+
+    return await per_event(url, events, step)
 
 
 async def naive_conversions(url: str, events: list[dict[str, Any]]) -> float:
     """One ORM transaction per postback: verify, look up link and offer, skip a known txid, insert, roll up."""
-    from adclick.core.db.models import Conversion, HourlyRollup, Link, Offer
-    from adclick.core.db.session import create_engine, session_factory
+    from adclick.core.db.models import Conversion, Link, Offer
     from adclick.worker.commissions import Rule, commission, parse_amount
     from sqlalchemy import select
 
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    started = time.perf_counter()
-    for event in events:
-        async with sessions() as session, session.begin():
-            _, _, _, link_id, _ = CODEC.verify(event["click_id"])
-            link = await session.get(Link, link_id)
-            assert link is not None
-            offer = await session.get(Offer, link.offer_id)
-            assert offer is not None
-            found = await session.execute(
-                select(Conversion.id).where(Conversion.offer_id == offer.id, Conversion.txid == event["txid"])
+    async def step(session: AsyncSession, event: dict[str, Any]) -> None:
+        _, _, _, link_id, _ = CODEC.verify(event["click_id"])
+        link = await session.get(Link, link_id)
+        assert link is not None
+        offer = await session.get(Offer, link.offer_id)
+        assert offer is not None
+        found = await session.execute(
+            select(Conversion.id).where(Conversion.offer_id == offer.id, Conversion.txid == event["txid"])
+        )
+        if found.first() is not None:
+            return
+        amount = parse_amount(event["amount"])
+        revenue = commission(Rule(offer.revenue_model, offer.revenue_amount), amount, "USD", offer.currency)  # type: ignore[arg-type]
+        payout = commission(Rule(offer.payout_model, offer.payout_amount), amount, "USD", offer.currency)  # type: ignore[arg-type]
+        when = datetime.fromtimestamp(event["received_at"] / 1000, UTC)
+        session.add(
+            Conversion(
+                offer_id=offer.id,
+                txid=event["txid"],
+                click_id=event["click_id"],
+                link_id=link_id,
+                affiliate_id=link.affiliate_id,
+                advertiser_id=offer.advertiser_id,
+                event=event["event"],
+                status=event["status"] or offer.default_status,
+                amount=amount,
+                currency=offer.currency,
+                revenue=revenue,
+                payout=payout,
+                created_at=when,
+                updated_at=when,
             )
-            if found.first() is not None:
-                continue
-            amount = parse_amount(event["amount"])
-            revenue = commission(Rule(offer.revenue_model, offer.revenue_amount), amount, "USD", offer.currency)  # type: ignore[arg-type]
-            payout = commission(Rule(offer.payout_model, offer.payout_amount), amount, "USD", offer.currency)  # type: ignore[arg-type]
-            when = datetime.fromtimestamp(event["received_at"] / 1000, UTC)
-            session.add(
-                Conversion(
-                    offer_id=offer.id,
-                    txid=event["txid"],
-                    click_id=event["click_id"],
-                    link_id=link_id,
-                    affiliate_id=link.affiliate_id,
-                    advertiser_id=offer.advertiser_id,
-                    event=event["event"],
-                    status=event["status"] or offer.default_status,
-                    amount=amount,
-                    currency=offer.currency,
-                    revenue=revenue,
-                    payout=payout,
-                    created_at=when,
-                    updated_at=when,
-                )
-            )
-            hour = when.replace(minute=0, second=0, microsecond=0)
-            rollup = await session.get(HourlyRollup, (hour, link_id, "", ""), with_for_update=True)
-            if rollup is None:
-                rollup = HourlyRollup(
-                    hour=hour,
-                    link_id=link_id,
-                    country="",
-                    device="",
-                    offer_id=offer.id,
-                    affiliate_id=link.affiliate_id,
-                    clicks=0,
-                    unique_clicks=0,
-                    bot_clicks=0,
-                    conversions=0,
-                    revenue=Decimal(0),
-                    payout=Decimal(0),
-                )
-                session.add(rollup)
-            rollup.conversions += 1
-            rollup.revenue += revenue
-            rollup.payout += payout
-    elapsed = time.perf_counter() - started
-    await engine.dispose()
-    return len(events) / elapsed
+        )
+        hour = when.replace(minute=0, second=0, microsecond=0)
+        rollup = await rollup_row(session, hour, link_id, "", "", offer.id, link.affiliate_id)
+        rollup.conversions += 1
+        rollup.revenue += revenue
+        rollup.payout += payout
+
+    return await per_event(url, events, step)
 
 
 # ---------------------------------------------------------------- worker

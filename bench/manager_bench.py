@@ -42,7 +42,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from adclick.core.db.migrate import upgrade  # noqa: E402
-from adclick.manager.report_queries import build_query, choose_rollup  # noqa: E402
+from adclick.manager.report_queries import (  # noqa: E402
+    ROLLUP_DIMENSIONS,
+    SUB_DIMENSIONS,
+    build_query,
+    choose_rollup,
+)
 from adclick.manager.security import hash_api_token, new_api_token  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from support.database import PostgresServer, unique_name  # noqa: E402
@@ -56,22 +61,12 @@ AFFILIATES = 50
 COUNTRIES = ["US", "BR", "DE", "GB", "FR", "IN", "MX", ""]
 DEVICES = ["desktop", "smartphone", "tablet"]
 GROUPINGS = [
-    "day",
-    "hour",
-    "offer",
-    "affiliate",
-    "link",
-    "country",
-    "device",
+    *ROLLUP_DIMENSIONS,
     "day,offer",
     "country,device",
     "hour,link",  # 144,000 groups, the first 1,000 returned
     "offer,country",  # needs hourly_rollups itself, the biggest table
-    "sub1",
-    "sub2",
-    "sub3",
-    "sub4",
-    "sub5",
+    *SUB_DIMENSIONS,
 ]
 EXPORT_GROUPING = "hour,link,country,device"
 

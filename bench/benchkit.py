@@ -6,8 +6,10 @@ Every process started through `PROCS` lives in its own process group and is ende
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
+import datetime as dt
 import http.client
 import json
 import os
@@ -73,6 +75,31 @@ atexit.register(PROCS.stop_all)
 
 def raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on(*signums: int) -> None:
+    """Turn these signals into KeyboardInterrupt, so that a run stopped by one still ends what it started.
+
+    Installed explicitly: a shell may start a run with SIGINT ignored (background jobs), and Ctrl-C must still stop it.
+    """
+    for signum in signums:
+        signal.signal(signum, raise_interrupt)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, with its module docstring, laid out as written, for --help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_load_options(p: argparse.ArgumentParser, slugs: bool = True) -> None:
+    """--connections, --threads and (unless told not to) --slugs, which `drive_loadgen` and compare.run_wrk read."""
+    p.add_argument("--connections", type=int, default=64, help="connections of each load generator (default 64)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    if slugs:
+        p.add_argument("--slugs", type=int, default=64, help="links bench-0 .. bench-N-1 to spread clicks over (64)")
 
 
 # ---------------------------------------------------------------- helpers
@@ -169,9 +196,28 @@ def idle_check(cpus: list[str], wait: float) -> tuple[dict[str, float], bool]:
     while any(v > 10 for v in busy.values()) and time.monotonic() < deadline:
         busy = cpu_busy(cpus, seconds=2.0)
     quiet = not any(v > 10 for v in busy.values())
-    shown = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
+    shown = busy_text(busy)
     print(f"  idle check: {shown} busy" + ("" if quiet else "  <- other work is running, figures will be low"))
     return busy, quiet
+
+
+def busy_text(busy: dict[str, float]) -> str:
+    """An idle check's sample as the reports show it: `core 0 3%, core 1 12%`."""
+    return ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo; empty where it names none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def run_stamp(when: dt.datetime | None = None) -> str:
+    """A run's start (now unless told) as its result and log files are named: 20261203-143200."""
+    return (when or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
 # ---------------------------------------------------------------- prometheus
@@ -323,12 +369,9 @@ def start_sqs(cpu: str | None, logs: Path, kind: str = "lite") -> str:
         )
     proc = PROCS.start(f"sqs-{kind}", pinned(cpu, cmd), logs / f"sqs-{kind}.log")
     endpoint = f"http://127.0.0.1:{port}"
-    import boto3
     import botocore.exceptions
 
-    client = boto3.client(
-        "sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
-    )
+    client = sqs_client(endpoint)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -338,6 +381,19 @@ def start_sqs(cpu: str | None, logs: Path, kind: str = "lite") -> str:
             if proc.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"the {kind} SQS endpoint did not start, see {logs / f'sqs-{kind}.log'}")
             time.sleep(0.1)
+
+
+def sqs_client(endpoint: str) -> Any:
+    """A boto3 SQS client of the bench endpoint, with the bench's dummy credentials."""
+    import boto3
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def server_env(redis_url: str, sqs_url: str, **extra: str) -> dict[str, str]:
@@ -410,6 +466,29 @@ def write_links(redis_url: str, slugs: int) -> None:
     client.publish("adclick:invalidate", "*")
 
 
+def start_backends(
+    cpu: str | None, logs: Path, slugs: int, sqs: str = "lite", **extra: str
+) -> tuple[str, str, dict[str, str]]:
+    """Redis and an SQS endpoint pinned to `cpu`, with `slugs` bench links written: their URLs, and the environment
+    of a server under test on them (`server_env`, with `extra`)."""
+    redis_url = start_redis(cpu, logs)
+    sqs_url = start_sqs(cpu, logs, sqs)
+    write_links(redis_url, slugs)
+    return redis_url, sqs_url, server_env(redis_url, sqs_url, **extra)
+
+
+def one_process(port: int, workers: int | None = 1) -> list[str]:
+    """The arguments that serve on 127.0.0.1:`port` from one process of `workers` workers (None: the server's
+    default), as the tracker and bare Robyn both take them."""
+    args = ["--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
+    return args if workers is None else [*args, "--workers", str(workers)]
+
+
+def tracker_command(port: int, workers: int | None = 1) -> list[str]:
+    """`adclick tracker` as one process on 127.0.0.1:`port` (see `one_process`)."""
+    return [str(VENV_BIN / "adclick"), "tracker", *one_process(port, workers)]
+
+
 def tracker_available() -> str | None:
     """None when `adclick tracker --help` works, else why not."""
     exe = VENV_BIN / "adclick"
@@ -443,3 +522,15 @@ def build_loadgen() -> str | None:
         print(f"warning: could not build bench/loadgen: {out.stderr.strip()[-300:]}")
         return None
     return str(binary)
+
+
+def drive_loadgen(binary: str, args: Any, port: int, rate: float, seconds: float) -> dict[str, Any]:
+    """bench/loadgen at a constant `rate` for `seconds`, with the run's --connections, --slugs and --client-cpu;
+    its JSON summary (latency measured from when each request was due)."""
+    cmd = [binary, "--port", str(port), "--rate", f"{rate:.0f}", "--seconds", f"{seconds:g}"]
+    cmd += ["--connections", str(args.connections), "--slugs", str(args.slugs)]
+    out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as dt
 import json
 import os
 import platform
@@ -35,23 +34,28 @@ from benchkit import (
     PROCS,
     SQS_ENDPOINTS,
     VENV_BIN,
+    add_load_options,
     build_loadgen,
+    busy_text,
+    cpu_model,
     delta,
+    drive_loadgen,
     free_port,
     histogram_quantile,
     http_get,
     idle_check,
+    interrupt_on,
     moto_requests,
+    one_process,
+    parser,
     pinned,
-    raise_interrupt,
     rss_mb,
+    run_stamp,
     scrape,
-    server_env,
-    start_redis,
-    start_sqs,
+    start_backends,
     tracker_available,
+    tracker_command,
     wait_http,
-    write_links,
 )
 from wirelat import available as wire_unavailable
 from wirelat import capture, quantile, server_latencies
@@ -170,30 +174,14 @@ def run_load(args: argparse.Namespace, port: int, seconds: float) -> Load:
 
 
 def run_loadgen(args: argparse.Namespace, binary: str, port: int, rate: float, seconds: float) -> Load:
-    cmd = [
-        binary,
-        "--port",
-        str(port),
-        "--rate",
-        f"{rate:.0f}",
-        "--seconds",
-        f"{seconds:g}",
-        "--connections",
-        str(args.connections),
-        "--slugs",
-        str(args.slugs),
-    ]
-    out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-500:]}")
-    d = json.loads(out.stdout)
+    d = drive_loadgen(binary, args, port, rate, seconds)
     return Load(
         rps=d["achieved_rps"],
         p50_ms=d["p50_ms"],
         p99_ms=d["p99_ms"],
         requests=d["responses"],
         errors=d["errors"] + d["other_status"],
-        raw=out.stdout,
+        raw=json.dumps(d),
     )
 
 
@@ -414,36 +402,12 @@ def server_command(target: str, port: int, tmp: Path) -> tuple[list[str], str] |
         why = tracker_available()
         if why:
             return f"skipped: {why}"
-        return [
-            str(VENV_BIN / "adclick"),
-            "tracker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--processes",
-            "1",
-            "--workers",
-            "1",
-        ], "/health"
+        return tracker_command(port), "/health"
     if target == "fastapi":
         return [py, str(BENCH / "baseline_fastapi.py"), "--host", "127.0.0.1", "--port", str(port)], "/health"
     if target == "robyn":
-        return [
-            py,
-            str(BENCH / "baseline_robyn_dict.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--processes",
-            "1",
-            "--workers",
-            "1",
-            "--log-level",
-            "WARN",
-            "--disable-openapi",
-        ], "/health"
+        robyn = [py, str(BENCH / "baseline_robyn_dict.py"), *one_process(port), "--log-level", "WARN"]
+        return [*robyn, "--disable-openapi"], "/health"
     if target == "nginx":
         nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
         if nginx is None:
@@ -647,7 +611,7 @@ def table(results: list[Result]) -> str:
         half = "-" if r.half_rate is None else f"{fmt_ms(r.half_p99_ms)} ({r.half_rate:,.0f}/s)"
         notes = []
         if any(v > 10 for v in r.busy_before.values()):
-            notes.append("machine busy before: " + ", ".join(f"core {c} {v:.0f}%" for c, v in r.busy_before.items()))
+            notes.append(f"machine busy before: {busy_text(r.busy_before)}")
         if len(r.round_rps) > 1:
             notes.append("median of rounds " + " / ".join(f"{x:,.0f}" for x in r.round_rps) + " req/s")
         if r.errors:
@@ -681,17 +645,6 @@ def table(results: list[Result]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        cpu = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            "",
-        )
-
     def version(cmd: list[str]) -> str:
         if not shutil.which(cmd[0]) and not os.access(cmd[0], os.X_OK):
             return "absent"
@@ -701,7 +654,7 @@ def machine() -> dict[str, Any]:
         return "?"
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -715,12 +668,10 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per target (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first (default 2)")
-    p.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    p.add_argument("--slugs", type=int, default=64, help="links bench-0 .. bench-N-1 to spread clicks over")
+    add_load_options(p)
     p.add_argument(
         "--skip",
         action="append",
@@ -795,10 +746,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    # Installed explicitly: a shell may start us with SIGINT ignored (background jobs), and Ctrl-C must still stop all.
-    signal.signal(signal.SIGINT, raise_interrupt)
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    signal.signal(signal.SIGHUP, raise_interrupt)
+    interrupt_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     if not args.locust and not shutil.which("wrk"):
         print("wrk not found. Install it: sudo apt-get install -y wrk   (or build from github.com/wg/wrk)")
         return 2
@@ -816,17 +764,14 @@ def main() -> int:
         )
     elif "oha" not in gens:
         print("oha not found: --million falls back to repeated wrk runs. Install it: cargo install oha --locked")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     logs = args.out / f"logs-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
 
     results: list[Result] = []
     try:
         print(f"starting Redis and the SQS endpoint ({args.sqs}) ...")
-        redis_url = start_redis(args.client_cpu, logs)
-        sqs = start_sqs(args.client_cpu, logs, args.sqs)
-        write_links(redis_url, args.slugs)
-        env = server_env(redis_url, sqs)
+        redis_url, sqs, env = start_backends(args.client_cpu, logs, args.slugs, args.sqs)
         print(
             f"Redis {redis_url}, SQS {sqs}, {args.slugs} links; server on core {args.server_cpu}, "
             f"load on core {args.client_cpu}; {load_generator(args)}, {args.warmup:g} s warm-up + {args.duration:g} s"

@@ -63,20 +63,23 @@ from benchkit import (  # noqa: E402
     PROCS,
     ROOT,
     VENV_BIN,
+    add_load_options,
     build_loadgen,
+    cpu_model,
     delta,
     free_port,
     histogram_quantile,
     http_get,
+    interrupt_on,
+    parser,
     pinned,
-    raise_interrupt,
+    run_stamp,
     scrape,
-    server_env,
-    start_redis,
-    start_sqs,
+    sqs_client,
+    start_backends,
     tracker_available,
+    tracker_command,
     wait_http,
-    write_links,
 )
 from trust import OK, Decision, Limits, Recorder, Usage, classify, decide, snapshot, usage  # noqa: E402
 
@@ -107,13 +110,7 @@ def parse_cpus(spec: str | None) -> list[str]:
 
 
 def machine() -> str:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} cores)"
+    return f"{platform.node()} ({cpu_model() or '?'}, {os.cpu_count()} cores)"
 
 
 def sample_others(seconds: float) -> Usage:
@@ -584,9 +581,7 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
         raise RuntimeError(f"the tracker cannot run: {why}")
     port = free_port()
     logs = args.out_dir / "logs"
-    cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
-    cmd += ["--workers", "1"]
-    proc = PROCS.start("tracker", pinned(args.tracker_cpu, cmd), logs / "tracker.log", env=env)
+    proc = PROCS.start("tracker", pinned(args.tracker_cpu, tracker_command(port)), logs / "tracker.log", env=env)
     group = limit_cpu(proc.pid, args.tracker_cpu_limit) if args.tracker_cpu_limit < 1 else None
     res.limit_cores, res.enforced = args.tracker_cpu_limit, group is not None or args.tracker_cpu_limit >= 1
     res.cpu_limit = cpu_limit_text(args.tracker_cpu_limit, group)
@@ -828,14 +823,6 @@ class ConversionMessages:
             )
         self.next += count
         return bodies
-
-
-def sqs_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
-    )
 
 
 def send(client: Any, queue_url: str, bodies: list[str]) -> None:
@@ -1610,7 +1597,7 @@ def write_chart(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--slo-ms", type=float, default=5.0, help="the tracker's p99 objective in ms (default 5)")
     p.add_argument(
         "--postback-slo-ms",
@@ -1639,9 +1626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="Locust: worker processes under one master (default: one per client core)",
     )
-    p.add_argument("--connections", type=int, default=64, help="wrk's and loadgen's connections (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="wrk's threads (default 2)")
-    p.add_argument("--slugs", type=int, default=64, help="bench links to spread clicks over (default 64)")
+    add_load_options(p)
     p.add_argument("--tracker-cpu", default="1", help="the pod's core: every role runs here in turn (default 1)")
     p.add_argument("--client-cpu", default="0", help="cores for the generators, Redis, SQS, PostgreSQL (default 0)")
     p.add_argument("--tracker-cpu-limit", type=float, help="tracker pod's CPU limit (default: from the overlay)")
@@ -1708,9 +1693,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_interrupt)
-    args.out_dir = args.out or BENCH / "results" / f"hpa-{args.started:%Y%m%d-%H%M%S}"
+    interrupt_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    args.out_dir = args.out or BENCH / "results" / f"hpa-{run_stamp(args.started)}"
     (args.out_dir / "logs").mkdir(parents=True, exist_ok=True)
     client = parse_cpus(args.client_cpu)
     if client:
@@ -1737,10 +1721,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("starting Redis and the SQS endpoint ...")
         logs = args.out_dir / "logs"
-        redis_url = start_redis(args.client_cpu, logs)
-        sqs = start_sqs(args.client_cpu, logs)
-        write_links(redis_url, args.slugs)
-        env = server_env(redis_url, sqs, ADCLICK_DRAIN_SECONDS="0.5")
+        _, sqs, env = start_backends(args.client_cpu, logs, args.slugs, ADCLICK_DRAIN_SECONDS="0.5")
         if not args.skip_tracker:
             print("\n== tracker")
             tracker = tune_tracker(args, env)

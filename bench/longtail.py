@@ -15,7 +15,6 @@ A benchmark measures, it does not pass or fail: see bench/README.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import signal
 import statistics
@@ -28,20 +27,24 @@ from typing import Any
 from benchkit import (
     BENCH,
     PROCS,
-    VENV_BIN,
+    add_load_options,
+    busy_text,
     delta,
     free_port,
     http_get,
     idle_check,
+    interrupt_on,
     metric_sum,
+    parser,
     pinned,
-    raise_interrupt,
     rss_mb,
+    run_stamp,
     scrape,
     server_env,
     start_redis,
     start_sqs,
     tracker_available,
+    tracker_command,
     wait_http,
 )
 from compare import Load, run_wrk
@@ -117,23 +120,16 @@ def wrk(args: argparse.Namespace, port: int, seconds: float, links: int, dist: s
     return run_wrk(args, port, seconds, script="longtail.lua", env={"BENCH_SLUGS": str(links), "BENCH_DIST": dist})
 
 
-def tracker_command(args: argparse.Namespace, port: int) -> list[str]:
-    cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--processes", "1"]
-    if args.workers:
-        cmd += ["--workers", str(args.workers)]
-    return cmd
-
-
 def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: int, dist: str, round_: int) -> Run:
     run = Run(links, dist, round_)
     busy, quiet = idle_check([args.server_cpu, args.client_cpu], args.wait_idle)
-    run.busy_before = ", ".join(f"core {c} {v:.0f}%" for c, v in busy.items())
+    run.busy_before = busy_text(busy)
     if not quiet:
         run.note = "busy machine"
     port = free_port()
     name = f"tracker-{links}-{dist}-r{round_}"
-    proc = PROCS.start(name, pinned(args.server_cpu, tracker_command(args, port)), logs / f"{name}.log", env=env)
+    cmd = tracker_command(port, workers=args.workers or None)
+    proc = PROCS.start(name, pinned(args.server_cpu, cmd), logs / f"{name}.log", env=env)
     try:
         wait_http(port, "/health", proc)
         status, _, _ = http_get(port, "/c/bench-1?sub1=x")
@@ -240,14 +236,13 @@ def table(runs: list[Run]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--links", default="10000,1000000", help="live link counts, the first is the all-cached run")
     p.add_argument("--dists", default="uniform,zipf", help="click distributions: uniform, zipf")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default 10)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every run this many times, interleaved (default 1)")
     p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first, to fill the cache (default 5)")
-    p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    add_load_options(p, slugs=False)
     p.add_argument("--workers", type=int, default=0, help="tracker --workers (default: the tracker's own default)")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
@@ -265,12 +260,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGINT, raise_interrupt)
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    interrupt_on(signal.SIGINT, signal.SIGTERM)
     if why := tracker_available():
         print(f"tracker not available: {why}")
         return 2
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     logs = args.out / f"logs-longtail-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []

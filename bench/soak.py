@@ -19,79 +19,55 @@ A benchmark measures; it does not pass or fail on time. It prints a verdict line
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
 from benchkit import (
-    AWS_ENV,
     BENCH,
     PROCS,
     SQS_QUEUE,
-    VENV_BIN,
+    add_load_options,
+    build_loadgen,
+    drive_loadgen,
     free_port,
     histogram_quantile,
+    interrupt_on,
     metric_sum,
+    parser,
     pinned,
-    raise_interrupt,
     rss_mb,
+    run_stamp,
     scrape,
-    start_redis,
-    start_sqs,
+    sqs_client,
+    start_backends,
     tracker_available,
+    tracker_command,
     wait_http,
-    write_links,
 )
-from compare import build_loadgen, run_wrk
+from compare import run_wrk
 
 RESULTS = BENCH / "results"
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--windows", type=int, default=20, help="measured windows at half peak (default 20)")
     p.add_argument("--window-seconds", type=float, default=30.0, help="length of each window (default 30)")
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="half-peak load before measuring (default 60)")
     p.add_argument("--peak-seconds", type=float, default=10.0, help="wrk run that measures the peak (default 10)")
     p.add_argument("--rate", type=float, help="constant rate instead of half the measured peak")
-    p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="wrk threads")
-    p.add_argument("--slugs", type=int, default=64)
+    add_load_options(p)
     p.add_argument("--server-cpu", default="1", help="core for the tracker (taskset -c); '' for none")
     p.add_argument("--client-cpu", default="0", help="core for the load, Redis and SQS; '' for none")
     args = p.parse_args()
     args.server_cpu = args.server_cpu or None
     args.client_cpu = args.client_cpu or None
     return args
-
-
-def loadgen(binary: str, args: argparse.Namespace, port: int, rate: float, seconds: float) -> dict[str, Any]:
-    cmd = [binary, "--port", str(port), "--rate", f"{rate:.0f}", "--seconds", f"{seconds:g}"]
-    cmd += ["--connections", str(args.connections), "--slugs", str(args.slugs)]
-    out = subprocess.run(pinned(args.client_cpu, cmd), capture_output=True, text=True, timeout=seconds + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-500:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-def sqs_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
 
 
 class Drainer:
@@ -159,33 +135,22 @@ def redirects(port: int) -> float:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    interrupt_on(signal.SIGTERM)
     why = tracker_available()
     if why:
         sys.exit(f"tracker unavailable: {why}")
     binary = build_loadgen()
     if binary is None:
         sys.exit("bench/loadgen could not be built (needs cargo)")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     logs = RESULTS / f"soak-logs-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
 
-    redis_url = start_redis(args.client_cpu, logs)
-    endpoint = start_sqs(args.client_cpu, logs)
-    write_links(redis_url, args.slugs)
+    _, endpoint, env = start_backends(
+        args.client_cpu, logs, args.slugs, ADCLICK_LOG_LEVEL="WARNING", ADCLICK_DRAIN_SECONDS="0"
+    )
     port = free_port()
-    env = {
-        **os.environ,
-        **AWS_ENV,
-        "ADCLICK_REDIS_URL": redis_url,
-        "ADCLICK_SQS_ENDPOINT_URL": endpoint,
-        "ADCLICK_CLICKS_QUEUE": SQS_QUEUE,
-        "ADCLICK_LOG_LEVEL": "WARNING",
-        "ADCLICK_DRAIN_SECONDS": "0",
-    }
-    cmd = [str(VENV_BIN / "adclick"), "tracker", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--processes", "1", "--workers", "1"]
-    tracker = PROCS.start("tracker", pinned(args.server_cpu, cmd), logs / "tracker.log", env=env)
+    tracker = PROCS.start("tracker", pinned(args.server_cpu, tracker_command(port)), logs / "tracker.log", env=env)
     wait_http(port, "/health", tracker)
 
     peak = run_wrk(args, port, args.peak_seconds)
@@ -193,7 +158,7 @@ def main() -> int:
     print(f"peak (wrk, {args.connections} connections, {args.peak_seconds:g} s): {peak.rps:,.0f} req/s", end="")
     print(f"; soak at {rate:,.0f}/s")
     if args.warmup_seconds > 0:
-        warm = loadgen(binary, args, port, rate, args.warmup_seconds)
+        warm = drive_loadgen(binary, args, port, rate, args.warmup_seconds)
         print(f"warm-up {args.warmup_seconds:g} s: p99 {warm['p99_ms']:.2f} ms, RSS {rss_mb(tracker.pid):.1f} MiB")
 
     time.sleep(1.0)  # let the last warm-up events ship, then start the count from an empty queue
@@ -207,7 +172,7 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in range(1, args.windows + 1):
         before = scrape(port)
-        out = loadgen(binary, args, port, rate, args.window_seconds)
+        out = drive_loadgen(binary, args, port, rate, args.window_seconds)
         engine = histogram_quantile(before, scrape(port), 0.99)
         row = {
             "window": n,

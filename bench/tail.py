@@ -16,7 +16,6 @@ docs/capacity/2026-11-28-tracker-latency-on-the-wire.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import signal
 import subprocess
@@ -31,13 +30,12 @@ from benchkit import (
     SQS_ENDPOINTS,
     build_loadgen,
     free_port,
+    interrupt_on,
+    parser,
     pinned,
-    raise_interrupt,
-    server_env,
-    start_redis,
-    start_sqs,
+    run_stamp,
+    start_backends,
     wait_http,
-    write_links,
 )
 from compare import server_command
 from wirelat import available, capture, quantile, server_latencies
@@ -131,7 +129,7 @@ def run_variant(
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--rate", type=float, default=3600, help="requests/s, constant (default 3600)")
     p.add_argument("--seconds", type=float, default=10, help="seconds per round (default 10)")
     p.add_argument("--rounds", type=int, default=2, help="rounds per variant (default 2)")
@@ -146,10 +144,9 @@ def main() -> int:
     p.add_argument("--sqs", choices=SQS_ENDPOINTS, default="lite", help="SQS endpoint: sqs_lite (default) or moto")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
-    p.add_argument("--out", type=Path, default=BENCH / "results" / f"tail-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    p.add_argument("--out", type=Path, default=BENCH / "results" / f"tail-{run_stamp()}")
     args = p.parse_args()
-    signal.signal(signal.SIGINT, raise_interrupt)
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    interrupt_on(signal.SIGINT, signal.SIGTERM)
     if why := available():
         print(f"cannot capture: {why}")
         return 2
@@ -166,10 +163,7 @@ def main() -> int:
         variants.append(("bare-robyn", "robyn", {}))
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        redis_url = start_redis(args.client_cpu, args.out)
-        sqs = start_sqs(args.client_cpu, args.out, args.sqs)
-        write_links(redis_url, 64)
-        env = server_env(redis_url, sqs)
+        _, _, env = start_backends(args.client_cpu, args.out, 64, args.sqs)
         print(f"{args.rate:,.0f} req/s, {args.rounds} rounds of {args.seconds:g} s per variant; logs in {args.out}")
         for name, target, extra in variants:
             run_variant(args, name, target, extra, env)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
-from support.tracker import request
+from support.roles import request
 
 
 def dev_env() -> dict[str, str]:

@@ -24,7 +24,8 @@ from adclick.core.settings import PostbackSettings
 from adclick.postback.intake import Incoming, Intake
 from prometheus_client import generate_latest
 from support.procs import ProcessGuard
-from support.tracker import TrackerProc, request
+from support.roles import request
+from support.tracker import TrackerProc
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod")

@@ -8,8 +8,9 @@ import sys
 
 from support.manager import ManagerApi, add_api_token
 from support.procs import ProcessGuard, free_port, wait_until, within_a_second
+from support.roles import request
 from support.seeding import seed_campaign_api
-from support.tracker import UA_DESKTOP, TrackerProc, request
+from support.tracker import UA_DESKTOP, TrackerProc
 
 LANDING = "https://shop.example/lp?cid={click_id}"
 FALLBACK = "https://shop.example/sold-out"

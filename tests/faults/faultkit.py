@@ -19,10 +19,10 @@ from sqlalchemy.engine import make_url
 from support.database import PostgresServer
 from support.load import Load, Postbacks
 from support.procs import ProcessGuard, wait_until
+from support.roles import prometheus, status_of
 from support.seeding import seed_campaign_api
 from support.servers import DUMMY_AWS_ENV, RedisServer, SqsServer
 from support.system import System
-from support.tracker import prometheus, status_of
 
 CLICKS_QUEUE = "chaos-clicks"
 CONVERSIONS_QUEUE = "chaos-conversions"

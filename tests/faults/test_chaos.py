@@ -17,7 +17,7 @@ import pytest
 from faultkit import CLICKS_QUEUE, CONVERSIONS_QUEUE, TALLIES, FaultSystem, full, reconcile
 from support.load import Load, Postbacks
 from support.procs import wait_until
-from support.tracker import prometheus, status_of
+from support.roles import prometheus
 
 pytestmark = pytest.mark.slow  # minutes of load and outages, even in the short form
 
@@ -50,7 +50,7 @@ def restart_redis(system: FaultSystem) -> None:
     system.redis.stop()
     time.sleep(1.0)
     system.redis.start()
-    wait_until(lambda: status_of(system.tracker.port, "/health") == 200, timeout=30, message="tracker healthy")
+    wait_until(lambda: system.tracker.health() == 200, timeout=30, message="tracker healthy")
 
 
 def sqs_outage(system: FaultSystem) -> None:

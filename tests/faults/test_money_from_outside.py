@@ -14,7 +14,8 @@ from decimal import Decimal
 
 from faultkit import FaultSystem
 from support.procs import wait_until
-from support.tracker import UA_IPHONE, UA_SLACKBOT, request
+from support.roles import request
+from support.tracker import UA_IPHONE, UA_SLACKBOT
 
 
 def _location(system: FaultSystem, slug: str, user_agent: str = UA_IPHONE) -> tuple[int, str]:

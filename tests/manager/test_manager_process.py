@@ -9,9 +9,9 @@ import sys
 import urllib.request
 
 from support.procs import ProcessGuard, free_port, wait_until
+from support.roles import status_of
 from support.seeding import seed_database
 from support.servers import RedisServer
-from support.tracker import status_of
 
 
 def get(url: str) -> tuple[int, dict[str, str], str]:

@@ -13,8 +13,8 @@ import urllib.request
 from adclick.postback.intake import GIF
 from postback_helpers import QUEUE, click_id, conversions, tampered
 from support.procs import ProcessGuard, free_port, wait_until
+from support.roles import status_of
 from support.servers import SqsServer
-from support.tracker import status_of
 
 
 def get(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:

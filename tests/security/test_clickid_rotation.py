@@ -24,9 +24,10 @@ from adclick.worker.messages import encode_conversion
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.procs import ProcessGuard, free_port, wait_until
+from support.roles import request
 from support.seeding import seed_campaign
 from support.servers import RedisServer, SqsServer
-from support.tracker import TrackerProc, request
+from support.tracker import TrackerProc
 
 pytestmark = pytest.mark.anyio
 

@@ -1,12 +1,13 @@
 """Fixtures for every suite (a pytest plugin, loaded by tests/conftest.py): a real redis-server, a real SQS endpoint
-(moto server) with the tracker's clicks queue on request, and the env pointing at them; real PostgreSQL and SQLite
-databases, migrated to head (tests taking `database_url` run on both)."""
+(moto server) with the tracker's clicks queue on request, the env pointing at them and trackers started on it; real
+PostgreSQL and SQLite databases, migrated to head (tests taking `database_url` run on both)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from .database import PostgresServer, migrated_postgres_template, migrated_sqlite_template, unique_name
 from .procs import ProcessGuard
 from .servers import DUMMY_AWS_ENV, RedisServer, SqsServer
+from .tracker import TrackerProc
 
 
 @pytest.fixture
@@ -78,6 +80,12 @@ def adclick_env(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, sqs_
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def start_tracker(process_guard: ProcessGuard, adclick_env: dict[str, str]) -> Callable[..., TrackerProc]:
+    """`start_tracker(**settings)`: `adclick tracker` on the test's Redis and SQS endpoint (see `TrackerProc`)."""
+    return functools.partial(TrackerProc, process_guard, adclick_env)
 
 
 @pytest.fixture(scope="session")

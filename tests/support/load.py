@@ -9,7 +9,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from .tracker import UA_IPHONE, click_id_from, click_path, request
+from .roles import request
+from .tracker import UA_IPHONE, click_id_from, click_path
 
 
 @dataclass

@@ -18,9 +18,9 @@ from adclick.manager.security import hash_password
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .roles import status_of
 from .seeding import seed_campaign
 from .servers import RedisServer
-from .tracker import status_of
 
 PASSWORD = "correct horse battery staple"
 TRACKER = "https://go.example"

@@ -6,61 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .manager import TEST_PASSWORD_COST, ManagerApi, add_api_token
-from .procs import ManagedProcess, ProcessGuard, free_port, wait_until
-from .tracker import status_of
+from .procs import ProcessGuard, free_port
+from .roles import CLI, Role, serve, settings_env
 
 ADMIN = "system-admin@example.com"
 PASSWORD = "system test password, not a secret"
-CLI = [sys.executable, "-m", "adclick.cli"]
-
-
-@dataclass
-class Role:
-    """One `adclick <role>` process on its own port; `start()` again after it stopped brings it back on that port."""
-
-    guard: ProcessGuard
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    proc: ManagedProcess | None = None
-    starts: int = 0
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def spawn(self) -> None:
-        self.starts += 1
-        self.proc = self.guard.spawn(self.argv, name=f"{self.name}-{self.starts}", env=self.env)
-
-    def wait_healthy(self, within: float = 60.0) -> None:
-        wait_until(
-            lambda: status_of(self.port, "/health") == 200,
-            timeout=within,
-            interval=0.05,
-            message=f"{self.name} /health 200",
-            proc=self.proc,
-        )
-
-    def start(self, within: float = 60.0) -> None:
-        self.spawn()
-        self.wait_healthy(within)
-
-    def signal(self, sig: int, within: float = 60.0) -> int:
-        """Send `sig` and wait for the exit; return the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(within)
-
-    def output(self) -> str:
-        return self.proc.output() if self.proc else ""
 
 
 class System:
@@ -85,40 +39,21 @@ class System:
             "ADCLICK_WORKER_WAIT_SECONDS": "1",
             "ADCLICK_MANAGER_TRACKER_BASE_URL": f"http://127.0.0.1:{ports['tracker']}",
             "ADCLICK_MANAGER_POSTBACK_BASE_URL": f"http://127.0.0.1:{ports['postback']}",
-            **{f"ADCLICK_{key.upper()}": str(value) for key, value in TEST_PASSWORD_COST.items()},
+            **settings_env(TEST_PASSWORD_COST),
         }
         for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL"):
             self.env.pop(name, None)
-        self.env.update({f"ADCLICK_{key.upper()}": str(value) for key, value in settings.items()})
-
-        def serve(role: str) -> list[str]:
-            return [*CLI, role, "--host", "127.0.0.1", "--port", str(ports[role])]
+        self.env.update(settings_env(settings))
 
         worker_env = {**self.env, "ADCLICK_WORKER_HEALTH_HOST": "127.0.0.1"}
         worker_env["ADCLICK_WORKER_HEALTH_PORT"] = str(ports["worker"])
-        self.roles = {
-            "worker": Role(guard, "worker", [*CLI, "worker"], worker_env, ports["worker"]),  # creates the queues
-            "manager": Role(guard, "manager", serve("manager"), self.env, ports["manager"]),
-            "tracker": Role(guard, "tracker", serve("tracker"), self.env, ports["tracker"]),
-            "postback": Role(guard, "postback", serve("postback"), self.env, ports["postback"]),
-        }
+        self.worker = Role(guard, "worker", [*CLI, "worker"], worker_env, ports["worker"])
+        self.manager = Role(guard, "manager", serve("manager", ports["manager"]), self.env, ports["manager"])
+        self.tracker = Role(guard, "tracker", serve("tracker", ports["tracker"]), self.env, ports["tracker"])
+        self.postback = Role(guard, "postback", serve("postback", ports["postback"]), self.env, ports["postback"])
+        # The worker first: it creates the queues.
+        self.roles = {role.name: role for role in (self.worker, self.manager, self.tracker, self.postback)}
         self.api_token = ""
-
-    @property
-    def tracker(self) -> Role:
-        return self.roles["tracker"]
-
-    @property
-    def worker(self) -> Role:
-        return self.roles["worker"]
-
-    @property
-    def postback(self) -> Role:
-        return self.roles["postback"]
-
-    @property
-    def manager(self) -> Role:
-        return self.roles["manager"]
 
     def start(self, *names: str) -> None:
         """Start the named roles (all by default) side by side, make the admin, and wait until each is healthy."""

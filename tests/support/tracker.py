@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from adclick import _native
 
-from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
+from support.procs import ProcessGuard, free_port, wait_until
+from support.roles import Role, serve, settings_env
+from support.roles import request as request  # tests/bench imports it from here
 from support.servers import SqsServer
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def location(self) -> str | None:
-        return self.headers.get("location")
-
-
-class TrackerProc:
-    """`adclick tracker` as a child process on a free port."""
+class TrackerProc(Role):
+    """`adclick tracker` as a child process on a free port (or `port`), healthy on return unless `wait=False`."""
 
     def __init__(
         self,
@@ -39,79 +27,13 @@ class TrackerProc:
         port: int | None = None,
         **settings: object,
     ) -> None:
-        self.port = port or free_port()
-        full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        full.setdefault("ADCLICK_DRAIN_SECONDS", "1")
-        full.setdefault("ADCLICK_FLUSH_INTERVAL_MS", "50")
-        for key, value in settings.items():
-            full[f"ADCLICK_{key.upper()}"] = str(value)
-        argv = [sys.executable, "-m", "adclick.cli", "tracker", "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--processes", str(processes)]
-        self.proc: ManagedProcess = guard.spawn(argv, name=f"tracker-{self.port}", env=full)
+        port = port or free_port()
+        defaults = {"ADCLICK_DRAIN_SECONDS": "1", "ADCLICK_FLUSH_INTERVAL_MS": "50"}  # unless `env` says otherwise
+        full = {**defaults, **os.environ, **env, "PYTHONUNBUFFERED": "1", **settings_env(settings)}
+        super().__init__(guard, "tracker", [*serve("tracker", port), "--processes", str(processes)], full, port)
+        self.spawn()
         if wait:
             self.wait_healthy()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.health() == 200, timeout=timeout, message="tracker /health 200", proc=self.proc)
-
-    def health(self) -> int | None:
-        try:
-            return request(self.port, "GET", "/health", timeout=1.0).status
-        except OSError:
-            return None
-
-    def metrics(self) -> dict[str, float]:
-        """Prometheus samples summed by name and labels, e.g. 'adclick_click_requests_total{outcome="redirect"}'."""
-        return samples(request(self.port, "GET", "/metrics").body.decode())
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-    timeout: float = 5.0,
-) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=dict(headers or {}))
-        resp = conn.getresponse()
-        data = resp.read()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-    finally:
-        conn.close()
-
-
-def status_of(port: int, path: str, method: str = "GET") -> int | None:
-    """The status of one request, or None when nothing answers within two seconds."""
-    try:
-        return request(port, method, path, timeout=2.0).status
-    except (OSError, http.client.HTTPException):
-        return None
-
-
-def samples(text: str) -> dict[str, float]:
-    """Prometheus text as samples summed by name and labels (`name{labels}`)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = out.get(name, 0.0) + float(value)
-    return out
-
-
-def prometheus(port: int, path: str = "/metrics") -> dict[str, float]:
-    """A role's samples (see `samples`); empty when the process does not answer."""
-    try:
-        reply = request(port, "GET", path, timeout=3.0)
-    except (OSError, http.client.HTTPException):
-        return {}
-    return samples(reply.body.decode()) if reply.status == 200 else {}
 
 
 def click_path(slug: str, **params: str) -> str:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from adclick import _native
 from adclick.core.links import INVALIDATE_CHANNEL, publish_link
-from support.procs import ProcessGuard, wait_until, within_a_second
+from support.procs import wait_until, within_a_second
+from support.roles import Reply, request
 from support.servers import RedisServer, SqsServer
-from support.tracker import (
-    UA_DESKTOP,
-    UA_SLACKBOT,
-    Reply,
-    TrackerProc,
-    click_id_from,
-    click_path,
-    collect_events,
-    events_in,
-    request,
-)
+from support.tracker import UA_DESKTOP, UA_SLACKBOT, TrackerProc, click_id_from, click_path, collect_events, events_in
 
 CODEC = _native.ClickIdCodec(1, b"dev-only-click-secret-change-me")
 URL = "https://shop.example/landing?cid={click_id}&s1={sub1}"
@@ -56,16 +48,12 @@ def flags_of(location: str) -> tuple[int, int]:
 
 
 def test_a_blocked_address_gets_the_fallback_its_event_says_blocked_and_unblocking_takes_under_a_second(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
     client = redis_server.client()
     publish_link(client, link("summer", 42, fallback_url=FALLBACK))
     publish_link(client, link("nofb", 43))
-    tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1)
+    tracker = start_tracker(trusted_proxies=1)
     assert click(tracker, "summer", "203.0.113.9")[1].startswith("https://shop.example/"), "nothing blocked yet"
 
     set_blocklist(redis_server, ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"])
@@ -123,15 +111,11 @@ def test_a_blocked_address_gets_the_fallback_its_event_says_blocked_and_unblocki
 
 
 def test_blocked_action_403_from_the_list_read_at_startup_and_a_bad_list_keeps_the_last_good_one(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
     publish_link(redis_server.client(), link("summer", 42, fallback_url=FALLBACK))
     set_blocklist(redis_server, ["203.0.113.0/24"], announce=False)
-    tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, blocked_action="403")
+    tracker = start_tracker(trusted_proxies=1, blocked_action="403")
     # Ready means the list has been read: the very first click is checked against it.
     reply = proxied(tracker, "summer", "203.0.113.9")
     assert reply.status == 403 and "location" not in reply.headers and "set-cookie" not in reply.headers

@@ -8,13 +8,15 @@ import socket
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from adclick import _native
 from adclick.core.links import publish_link
 from support.load import Load
-from support.procs import ProcessGuard, free_port, wait_until, within_a_second
+from support.procs import ProcessGuard, free_port, port_open, wait_until, within_a_second
+from support.roles import request
 from support.seeding import seed_database
 from support.servers import QueueReader, RedisServer, SqsServer
 from support.tracker import (
@@ -26,7 +28,6 @@ from support.tracker import (
     click_path,
     collect_events,
     events_in,
-    request,
 )
 
 TEMPLATE = (
@@ -40,8 +41,8 @@ def link(slug: str = "summer", url: str = TEMPLATE, **extra: object) -> dict[str
 
 
 @pytest.fixture
-def tracker(process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str) -> TrackerProc:
-    return TrackerProc(process_guard, adclick_env)
+def tracker(start_tracker: Callable[..., TrackerProc], clicks_queue: str) -> TrackerProc:
+    return start_tracker()
 
 
 def events_read(reader: QueueReader, want: set[str], timeout: float) -> list[dict]:
@@ -99,13 +100,9 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
 
 
 def test_trusted_proxy_cookie_bot_and_head(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, trusted_proxies=1, anonymize_ip="true")
+    tracker = start_tracker(trusted_proxies=1, anonymize_ip="true")
     publish_link(redis_server.client(), link(cookie=True))
     reply = request(
         tracker.port,
@@ -114,17 +111,17 @@ def test_trusted_proxy_cookie_bot_and_head(
         headers={"X-Forwarded-For": "203.0.113.77, 10.0.0.1", "User-Agent": UA_DESKTOP},
     )
     assert reply.status == 302
-    cid = urllib.parse.parse_qs(urllib.parse.urlsplit(reply.location or "").query)["cid"][0]
+    cid = click_id_from(reply.location or "")
     cookie = reply.headers["set-cookie"]
     assert cookie.startswith(f"adclick_cid={cid};") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
     bot = request(tracker.port, "GET", click_path("summer"), headers={"User-Agent": UA_SLACKBOT})
     assert bot.status == 302
-    bot_cid = urllib.parse.parse_qs(urllib.parse.urlsplit(bot.location or "").query)["cid"][0]
+    bot_cid = click_id_from(bot.location or "")
 
     head = request(tracker.port, "HEAD", click_path("summer"), headers={"User-Agent": UA_DESKTOP})
     assert head.status == 302 and head.location and head.location.startswith("https://shop.example/landing")
-    head_cid = urllib.parse.parse_qs(urllib.parse.urlsplit(head.location).query)["cid"][0]
+    head_cid = click_id_from(head.location)
 
     events = collect_events(sqs_server, clicks_queue, {cid, bot_cid})
     by_id = {e["click_id"]: e for e in events}
@@ -251,13 +248,9 @@ def test_sqs_outage_under_load_loses_no_click(
 
 
 def test_sigterm_under_load_drains_then_ships_every_answered_click(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, drain_seconds=2, flush_interval_ms=1000)
+    tracker = start_tracker(drain_seconds=2, flush_interval_ms=1000)
     publish_link(redis_server.client(), link())
     with sqs_server.reader(clicks_queue) as reader:
         with Load(tracker.port, "summer") as load:
@@ -276,21 +269,17 @@ def test_sigterm_under_load_drains_then_ships_every_answered_click(
 
 
 def test_sigterm_as_soon_as_the_port_opens_still_drains_and_ships_every_answered_click(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
     publish_link(redis_server.client(), link())
-    tracker = TrackerProc(process_guard, adclick_env, wait=False, drain_seconds=1.5, flush_interval_ms=1000)
-
-    def port_open() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", tracker.port), timeout=0.2):
-            return True
-        return False
-
-    wait_until(port_open, timeout=20, interval=0.001, message="the tracker's port open", proc=tracker.proc)
+    tracker = start_tracker(wait=False, drain_seconds=1.5, flush_interval_ms=1000)
+    wait_until(
+        lambda: port_open(tracker.port),
+        timeout=20,
+        interval=0.001,
+        message="the tracker's port open",
+        proc=tracker.proc,
+    )
     tracker.proc.send_signal(signal.SIGTERM)  # before /health says ok: the window in which actix used to get it
     with Load(tracker.port, "summer") as load:
         time.sleep(1.0)
@@ -333,13 +322,9 @@ def _queue_exists(sqs: SqsServer, name: str) -> bool:
 
 
 def test_two_processes_share_the_port_and_both_flush_on_sigterm(
-    process_guard: ProcessGuard,
-    adclick_env: dict[str, str],
-    redis_server: RedisServer,
-    sqs_server: SqsServer,
-    clicks_queue: str,
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, processes=2, drain_seconds=0.5, flush_interval_ms=5000)
+    tracker = start_tracker(processes=2, drain_seconds=0.5, flush_interval_ms=5000)
     publish_link(redis_server.client(), link())
     with Load(tracker.port, "summer", connections=8) as load:
         time.sleep(1.5)
@@ -377,11 +362,11 @@ def time_wait_on(port: int) -> None:
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_tracker_is_taken_again(
-    process_guard: ProcessGuard, adclick_env: dict[str, str]
+    start_tracker: Callable[..., TrackerProc],
 ) -> None:
     port = free_port()
     time_wait_on(port)
-    tracker = TrackerProc(process_guard, adclick_env, port=port)
+    tracker = start_tracker(port=port)
     assert tracker.health() == 200
 
 
@@ -431,15 +416,13 @@ def test_forged_clickid_cookie_is_ignored(
     reply = request(tracker.port, "GET", "/c/summer", headers={"Cookie": f"adclick_cid={forged}"})
     assert reply.status == 302
     assert forged not in (reply.location or "") and forged not in reply.headers.get("set-cookie", "")
-    cid = urllib.parse.parse_qs(urllib.parse.urlsplit(reply.location or "").query)["cid"][0]
+    cid = click_id_from(reply.location or "")
     [event] = collect_events(sqs_server, clicks_queue, {cid})
     assert forged not in str(event)
 
 
-def test_stalled_and_idle_connections_are_closed(
-    process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str
-) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, header_timeout_seconds=1, keepalive_timeout_seconds=2)
+def test_stalled_and_idle_connections_are_closed(start_tracker: Callable[..., TrackerProc], clicks_queue: str) -> None:
+    tracker = start_tracker(header_timeout_seconds=1, keepalive_timeout_seconds=2)
 
     def closed_by_server(sock: socket.socket, trickle: bool, limit: float) -> float:
         sock.settimeout(0.2)
@@ -477,12 +460,10 @@ def test_stalled_and_idle_connections_are_closed(
 
 
 def test_metrics_expose_outcomes_latency_cache_and_shipping(
-    process_guard: ProcessGuard, adclick_env: dict[str, str], redis_server: RedisServer, clicks_queue: str
+    start_tracker: Callable[..., TrackerProc], redis_server: RedisServer, clicks_queue: str
 ) -> None:
-    # The link exists before the tracker starts: published after, its invalidation could reach the tracker just
-    # after the first click cached it and cost a second miss (seen once in a clean-clone CI run: 8 hits).
     publish_link(redis_server.client(), link())
-    tracker = TrackerProc(process_guard, adclick_env)
+    tracker = start_tracker()
     for _ in range(10):
         request(tracker.port, "GET", "/c/summer", headers={"User-Agent": UA_DESKTOP})
     request(tracker.port, "GET", "/c/nope")
@@ -516,12 +497,12 @@ def test_metrics_expose_outcomes_latency_cache_and_shipping(
 
 
 def test_cache_bounds_come_from_settings_and_a_byte_bound_too_small_is_refused(
-    process_guard: ProcessGuard, adclick_env: dict[str, str]
+    start_tracker: Callable[..., TrackerProc],
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env, cache_max_entries=5000, cache_max_bytes=8 << 20)
+    tracker = start_tracker(cache_max_entries=5000, cache_max_bytes=8 << 20)
     m = tracker.metrics()
     assert (m["adclick_cache_max_entries"], m["adclick_cache_max_bytes"]) == (5000, 8 << 20)
-    refused = TrackerProc(process_guard, adclick_env, wait=False, cache_max_entries=100_000, cache_max_bytes=1 << 20)
+    refused = start_tracker(wait=False, cache_max_entries=100_000, cache_max_bytes=1 << 20)
     assert refused.proc.wait(30) != 0
     assert "max_bytes" in refused.proc.output()
 
@@ -539,9 +520,9 @@ def _threads(pid: int) -> dict[int, tuple[str, int]]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread priorities from /proc")
 def test_shipping_and_sweeping_threads_yield_the_core_to_clicks(
-    process_guard: ProcessGuard, adclick_env: dict[str, str], clicks_queue: str
+    start_tracker: Callable[..., TrackerProc], clicks_queue: str
 ) -> None:
-    tracker = TrackerProc(process_guard, adclick_env)
+    tracker = start_tracker()
     assert request(tracker.port, "GET", "/c/none").status == 404  # the actix worker has served a request
     threads = _threads(tracker.proc.pid)
     # The shipper (Rust) and the reaper have threads of their own; the event loop runs on the main thread.
@@ -568,5 +549,5 @@ def test_shipping_and_sweeping_threads_yield_the_core_to_clicks(
             blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
             assert all(blocked >> (sig - 1) & 1 for sig in (signal.SIGTERM, signal.SIGINT)), (name, hex(blocked))
 
-    quiet = TrackerProc(process_guard, adclick_env, background_nice=0)
+    quiet = start_tracker(background_nice=0)
     assert {nice for _, nice in _threads(quiet.proc.pid).values()} == {0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,8 @@ from adclick.worker.messages import pack_clicks
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.database import PostgresServer
-from support.procs import ProcessGuard
+from support.procs import wait_until
+from support.roles import prometheus
 from workerkit import (
     CODEC,
     HOUR_MS,
@@ -51,13 +53,8 @@ def backlog(link_id: int, messages: int, per_message: int, start: int = 0) -> tu
 async def deleted(worker: WorkerProc, queue: str, at_least: int) -> bool:
     """Whether the worker process has committed and deleted that many messages (asked over /metrics, not the
     database: on SQLite a reader would queue behind the worker's write transactions)."""
-    reply = await asyncio.to_thread(worker.get, "/metrics")
-    if reply is None or reply[0] != 200:
-        return False
-    for line in reply[1].splitlines():
-        if line.startswith(f'adclick_worker_messages_total{{queue="{queue}"}}'):
-            return float(line.rpartition(" ")[2]) >= at_least
-    return False
+    metrics = await asyncio.to_thread(prometheus, worker.port)
+    return metrics.get(f'adclick_worker_messages_total{{queue="{queue}"}}', 0.0) >= at_least
 
 
 async def stored_ids(engine: AsyncEngine) -> set[str]:
@@ -65,16 +62,12 @@ async def stored_ids(engine: AsyncEngine) -> set[str]:
 
 
 async def test_health_and_metrics(
-    worker: InProcessWorker,
-    db_engine: AsyncEngine,
-    database_url: str,
-    adclick_env: dict[str, str],
-    process_guard: ProcessGuard,
+    worker: InProcessWorker, db_engine: AsyncEngine, start_worker: Callable[..., WorkerProc]
 ) -> None:
     (setup,) = await seed(worker.sessions, payout_amount=D("1"))
     await worker.send("clicks", backlog(setup.link_id, 2, 10)[0])
     await worker.send("conversions", [conversion_body(CODEC.generate(setup.link_id, T0), "M-1")])
-    proc = WorkerProc(process_guard, adclick_env, database_url)
+    proc = start_worker()
     proc.wait_healthy()
     await wait_for(lambda: worker.drained(), message="queues drained by the worker process")
 
@@ -89,25 +82,19 @@ async def test_health_and_metrics(
     assert proc.get("/nope") == (404, "404: Not Found")
 
     # A heartbeat older than the limit is a dead worker to the liveness probe.
-    stale = WorkerProc(process_guard, adclick_env, database_url, worker_heartbeat_stale_seconds="0.000001")
-    from support.procs import wait_until
-
+    stale = start_worker(worker_heartbeat_stale_seconds="0.000001")
     wait_until(lambda: stale.get("/health") is not None, timeout=30, message="stale worker answers", proc=stale.proc)
     reply = stale.get("/health")
     assert reply is not None and reply[0] == 503
 
 
 async def test_sigterm_finishes_the_batch_in_flight_and_exits_zero(
-    worker: InProcessWorker,
-    db_engine: AsyncEngine,
-    database_url: str,
-    adclick_env: dict[str, str],
-    process_guard: ProcessGuard,
+    worker: InProcessWorker, db_engine: AsyncEngine, start_worker: Callable[..., WorkerProc]
 ) -> None:
     (setup,) = await seed(worker.sessions)
     bodies, ids = backlog(setup.link_id, 120, 200)
     await worker.send("clicks", bodies)
-    proc = WorkerProc(process_guard, adclick_env, database_url, worker_concurrency=2)
+    proc = start_worker(worker_concurrency=2)
     await wait_for(lambda: deleted(proc, "clicks", 1), within=60, message="the first click messages done")
     proc.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.proc.wait, 60) == 0, proc.proc.output()
@@ -124,11 +111,7 @@ async def test_sigterm_finishes_the_batch_in_flight_and_exits_zero(
 
 
 async def test_sigkill_mid_backlog_then_restart_stores_everything_once(
-    worker: InProcessWorker,
-    db_engine: AsyncEngine,
-    database_url: str,
-    adclick_env: dict[str, str],
-    process_guard: ProcessGuard,
+    worker: InProcessWorker, db_engine: AsyncEngine, start_worker: Callable[..., WorkerProc]
 ) -> None:
     one, two = await seed(worker.sessions, affiliates=2, payout_amount=D("2"), revenue_amount=D("3"), daily_cap=25)
     bodies, ids = backlog(one.link_id, 250, 200)
@@ -141,14 +124,14 @@ async def test_sigkill_mid_backlog_then_restart_stores_everything_once(
     await worker.send("clicks", bodies)
     await worker.send("conversions", postbacks)
     settings: dict[str, Any] = {"worker_concurrency": 2, "worker_visibility_timeout": 5}
-    first = WorkerProc(process_guard, adclick_env, database_url, **settings)
+    first = start_worker(**settings)
 
     await wait_for(lambda: deleted(first, "clicks", 10), within=90, message="part of the backlog stored")
     first.proc.kill()  # SIGKILL: no chance to finish anything
     assert first.proc.returncode == -signal.SIGKILL
     assert len(await stored_ids(db_engine)) < 250 * 200
 
-    WorkerProc(process_guard, adclick_env, database_url, **settings)
+    start_worker(**settings)
     await wait_for(lambda: worker.drained(), within=180, message="the backlog drained after the restart")
 
     every = {click_id for message in ids for click_id in message}
@@ -173,13 +156,11 @@ async def worker_conversions(engine: AsyncEngine) -> list[tuple[str, str]]:
 async def test_database_down_for_ten_seconds_under_load_loses_nothing(
     worker: InProcessWorker,
     db_engine: AsyncEngine,
-    database_url: str,
-    adclick_env: dict[str, str],
-    process_guard: ProcessGuard,
+    start_worker: Callable[..., WorkerProc],
     postgres_server: PostgresServer,
 ) -> None:
     (setup,) = await seed(worker.sessions, payout_amount=D("2"))
-    proc = WorkerProc(process_guard, adclick_env, database_url, worker_concurrency=2, sqs_max_receives=3)
+    proc = start_worker(worker_concurrency=2, sqs_max_receives=3)
     proc.wait_healthy()
     sent: list[list[str]] = []
     postbacks = 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -33,6 +34,8 @@ from adclick.worker.messages import encode_conversion, pack_clicks
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.procs import ProcessGuard, free_port
+from support.roles import CLI, Role, request, settings_env
 from support.seeding import seed_campaign
 
 CODEC = _native.ClickIdCodec(1, DEFAULT_CLICK_SECRET.encode())
@@ -329,57 +332,29 @@ def packed(events: Sequence[dict[str, Any]], per_message: int = 500) -> list[str
     return [pack_clicks(list(events[i : i + per_message])) for i in range(0, len(events), per_message)]
 
 
-class WorkerProc:
-    """`adclick worker` as a real child process on the test's SQS endpoint, Redis and database."""
+class WorkerProc(Role):
+    """`adclick worker` as a real child process on the test's SQS endpoint, Redis and database, started at once."""
 
-    def __init__(self, guard: Any, env: dict[str, str], database_url: str, **settings: object) -> None:
-        import os
-        import sys
-
-        from support.procs import free_port
-
-        self.health_port = free_port()
-        full = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "ADCLICK_DATABASE_URL": database_url}
+    def __init__(self, guard: ProcessGuard, env: Mapping[str, str], database_url: str, **settings: object) -> None:
+        port = free_port()
         defaults = {
             "clicks_queue": "clicks",
             "conversions_queue": "conversions",
             "worker_wait_seconds": 1,
             "worker_health_host": "127.0.0.1",
-            "worker_health_port": self.health_port,
+            "worker_health_port": port,
             "sqs_max_receives": 5,
             "log_level": "INFO",
         }
-        for key, value in {**defaults, **settings}.items():
-            full[f"ADCLICK_{key.upper()}"] = str(value)
-        argv = [sys.executable, "-m", "adclick.cli", "worker"]
-        self.proc = guard.spawn(argv, name=f"worker-{self.health_port}", env=full)
+        full = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "ADCLICK_DATABASE_URL": database_url}
+        full.update(settings_env({**defaults, **settings}))
+        super().__init__(guard, "worker", [*CLI, "worker"], full, port)
+        self.spawn()
 
     def get(self, path: str) -> tuple[int, str] | None:
-        import http.client
-
-        connection = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=2)
+        """(status, body) of a GET on the health port; None when nothing answers."""
         try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
+            reply = request(self.port, "GET", path, timeout=2)
         except OSError:
             return None
-        finally:
-            connection.close()
-
-    def wait_healthy(self, within: float = 30.0) -> None:
-        from support.procs import wait_until
-
-        wait_until(
-            lambda: (self.get("/health") or (0, ""))[0] == 200, timeout=within, message="worker /health", proc=self.proc
-        )
-
-    def metrics(self) -> dict[str, float]:
-        reply = self.get("/metrics")
-        assert reply is not None and reply[0] == 200
-        out: dict[str, float] = {}
-        for line in reply[1].splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return reply.status, reply.body.decode()

@@ -25,7 +25,7 @@ from adclick.core.db.models import (
     Link,
     Offer,
 )
-from adclick.core.db.session import create_engine, session_factory
+from adclick.core.db.session import session_factory
 from adclick.core.db.upsert import increment, insert_ignore, release_cap, take_cap
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -35,7 +35,7 @@ from sqlalchemy import column, func, insert, inspect, select, table, text, updat
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from support.database import PostgresServer, unique_name
+from support.database import PostgresServer, engine_on, unique_name
 from support.rollups import projection_mismatches
 from support.seeding import seed_campaign
 
@@ -95,12 +95,8 @@ def _migrate_command(url: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _tables(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
-    finally:
-        await engine.dispose()
+    async with engine_on(url) as engine, engine.connect() as connection:
+        return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
@@ -124,8 +120,10 @@ def test_migrate_command_builds_an_empty_database_and_is_repeatable(
         assert (tmp_path / "not/yet/there/adclick.db").is_file()
 
 
-def _fresh_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database, no table in it yet, for a test to migrate step by step (on PostgreSQL and SQLite)."""
+    if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/adclick.db"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     name = unique_name("adclick_migrate")
@@ -141,20 +139,15 @@ def _as_of(model: Any, *names: str) -> Any:
 
 async def _insert_hourly_rollups(url: str, rows: list[dict[str, Any]]) -> None:
     """Rows of hourly_rollups as the schema of 0001 to 0003 holds them."""
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as connection:
-            metrics = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
-            values = [{**dict.fromkeys(metrics, 0), **row} for row in rows]
-            names = sorted({name for row in values for name in row})
-            await connection.execute(insert(_as_of(HourlyRollup, *names)), values)
-    finally:
-        await engine.dispose()
+    async with engine_on(url) as engine, engine.begin() as connection:
+        metrics = ("clicks", "unique_clicks", "bot_clicks", "conversions", "revenue", "payout")
+        values = [{**dict.fromkeys(metrics, 0), **row} for row in rows]
+        names = sorted({name for row in values for name in row})
+        await connection.execute(insert(_as_of(HourlyRollup, *names)), values)
 
 
 async def _projections(url: str) -> tuple[dict[str, Any], dict[tuple[Any, ...], tuple[int, Decimal]]]:
-    engine = create_engine(url)
-    try:
+    async with engine_on(url) as engine:
         mismatches = await projection_mismatches(engine)
         async with engine.connect() as connection:
             found = await connection.execute(
@@ -169,15 +162,10 @@ async def _projections(url: str) -> tuple[dict[str, Any], dict[tuple[Any, ...], 
             )
             by_link = {tuple(row[:4]): (row.clicks, row.revenue) for row in found}
         return mismatches, by_link
-    finally:
-        await engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    url = _fresh_url(backend, tmp_path, request)
+def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(fresh_url: str) -> None:
+    url = fresh_url
     upgrade(url, "0001_initial")
     later, zero = HOUR + timedelta(hours=1), HOUR + timedelta(hours=2)
     rows = [
@@ -208,16 +196,12 @@ def test_migration_0002_fills_the_rollup_projections_from_existing_rollups(
 
 async def _execute(url: str, *statements: Any) -> list[list[Any] | None]:
     """Run the statements in one transaction: the rows of each (None where it returns none)."""
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as connection:
-            results: list[list[Any] | None] = []
-            for statement in statements:
-                result = await connection.execute(statement)
-                results.append([tuple(row) for row in result] if result.returns_rows else None)
-            return results
-    finally:
-        await engine.dispose()
+    async with engine_on(url) as engine, engine.begin() as connection:
+        results: list[list[Any] | None] = []
+        for statement in statements:
+            result = await connection.execute(statement)
+            results.append([tuple(row) for row in result] if result.returns_rows else None)
+        return results
 
 
 def _links_schema(connection: Connection) -> dict[str, Any]:
@@ -235,19 +219,12 @@ def _links_schema(connection: Connection) -> dict[str, Any]:
 
 
 async def _schema_of_links(url: str) -> dict[str, Any]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_links_schema)
-    finally:
-        await engine.dispose()
+    async with engine_on(url) as engine, engine.connect() as connection:
+        return await connection.run_sync(_links_schema)
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    url = _fresh_url(backend, tmp_path, request)
+def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(fresh_url: str) -> None:
+    url = fresh_url
     upgrade(url, "0002_rollup_projections")
     asyncio.run(
         _execute(
@@ -297,11 +274,8 @@ def test_migration_0003_lets_links_follow_their_offers_template_and_downgrades(
     assert asyncio.run(_schema_of_links(url)) == after
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_migration_0004_takes_bots_out_of_rollup_clicks_and_downgrades(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    url = _fresh_url(backend, tmp_path, request)
+def test_migration_0004_takes_bots_out_of_rollup_clicks_and_downgrades(fresh_url: str) -> None:
+    url = fresh_url
     upgrade(url, "0003")
     rows = [
         rollup(affiliate_id=3, clicks=5, unique_clicks=3, bot_clicks=2),  # before 0004, bots were also clicks
@@ -548,8 +522,7 @@ def test_postgres_restart_keeps_data_and_the_engine_reconnects(postgres_server: 
         upgrade(url)
 
         async def scenario() -> None:
-            engine = create_engine(url)
-            try:
+            async with engine_on(url) as engine:
                 async with session_factory(engine)() as session:
                     await insert_ignore(session, Click, [click("R1"), click("R2")])
                     await session.commit()
@@ -561,20 +534,15 @@ def test_postgres_restart_keeps_data_and_the_engine_reconnects(postgres_server: 
                 await asyncio.to_thread(postgres_server.start)
                 assert make_url(postgres_server.url(name)).port == port
                 assert await _count_clicks(engine) == 2  # a pooled connection died with the server; a new one works
-            finally:
-                await engine.dispose()
 
         asyncio.run(scenario())
     finally:
         postgres_server.drop_database(name)
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_a_deleted_links_id_is_never_handed_out_again(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_a_deleted_links_id_is_never_handed_out_again(fresh_url: str) -> None:
     """A ClickID seals its link id: a new link must never take the id of one that had clicks."""
-    url = _fresh_url(backend, tmp_path, request)
+    url = fresh_url
     upgrade(url)
     links = Link.__table__
     setup = [

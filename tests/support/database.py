@@ -12,15 +12,29 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 from adclick.core.db.migrate import upgrade
+from adclick.core.db.session import create_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .procs import ManagedProcess, ProcessGuard, ServerProcess, free_port, wait_until
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@asynccontextmanager
+async def engine_on(url: str) -> AsyncIterator[AsyncEngine]:
+    """The application's async engine on `url`, disposed on the way out (its pool closed, whatever happened)."""
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def find_postgres_bindir() -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from .database import PostgresServer, migrated_postgres_template, migrated_sqlite_template, unique_name
+from .database import PostgresServer, engine_on, migrated_postgres_template, migrated_sqlite_template, unique_name
 from .procs import ProcessGuard
 from .servers import DUMMY_AWS_ENV, RedisServer, SqsServer
 from .tracker import TrackerProc
@@ -148,13 +148,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """An async engine on `database_url` (async tests only: mark them `@pytest.mark.anyio`)."""
-    from adclick.core.db.session import create_engine
-
-    engine = create_engine(database_url)
-    try:
+    async with engine_on(database_url) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from adclick.manager.security import hash_password
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .database import engine_on
 from .roles import status_of
 from .seeding import seed_campaign
 from .servers import RedisServer
@@ -153,19 +154,15 @@ async def add_api_token(database_url: str, email: str, name: str = "tests", *, n
     """A new API token for the user `email` (first created with `new_user_role` when given), stored the way the
     manager stores one (its hash); returns the token."""
     from adclick.core.db.models import ApiToken, User
-    from adclick.core.db.session import create_engine, session_factory
+    from adclick.core.db.session import session_factory
     from adclick.manager.security import hash_api_token, hash_password
     from sqlalchemy import select
 
     token = secrets.token_urlsafe(32)
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            if new_user_role is not None:
-                session.add(User(email=email, password_hash=hash_password("x" * 16), role=new_user_role))
-                await session.flush()
-            user = (await session.execute(select(User).where(User.email == email))).scalar_one()
-            session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_api_token(token)))
-    finally:
-        await engine.dispose()
+    async with engine_on(database_url) as engine, session_factory(engine)() as session, session.begin():
+        if new_user_role is not None:
+            session.add(User(email=email, password_hash=hash_password("x" * 16), role=new_user_role))
+            await session.flush()
+        user = (await session.execute(select(User).where(User.email == email))).scalar_one()
+        session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_api_token(token)))
     return token

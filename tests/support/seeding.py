@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.core.db.session import session_factory
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from .database import engine_on
 
 
 @dataclass
@@ -68,16 +71,10 @@ async def seed_campaign(
 
 async def seed_database(database_url: str, **rows: dict[str, Any] | None) -> Campaign:
     """`seed_campaign` on a database of its own engine, committed (the rows keep their loaded columns)."""
-    from adclick.core.db.session import create_engine, session_factory
-
-    engine = create_engine(database_url)
-    try:
-        async with session_factory(engine)() as session:
-            made = await seed_campaign(session, **rows)
-            await session.commit()
-            return made
-    finally:
-        await engine.dispose()
+    async with engine_on(database_url) as engine, session_factory(engine)() as session:
+        made = await seed_campaign(session, **rows)
+        await session.commit()
+        return made
 
 
 @dataclass

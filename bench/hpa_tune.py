@@ -1330,6 +1330,20 @@ def trust_cell(trust: str, why: str) -> str:
     return "ok" if trust == OK else f"**{trust}**: {why}"
 
 
+def no_target(what: str, refusal: str | None, capacity: float | None, note: str) -> str | None:
+    """The verdict of a phase or queue (`what`) that gets no target, or None when it has a capacity."""
+    if refusal:
+        return f"**No target: {what} cannot be trusted.** {refusal}."
+    if capacity is None:
+        return f"**No capacity**: {note}."
+    return None
+
+
+def pod_share(scale: float) -> str:
+    """Where a pod's CPU limit could not be enforced, the share of the pinned core its capacity was scaled to."""
+    return f"a pod's share {scale:.0%} (its CPU limit could not be enforced here); " if scale < 1 else ""
+
+
 TRUST_TEXT = (
     "Every step is checked before it counts. **busy**: processes this run did not start used more than "
     "{busy:g}% of a core before (the step's settle seconds) or during it (the *others* column; interrupt time "
@@ -1414,16 +1428,14 @@ def server_section(args: argparse.Namespace, res: ServerResult) -> list[str]:
         cells += [fmt(s.others_pct, "%", 0), "yes" if ok else "no", trust_cell(s.trust, s.why)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if res.refusal:
-        lines.append(f"**No target: this phase cannot be trusted.** {res.refusal}.")
-    elif res.capacity_rps is None:
-        lines.append(f"**No capacity**: {res.note}.")
+    if missing := no_target("this phase", res.refusal, res.capacity_rps, res.note):
+        lines.append(missing)
     else:
         peak = res.peak.rps if res.peak else 0
         lines.append(
             f"**Peak {peak:,.0f} req/s** ({p.source if p else '-'}); **capacity at the SLO {res.capacity_rps:,.0f} "
             f"req/s** (step {res.capacity_step}), **{res.capacity_rps / peak:.0%} of the peak**; "
-            + (f"a pod's share {res.scale:.0%} (its CPU limit could not be enforced here); " if res.scale < 1 else "")
+            + pod_share(res.scale)
             + f"**HPA target: {res.target_rps:,} req/s per pod** ({args.fraction:.0%})."
         )
         if res.note:
@@ -1482,15 +1494,13 @@ def worker_section(args: argparse.Namespace, worker: WorkerResult) -> list[str]:
                 f"{trust_cell(w.trust, w.why)} |"
             )
         lines.append("")
-        if q.refusal:
-            lines.append(f"**No target: this queue's figures cannot be trusted.** {q.refusal}.")
-        elif q.capacity is None:
-            lines.append(f"**No capacity**: {q.note}.")
+        if missing := no_target("this queue's figures", q.refusal, q.capacity, q.note):
+            lines.append(missing)
         else:
             per = f" ({q.capacity * q.events_per_message:,.0f} clicks/s)" if q.queue == "clicks" else ""
             lines.append(
                 f"**Capacity: {q.capacity:.1f} messages/s**{per}; "
-                + (f"a pod's share {q.scale:.0%} (its CPU limit could not be enforced here); " if q.scale < 1 else "")
+                + pod_share(q.scale)
                 + f"**KEDA queueLength ({q.queue}): {q.queue_length}** = {args.fraction:.0%} x capacity x "
                 f"{args.max_age_seconds:g} s: KEDA runs backlog / queueLength replicas, so each replica's share of "
                 f"the backlog is gone within about {args.max_age_seconds:g} s."

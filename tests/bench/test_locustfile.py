@@ -16,15 +16,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from adclick import _native
 from adclick.worker.messages import decode_conversion
-from support.procs import ProcessGuard, free_port, wait_until
+from support.procs import ProcessGuard, free_port
+from support.roles import Role, serve
 from support.servers import RedisServer, SqsServer
-from support.tracker import TrackerProc, request
+from support.tracker import TrackerProc
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
@@ -40,10 +42,9 @@ class BenchLinks:
 
 
 @pytest.fixture
-def stack(process_guard: ProcessGuard, adclick_env: dict[str, str], sqs_server: SqsServer) -> TrackerProc:
-    """A tracker on the test's Redis and SQS endpoint, no links yet."""
-    sqs_server.create_queue("adclick-clicks")
-    return TrackerProc(process_guard, adclick_env)
+def tracker(start_tracker: Callable[..., TrackerProc], clicks_queue: str) -> TrackerProc:
+    """A tracker on the test's Redis and SQS endpoint and its clicks queue, no links yet."""
+    return start_tracker()
 
 
 @pytest.fixture
@@ -91,25 +92,17 @@ def test_a_bounded_run_against_bench_links_has_no_failure_and_postbacks_convert_
     process_guard: ProcessGuard,
     adclick_env: dict[str, str],
     sqs_server: SqsServer,
-    stack: TrackerProc,
+    tracker: TrackerProc,
     bench_links: BenchLinks,
     tmp_path: Path,
 ) -> None:
     conversions = sqs_server.create_queue("adclick-conversions")
     port = free_port()
-    argv = [sys.executable, "-m", "adclick.cli", "postback", "--host", "127.0.0.1", "--port", str(port)]
-    postback = process_guard.spawn(argv, name="postback", env={**os.environ, **adclick_env})
-
-    def postback_healthy() -> bool:
-        try:
-            return request(port, "GET", "/health", timeout=1.0).status == 200
-        except OSError:
-            return False
-
-    wait_until(postback_healthy, timeout=30, message="postback /health 200", proc=postback)
+    postback = Role(process_guard, "postback", serve("postback", port), {**os.environ, **adclick_env}, port)
+    postback.start(within=30)
 
     prefix, html = tmp_path / "run", tmp_path / "report.html"
-    args = ["--host", stack.base, "--postback-host", f"http://127.0.0.1:{port}"]
+    args = ["--host", tracker.base, "--postback-host", postback.base]
     args += ["--advertiser-id", str(bench_links.advertiser_id), "--slugs", str(SLUGS), "--user-rps", "10"]
     # 21 users: with the classes' weights (20 to 1), one of them is a PostbackUser.
     args += ["-u", "21", "-r", "21", "-t", "5s", "--csv", str(prefix), "--html", str(html)]
@@ -135,10 +128,10 @@ def test_a_bounded_run_against_bench_links_has_no_failure_and_postbacks_convert_
 
 
 def test_a_run_without_the_links_stops_before_its_first_request_saying_how_to_make_them(
-    stack: TrackerProc, tmp_path: Path
+    tracker: TrackerProc, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "run"
-    args = ["--host", stack.base, "--slugs", str(SLUGS), "-u", "5", "-r", "5", "-t", "20s", "--csv", str(prefix)]
+    args = ["--host", tracker.base, "--slugs", str(SLUGS), "-u", "5", "-r", "5", "-t", "20s", "--csv", str(prefix)]
     done, took = locust([LOCUSTFILE], *args, "TrackerUser", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-4000:]
@@ -150,10 +143,10 @@ def test_a_run_without_the_links_stops_before_its_first_request_saying_how_to_ma
 
 
 def test_the_step_shape_is_opt_in_and_writes_its_table(
-    stack: TrackerProc, bench_links: BenchLinks, tmp_path: Path
+    tracker: TrackerProc, bench_links: BenchLinks, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "steps"
-    args = ["--host", stack.base, "--slugs", str(SLUGS), "--user-rps", "20", "--csv", str(prefix)]
+    args = ["--host", tracker.base, "--slugs", str(SLUGS), "--user-rps", "20", "--csv", str(prefix)]
     # Steps of 4 s: on a loaded 2-core CI machine the users of a 2 s step may not have sent anything yet.
     args += ["--step-start-users", "2", "--step-users", "2", "--step-seconds", "4", "--step-max-users", "4"]
     args += ["--step-settle-seconds", "1"]

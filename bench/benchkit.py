@@ -489,6 +489,15 @@ def tracker_command(port: int, workers: int | None = 1) -> list[str]:
     return [str(VENV_BIN / "adclick"), "tracker", *one_process(port, workers)]
 
 
+def start_tracker(
+    cpu: str | None, log: Path, env: dict[str, str], name: str = "tracker", workers: int | None = 1
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`tracker_command` on a free port, pinned to `cpu`, its output in `log`: the process and its port (wait for
+    it with `wait_http(port, "/health", proc)`)."""
+    port = free_port()
+    return PROCS.start(name, pinned(cpu, tracker_command(port, workers)), log, env=env), port
+
+
 def tracker_available() -> str | None:
     """None when `adclick tracker --help` works, else why not."""
     exe = VENV_BIN / "adclick"

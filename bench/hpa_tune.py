@@ -77,8 +77,8 @@ from benchkit import (  # noqa: E402
     scrape,
     sqs_client,
     start_backends,
+    start_tracker,
     tracker_available,
-    tracker_command,
     wait_http,
 )
 from trust import OK, Decision, Limits, Recorder, Usage, classify, decide, snapshot, usage  # noqa: E402
@@ -579,9 +579,8 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
     why = tracker_available()
     if why:
         raise RuntimeError(f"the tracker cannot run: {why}")
-    port = free_port()
     logs = args.out_dir / "logs"
-    proc = PROCS.start("tracker", pinned(args.tracker_cpu, tracker_command(port)), logs / "tracker.log", env=env)
+    proc, port = start_tracker(args.tracker_cpu, logs / "tracker.log", env)
     group = limit_cpu(proc.pid, args.tracker_cpu_limit) if args.tracker_cpu_limit < 1 else None
     res.limit_cores, res.enforced = args.tracker_cpu_limit, group is not None or args.tracker_cpu_limit >= 1
     res.cpu_limit = cpu_limit_text(args.tracker_cpu_limit, group)

@@ -30,21 +30,19 @@ from benchkit import (
     add_load_options,
     busy_text,
     delta,
-    free_port,
     http_get,
     idle_check,
     interrupt_on,
     metric_sum,
     parser,
-    pinned,
     rss_mb,
     run_stamp,
     scrape,
     server_env,
     start_redis,
     start_sqs,
+    start_tracker,
     tracker_available,
-    tracker_command,
     wait_http,
 )
 from compare import Load, run_wrk
@@ -126,10 +124,8 @@ def one_run(args: argparse.Namespace, env: dict[str, str], logs: Path, links: in
     run.busy_before = busy_text(busy)
     if not quiet:
         run.note = "busy machine"
-    port = free_port()
     name = f"tracker-{links}-{dist}-r{round_}"
-    cmd = tracker_command(port, workers=args.workers or None)
-    proc = PROCS.start(name, pinned(args.server_cpu, cmd), logs / f"{name}.log", env=env)
+    proc, port = start_tracker(args.server_cpu, logs / f"{name}.log", env, name, workers=args.workers or None)
     try:
         wait_http(port, "/health", proc)
         status, _, _ = http_get(port, "/c/bench-1?sub1=x")

@@ -34,19 +34,17 @@ from benchkit import (
     add_load_options,
     build_loadgen,
     drive_loadgen,
-    free_port,
     histogram_quantile,
     interrupt_on,
     metric_sum,
     parser,
-    pinned,
     rss_mb,
     run_stamp,
     scrape,
     sqs_client,
     start_backends,
+    start_tracker,
     tracker_available,
-    tracker_command,
     wait_http,
 )
 from compare import run_wrk
@@ -149,8 +147,7 @@ def main() -> int:
     _, endpoint, env = start_backends(
         args.client_cpu, logs, args.slugs, ADCLICK_LOG_LEVEL="WARNING", ADCLICK_DRAIN_SECONDS="0"
     )
-    port = free_port()
-    tracker = PROCS.start("tracker", pinned(args.server_cpu, tracker_command(port)), logs / "tracker.log", env=env)
+    tracker, port = start_tracker(args.server_cpu, logs / "tracker.log", env)
     wait_http(port, "/health", tracker)
 
     peak = run_wrk(args, port, args.peak_seconds)

@@ -149,9 +149,7 @@ def link_payload(manager: Manager, **extra: object) -> dict[str, object]:
 async def test_links_crud_publish_to_redis(manager: Manager) -> None:
     api = await manager.api("manager")
     redis = manager.redis.client()
-    pubsub = redis.pubsub()
-    pubsub.subscribe("adclick:invalidate")
-    pubsub.get_message(timeout=1)
+    pubsub = manager.listen()
 
     created = await api.post("/api/v1/links", json=link_payload(manager))
     assert created.status_code == 201, created.text

@@ -12,11 +12,10 @@ from typing import Any
 
 import anyio
 import pytest
-import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager.publisher import rebuild, serving_configs
 from sqlalchemy import func, select
-from support.manager import Manager
+from support.manager import Manager, announced
 
 pytestmark = pytest.mark.anyio
 
@@ -55,12 +54,9 @@ def owners(manager: Manager) -> list[str]:
 
 async def manager_link(manager: Manager, slug: str) -> dict[str, Any]:
     """A link made through the manager's JSON API, as staff or a script would."""
-    api = await manager.api("manager")
-    payload = {"offer_id": manager.ids["offer"], "affiliate_id": manager.ids["affiliate"], "slug": slug, "url": URL}
-    reply = await api.post("/api/v1/links", json=payload)
-    assert reply.status_code == 201, reply.text
-    assert reply.json()["live"] is True
-    return dict(reply.json())
+    link = await manager.create_link(await manager.api("manager"), slug, url=URL)
+    assert link["live"] is True
+    return link
 
 
 def redis_configs(manager: Manager) -> dict[str, Any]:
@@ -78,20 +74,6 @@ async def database_configs(manager: Manager) -> dict[str, Any]:
 async def link_rows(manager: Manager) -> int:
     async with manager.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Link)) or 0)
-
-
-def listen(manager: Manager) -> redis_lib.client.PubSub:
-    pubsub = manager.redis.client().pubsub()
-    pubsub.subscribe("adclick:invalidate")
-    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    return pubsub
-
-
-def announced(pubsub: redis_lib.client.PubSub) -> list[str]:
-    slugs = []
-    while (message := pubsub.get_message(timeout=0.5)) is not None:
-        slugs.append(message["data"])
-    return slugs
 
 
 async def test_cli_and_manager_links_never_share_an_id_and_both_survive_the_reconciler(manager: Manager) -> None:
@@ -129,7 +111,7 @@ async def test_put_without_an_existing_offer_or_affiliate_fails_and_writes_nothi
     manager: Manager, options: list[str], named: str
 ) -> None:
     known = {"OFFER": str(manager.ids["offer"]), "AFFILIATE": str(manager.ids["affiliate"])}
-    pubsub = listen(manager)
+    pubsub = manager.listen()
     done = await adclick(manager, "links", "put", "orphan", URL, *[known.get(option, option) for option in options])
     assert done.returncode == 2, done.stderr
     assert named in done.stderr and done.stdout == ""
@@ -161,7 +143,7 @@ async def test_put_replaces_a_link_in_place_keeping_its_id_and_announces_it(mana
     first = await put(manager, "summer", URL, *owners(manager), "--fallback", "https://shop.example/", "--cookie")
     assert first["cookie"] is True and first["fallback_url"] == "https://shop.example/"
     assert first["offer_id"] == manager.ids["offer"] and first["affiliate_id"] == manager.ids["affiliate"]
-    pubsub = listen(manager)
+    pubsub = manager.listen()
 
     # No --offer or --affiliate: the link keeps its own; every other field is replaced.
     second = await put(manager, "summer", "https://shop.example/new?c={click_id}", "--paused")
@@ -253,7 +235,7 @@ async def test_get_reads_the_database_and_says_whether_redis_holds_the_same_conf
 async def test_delete_removes_the_row_and_the_config_and_announces_it(manager: Manager) -> None:
     await put(manager, "gone", URL, *owners(manager))
     await manager_link(manager, "also-gone")
-    pubsub = listen(manager)
+    pubsub = manager.listen()
     for slug in ("gone", "also-gone"):
         deleted = await adclick(manager, "links", "delete", slug)
         assert deleted.returncode == 0, deleted.stderr

@@ -122,16 +122,7 @@ async def test_the_managers_reconciler_publishes_what_redis_missed(manager: Mana
 async def test_rebuild_writes_only_what_differs_unless_forced(manager: Manager) -> None:
     api = await manager.api("manager")
     for slug in ("one", "two"):
-        reply = await api.post(
-            "/api/v1/links",
-            json={
-                "offer_id": manager.ids["offer"],
-                "affiliate_id": manager.ids["affiliate"],
-                "slug": slug,
-                "url": "https://s.example/",
-            },
-        )
-        assert reply.status_code == 201
+        await manager.create_link(api, slug, url="https://s.example/")
     redis = manager.redis.client()
     redis.set("adclick:link:two", "{}")
     result = await rebuild(manager.sessions, redis)
@@ -145,16 +136,9 @@ async def test_an_affiliate_sees_only_its_own_links(manager: Manager) -> None:
     mine, theirs = [], []
     for affiliate, bucket in ((manager.ids["affiliate"], mine), (manager.ids["other_affiliate"], theirs)):
         for n in range(2):
-            reply = await api.post(
-                "/api/v1/links",
-                json={
-                    "offer_id": manager.ids["offer"],
-                    "affiliate_id": affiliate,
-                    "slug": f"a{affiliate}n{n}",
-                    "url": "https://s.example/",
-                },
+            bucket.append(
+                await manager.create_link(api, f"a{affiliate}n{n}", affiliate_id=affiliate, url="https://s.example/")
             )
-            bucket.append(reply.json())
     affiliate = await manager.as_role("affiliate")
     listing = (await affiliate.get("/links")).text
     assert all(link["slug"] in listing for link in mine) and not any(link["slug"] in listing for link in theirs)
@@ -178,12 +162,10 @@ async def test_an_affiliate_user_without_an_affiliate_sees_no_links(manager: Man
     """An affiliate user whose affiliate id is gone (a row edited by hand) is confined to nothing, not widened to
     every affiliate's links."""
     api = await manager.api("manager")
-    reply = await api.post(
-        "/api/v1/links",
-        json={"offer_id": manager.ids["offer"], "affiliate_id": manager.ids["other_affiliate"], "slug": "theirs1", "url": "https://s.example/"},
+    theirs = await manager.create_link(
+        api, "theirs1", affiliate_id=manager.ids["other_affiliate"], url="https://s.example/"
     )
-    assert reply.status_code == 201, reply.text
-    link_id = reply.json()["id"]
+    link_id = theirs["id"]
     affiliate = await manager.as_role("affiliate")
     affiliate_api = await manager.api("affiliate")
     async with manager.sessions() as session:

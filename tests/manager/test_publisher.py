@@ -8,12 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis as redis_lib
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.manager import publisher
 from adclick.manager.publisher import link_config, rebuild
 from sqlalchemy import select, update
-from support.manager import Manager, form
+from support.manager import Manager, announced, form
 
 pytestmark = pytest.mark.anyio
 
@@ -25,35 +24,11 @@ def stored(manager: Manager, slug: str) -> Any:
     return None if raw is None else json.loads(raw)
 
 
-def listen(manager: Manager) -> redis_lib.client.PubSub:
-    pubsub = manager.redis.client().pubsub()
-    pubsub.subscribe("adclick:invalidate")
-    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    return pubsub
-
-
-def invalidated(pubsub: redis_lib.client.PubSub) -> set[str]:
-    """The slugs announced on adclick:invalidate since the last call."""
-    slugs = set()
-    while (message := pubsub.get_message(timeout=0.5)) is not None:
-        slugs.add(message["data"])
-    return slugs
-
-
 async def make_link(manager: Manager, slug: str, **fields: Any) -> dict[str, Any]:
-    api = await manager.api("manager")
-    payload = {
-        "offer_id": manager.ids["offer"],
-        "affiliate_id": manager.ids["affiliate"],
-        "slug": slug,
-        "url": "https://shop.example/?c={click_id}",
-        "fallback_url": "https://shop.example/paused",
-        **fields,
-    }
-    reply = await api.post("/api/v1/links", json=payload)
-    assert reply.status_code == 201, reply.text
-    assert reply.json()["live"] is True
-    return dict(reply.json())
+    defaults = {"url": "https://shop.example/?c={click_id}", "fallback_url": "https://shop.example/paused"}
+    link = await manager.create_link(await manager.api("manager"), slug, **{**defaults, **fields})
+    assert link["live"] is True
+    return link
 
 
 def parent_id(manager: Manager, kind: str) -> int:
@@ -69,7 +44,7 @@ async def test_pausing_a_parent_pauses_its_links_in_redis_and_resuming_restores_
     await make_link(manager, "elsewhere", affiliate_id=manager.ids["other_affiliate"])
     api = await manager.api("manager")
     assert (await api.post(f"/api/v1/links/{stored(manager, 'own-pause')['id']}/pause")).status_code == 200
-    pubsub = listen(manager)
+    pubsub = manager.listen()
 
     paused = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "paused"})
     assert paused.status_code == 200, paused.text
@@ -77,25 +52,25 @@ async def test_pausing_a_parent_pauses_its_links_in_redis_and_resuming_restores_
     affected = {"mine", "own-pause"} | ({"elsewhere"} if kind != "affiliate" else set())
     for slug in affected:
         assert stored(manager, slug)["status"] == "paused", slug
-    assert invalidated(pubsub) == affected
+    assert set(announced(pubsub)) == affected
     if kind == "affiliate":
         assert stored(manager, "elsewhere")["status"] == "active"
 
     # archiving a paused parent changes nothing trackers serve: nothing is republished
     archived = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "archived"})
     assert archived.status_code == 200 and archived.json()["live"] is None
-    assert invalidated(pubsub) == set()
+    assert set(announced(pubsub)) == set()
 
     resumed = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"status": "active"})
     assert resumed.status_code == 200 and resumed.json()["live"] is True
     assert stored(manager, "mine")["status"] == "active"
     assert stored(manager, "own-pause")["status"] == "paused"  # its own pause stands
-    assert invalidated(pubsub) == affected
+    assert set(announced(pubsub)) == affected
 
     # a rename changes nothing trackers serve
     renamed = await api.patch(f"/api/v1/{kind}s/{parent_id(manager, kind)}", json={"name": "Renamed"})
     assert renamed.status_code == 200 and renamed.json()["live"] is None
-    assert invalidated(pubsub) == set()
+    assert set(announced(pubsub)) == set()
 
 
 async def test_moving_an_offer_to_a_paused_advertiser_pauses_its_links(manager: Manager) -> None:
@@ -123,14 +98,14 @@ async def test_a_link_made_or_edited_under_a_paused_offer_is_published_paused(ma
 async def test_status_changes_in_the_pages_republish_the_links(manager: Manager, kind: str) -> None:
     await make_link(manager, "mine")
     client = await manager.as_role("manager")
-    pubsub = listen(manager)
+    pubsub = manager.listen()
     fields = {"offer": {"name": "Summer", "currency": "USD"}, "affiliate": {"name": "Mine"}}.get(kind, {"name": "Shop"})
     page = f"/{kind}s/{parent_id(manager, kind)}"
     reply = await client.post(page, data=form(client, status="paused", **fields))
     assert reply.status_code == 303, reply.text
     assert "saved and live" in (await client.get(page)).text
     assert stored(manager, "mine")["status"] == "paused"
-    assert invalidated(pubsub) == {"mine"}
+    assert set(announced(pubsub)) == {"mine"}
     link_page = (await client.get(f"/links/{stored(manager, 'mine')['id']}")).text
     assert f"paused: its {kind} is not active" in link_page and "live: trackers serve this version" in link_page
 
@@ -223,13 +198,13 @@ async def test_a_link_without_a_url_follows_its_offers_template_and_one_with_its
     assert stored(manager, "follows")["url"] == OFFER_TEMPLATE
     own_config = stored(manager, "own")
 
-    pubsub = listen(manager)
+    pubsub = manager.listen()
     changed = "https://offer.example/v2?cid={click_id}"
     reply = await api.patch(offer, json={"destination_template": changed})
     assert reply.status_code == 200 and reply.json()["live"] is True
     assert stored(manager, "follows")["url"] == changed
     assert stored(manager, "own") == own_config
-    assert invalidated(pubsub) == {"follows"}  # only the link that follows it is announced
+    assert set(announced(pubsub)) == {"follows"}  # only the link that follows it is announced
     # what the write path published is what the reconciler computes: nothing left to write
     assert (await rebuild(manager.sessions, manager.redis.client())).written == 0
 
@@ -239,7 +214,7 @@ async def test_a_link_without_a_url_follows_its_offers_template_and_one_with_its
     cleared = await api.patch(offer, json={"destination_template": None})
     assert cleared.status_code == 422 and "1 link(s) follow it" in str(cleared.json()["detail"])
     assert (await api.get(offer)).json()["destination_template"] == changed
-    assert stored(manager, "follows")["url"] == changed and invalidated(pubsub) == set()
+    assert stored(manager, "follows")["url"] == changed and set(announced(pubsub)) == set()
 
     # given a URL of its own, the link stops following; given none again, it follows once more
     mine = await api.patch(f"/api/v1/links/{follows['id']}", json={"url": "https://mine.example/"})

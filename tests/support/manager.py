@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import redis as redis_lib
 from adclick.core.db.models import Affiliate, User
+from adclick.core.links import INVALIDATE_CHANNEL
 from adclick.core.settings import ManagerSettings
 from adclick.manager.security import hash_password
 from fastapi import FastAPI
@@ -72,6 +74,29 @@ class Manager:
         client = self.client()
         client.headers["Authorization"] = f"Bearer {reply.json()['token']}"
         return client
+
+    def listen(self) -> redis_lib.client.PubSub:
+        """A subscription to the channel on which link changes are announced to trackers (read with `announced`)."""
+        pubsub = self.redis.client().pubsub()
+        pubsub.subscribe(INVALIDATE_CHANNEL)
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+        return pubsub
+
+    async def create_link(self, api: httpx.AsyncClient, slug: str, **fields: Any) -> dict[str, Any]:
+        """A link made through the JSON API as `api`'s user, to the seeded offer and affiliate unless `fields` say
+        otherwise; anything but 201 Created fails the test."""
+        payload = {"offer_id": self.ids["offer"], "affiliate_id": self.ids["affiliate"], "slug": slug, **fields}
+        reply = await api.post("/api/v1/links", json=payload)
+        assert reply.status_code == 201, reply.text
+        return dict(reply.json())
+
+
+def announced(pubsub: redis_lib.client.PubSub) -> list[str]:
+    """The slugs announced on `Manager.listen()`'s subscription since the last call, in order."""
+    slugs = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        slugs.append(message["data"])
+    return slugs
 
 
 def csrf_of(html: str) -> str:

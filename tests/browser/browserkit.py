@@ -3,12 +3,9 @@ screenshots."""
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import re
 import shutil
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
+from support.stubs import StubHandler, StubServer
 from support.tracker import UA_DESKTOP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,34 +101,20 @@ def chromium_tab() -> Iterator[Tab]:
             browser.close()
 
 
-class Landing:
+class Landing(StubServer):
     """The advertiser's landing page: a tiny HTTP server that remembers every path it was asked for."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
         paths = self.paths
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_GET(self) -> None:
                 paths.append(self.path)
                 body = b"<!doctype html><title>Spring sale</title><h1>Welcome to the spring sale</h1>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(body, "text/html; charset=utf-8")
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def fill_macros(template: str, **values: str) -> str:

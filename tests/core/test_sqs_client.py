@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -13,9 +11,10 @@ import pytest
 from adclick.core.settings import TrackerSettings
 from adclick.core.sqs import USER_AGENT, create_client
 from support.servers import DUMMY_AWS_ENV
+from support.stubs import StubHandler, StubServer
 
 
-class Recorder(http.server.BaseHTTPRequestHandler):
+class Recorder(StubHandler):
     """Answers every SQS JSON-protocol call with a queue URL and remembers the User-Agent of each request."""
 
     agents: ClassVar[list[str]] = []
@@ -24,27 +23,14 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         Recorder.agents.append(self.headers.get("User-Agent", ""))
         body = json.dumps({"QueueUrl": "http://127.0.0.1/000000000000/clicks"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-amz-json-1.0")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(body, "application/x-amz-json-1.0")
 
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     Recorder.agents = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with StubServer(Recorder) as server:
+        yield server.base
 
 
 def test_every_request_carries_adclicks_fixed_user_agent(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,7 +107,7 @@ class PostgresServer(ServerProcess):
         """Start (or restart on the same port, data kept) and wait until it accepts queries."""
         if self.external:
             raise RuntimeError("cannot start or stop the server at ADCLICK_TEST_DATABASE_URL")
-        if self.proc is not None and self.proc.alive():
+        if self.running():
             return
         argv = [
             str(self.bindir / "postgres"),

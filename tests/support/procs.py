@@ -188,9 +188,18 @@ class ProcessGuard:
 
 
 class ServerProcess:
-    """A server that runs as one child process (`proc`), which a test can freeze and thaw."""
+    """A server that runs as one child process (`proc`) on a free 127.0.0.1 port, which a test can freeze and thaw."""
 
     proc: ManagedProcess | None
+
+    def __init__(self, guard: ProcessGuard) -> None:
+        self.guard = guard
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.alive()
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets and data but answers nothing, so requests hang and time out instead

@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .procs import ManagedProcess, ProcessGuard, ServerProcess, free_port, wait_until
+from .procs import ProcessGuard, ServerProcess, wait_until
 
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -49,12 +49,9 @@ class RedisServer(ServerProcess):
     """A redis-server on a free 127.0.0.1 port that tests can stop, restart on the same port, or pause."""
 
     def __init__(self, guard: ProcessGuard, workdir: Path, binary: str | None = None) -> None:
-        self.guard = guard
+        super().__init__(guard)
         self.workdir = workdir
         self.binary = binary or find_redis_server()
-        self.host = "127.0.0.1"
-        self.port = free_port(self.host)
-        self.proc: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -69,7 +66,7 @@ class RedisServer(ServerProcess):
 
     def start(self) -> None:
         """Start (or restart, on the same port) and wait until it answers PING; loads the last `stop(save=True)`."""
-        if self.proc is not None and self.proc.alive():
+        if self.running():
             return
         argv = [
             self.binary,
@@ -114,18 +111,15 @@ class SqsServer(ServerProcess):
     """moto's server as a real subprocess speaking the SQS API over HTTP."""
 
     def __init__(self, guard: ProcessGuard, region: str = "us-east-1") -> None:
-        self.guard = guard
+        super().__init__(guard)
         self.region = region
-        self.host = "127.0.0.1"
-        self.port = free_port(self.host)
-        self.proc: ManagedProcess | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        if self.proc is not None and self.proc.alive():
+        if self.running():
             return
         env = {**os.environ, **DUMMY_AWS_ENV}
         argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]

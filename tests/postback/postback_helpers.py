@@ -8,7 +8,8 @@ from typing import Any
 
 from adclick import _native
 from adclick.core.tokens import make_token
-from support.servers import SqsServer
+from adclick.core.wire import advertiser_key
+from support.servers import RedisServer, SqsServer
 
 CLICK_SECRET = b"dev-only-click-secret-change-me"
 POSTBACK_SECRET = "dev-only-postback-secret-change-me"
@@ -29,6 +30,13 @@ def tampered(cid: str) -> str:
 
 def token(advertiser_id: int = 5, version: int = 1) -> str:
     return make_token(POSTBACK_SECRET, advertiser_id, version)
+
+
+def publish_advertiser(redis_server: RedisServer, token_version: int, advertiser_id: int = 5, **doc: object) -> None:
+    """What the manager publishes of an advertiser for the postback role: its lowest valid token version and,
+    as `postback_ips=[...]`, its allowlist."""
+    with redis_server.client() as client:
+        client.set(advertiser_key(advertiser_id), json.dumps({"token_version": token_version, **doc}))
 
 
 def conversions(sqs_server: SqsServer, queue_url: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,7 +12,7 @@ import pytest
 from adclick.core.settings import PostbackSettings
 from adclick.postback.app import create_app
 from adclick.postback.intake import GIF, Intake
-from postback_helpers import QUEUE, click_id, conversions, tampered, token
+from postback_helpers import QUEUE, click_id, conversions, publish_advertiser, tampered, token
 from support.procs import free_port
 from support.servers import RedisServer, SqsServer
 
@@ -213,8 +212,7 @@ def test_click_id_signed_by_another_secret_is_400(
 def test_revoked_token_version_is_401_and_the_current_one_passes(
     settings: PostbackSettings, sqs_server: SqsServer, redis_server: RedisServer, queue: str
 ) -> None:
-    with redis_server.client() as redis_client:
-        redis_client.set("adclick:advertiser:5", json.dumps({"token_version": 2}))
+    publish_advertiser(redis_server, 2)
     cid = click_id()
 
     async def scenario(client: httpx.AsyncClient, intake: Intake) -> list[httpx.Response]:
@@ -234,8 +232,7 @@ def test_revoked_token_version_is_401_and_the_current_one_passes(
 def test_redis_down_skips_the_version_floor_and_still_queues(
     settings: PostbackSettings, sqs_server: SqsServer, redis_server: RedisServer, queue: str
 ) -> None:
-    with redis_server.client() as redis_client:
-        redis_client.set("adclick:advertiser:5", json.dumps({"token_version": 2}))
+    publish_advertiser(redis_server, 2)
     redis_server.stop()
 
     async def scenario(client: httpx.AsyncClient, intake: Intake) -> tuple[httpx.Response, float]:
@@ -486,9 +483,7 @@ def test_health_and_metrics(settings: PostbackSettings, queue: str) -> None:
 def test_a_postback_from_outside_the_advertisers_allowlist_is_403_and_nothing_queued(
     adclick_env: dict[str, str], sqs_server: SqsServer, redis_server: RedisServer, queue: str
 ) -> None:
-    with redis_server.client() as redis_client:
-        doc = {"token_version": 1, "postback_ips": ["198.51.100.0/24", "2001:db8::/32"]}
-        redis_client.set("adclick:advertiser:5", json.dumps(doc))
+    publish_advertiser(redis_server, 1, postback_ips=["198.51.100.0/24", "2001:db8::/32"])
     behind_alb = PostbackSettings(postback_sqs_timeout_seconds=5.0, postback_trusted_proxies=1)
     direct = PostbackSettings(postback_sqs_timeout_seconds=5.0)
 

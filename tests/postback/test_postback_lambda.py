@@ -15,7 +15,7 @@ import pytest
 from adclick.core.settings import PostbackSettings
 from adclick.postback.intake import GIF
 from adclick.postback.lambda_handler import LambdaRuntime
-from postback_helpers import QUEUE, click_id, conversions, tampered, token
+from postback_helpers import QUEUE, click_id, conversions, publish_advertiser, tampered, token
 from support.servers import RedisServer, SqsServer
 
 
@@ -190,8 +190,7 @@ def test_same_refusals_as_the_http_app(runtime: LambdaRuntime, sqs_server: SqsSe
 def test_revoked_token_is_refused_through_redis(
     runtime: LambdaRuntime, sqs_server: SqsServer, redis_server: RedisServer, queue: str
 ) -> None:
-    with redis_server.client() as redis_client:
-        redis_client.set("adclick:advertiser:5", json.dumps({"token_version": 4}))
+    publish_advertiser(redis_server, 4)
     query = urllib.parse.urlencode({"click_id": click_id(), "token": token(5, 3)})
     status, body = reply(runtime.handle(http_api_event(query=query), None))
     assert (status, body["reason"]) == (401, "revoked_token")
@@ -201,8 +200,7 @@ def test_revoked_token_is_refused_through_redis(
 def test_allowlist_reads_api_gateways_source_ip_not_a_header(
     runtime: LambdaRuntime, sqs_server: SqsServer, redis_server: RedisServer, queue: str
 ) -> None:
-    with redis_server.client() as redis_client:
-        redis_client.set("adclick:advertiser:5", json.dumps({"token_version": 1, "postback_ips": ["203.0.113.0/24"]}))
+    publish_advertiser(redis_server, 1, postback_ips=["203.0.113.0/24"])
     query = urllib.parse.urlencode({"click_id": click_id(), "txid": "IN", "token": token(5)})
     allowed = reply(runtime.handle(http_api_event(query=query), None))  # sourceIp 203.0.113.9
     forged = http_api_event(query=query.replace("IN", "FORGED"))

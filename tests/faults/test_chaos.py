@@ -53,22 +53,23 @@ def restart_redis(system: FaultSystem) -> None:
     wait_until(lambda: system.tracker.health() == 200, timeout=30, message="tracker healthy")
 
 
-def sqs_outage(system: FaultSystem) -> None:
-    """The SQS endpoint hangs (SIGSTOP) for the outage: the tracker spills to Redis, the postback role says 503."""
-    system.sqs.pause()
+def down_for_the_outage(stop: Callable[[], object], start: Callable[[], object]) -> None:
+    """`stop()`, wait out the outage, then `start()` whatever happened meanwhile."""
+    stop()
     try:
         time.sleep(OUTAGE)
     finally:
-        system.sqs.resume()
+        start()
+
+
+def sqs_outage(system: FaultSystem) -> None:
+    """The SQS endpoint hangs (SIGSTOP) for the outage: the tracker spills to Redis, the postback role says 503."""
+    down_for_the_outage(system.sqs.pause, system.sqs.resume)
 
 
 def postgres_outage(system: FaultSystem) -> None:
     """PostgreSQL is down (fast shutdown, connections refused) for the outage, then back on the same port."""
-    system.postgres.stop()
-    try:
-        time.sleep(OUTAGE)
-    finally:
-        system.postgres.start()
+    down_for_the_outage(system.postgres.stop, system.postgres.start)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from adclick import _native
 
 from support.procs import ProcessGuard, free_port, wait_until
 from support.roles import Role, serve, settings_env
-from support.roles import request as request  # tests/bench imports it from here
 from support.servers import SqsServer
 
 

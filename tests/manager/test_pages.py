@@ -33,11 +33,8 @@ async def test_a_script_in_a_name_renders_escaped_on_list_and_detail_pages(manag
     assert offer.status_code == 303, offer.text
     link = await client.post(
         "/links",
-        data=form(
-            client,
-            offer_id=offer.headers["location"].rsplit("/", 1)[1],
-            affiliate_id=str(manager.ids["affiliate"]),
-            url="https://shop.example/?q=<script>",
+        data=manager.link_form(
+            client, offer_id=offer.headers["location"].rsplit("/", 1)[1], url="https://shop.example/?q=<script>"
         ),
     )
     assert link.status_code == 303, link.text
@@ -58,14 +55,7 @@ async def test_a_link_saved_while_redis_is_down_is_committed_not_yet_live_then_r
     client = await manager.as_role("manager")
     manager.redis.stop()
     reply = await client.post(
-        "/links",
-        data=form(
-            client,
-            offer_id=str(manager.ids["offer"]),
-            affiliate_id=str(manager.ids["affiliate"]),
-            slug="offline",
-            url="https://shop.example/?c={click_id}",
-        ),
+        "/links", data=manager.link_form(client, slug="offline", url="https://shop.example/?c={click_id}")
     )
     assert reply.status_code == 303, reply.text
     page = await client.get(reply.headers["location"])
@@ -184,10 +174,8 @@ async def test_link_page_offers_a_copyable_tracking_url_and_a_qr_code(manager: M
     client = await manager.as_role("manager")
     reply = await client.post(
         "/links",
-        data=form(
+        data=manager.link_form(
             client,
-            offer_id=str(manager.ids["offer"]),
-            affiliate_id=str(manager.ids["affiliate"]),
             destinations="70 https://a.example/?c={click_id}\n30 https://b.example/",
             rules='[{"countries": ["US"], "url": "https://us.example/"}]',
             cookie="on",
@@ -204,15 +192,7 @@ async def test_link_page_offers_a_copyable_tracking_url_and_a_qr_code(manager: M
     qr = await client.get(f"/links/{link_id}/qr.svg")
     assert qr.status_code == 200 and qr.headers["content-type"].startswith("image/svg+xml")
     assert qr.text.lstrip().startswith("<svg") and "<script" not in qr.text
-    bad = await client.post(
-        f"/links/{link_id}",
-        data=form(
-            client,
-            offer_id=str(manager.ids["offer"]),
-            affiliate_id=str(manager.ids["affiliate"]),
-            url="https://x.example/{nope}",
-        ),
-    )
+    bad = await client.post(f"/links/{link_id}", data=manager.link_form(client, url="https://x.example/{nope}"))
     assert bad.status_code == 422 and "unknown macro {nope}" in bad.text
 
 
@@ -272,10 +252,7 @@ async def test_the_offer_form_checks_its_destination_template_and_a_link_form_le
     new_link = (await client.get(f"/links/new?offer_id={manager.ids['offer']}")).text
     assert "Blank: serve the offer's destination template" in new_link
     assert "https://shop.example/lp?cid={click_id}&amp;s1={sub1}" in new_link
-    made = await client.post(
-        "/links",
-        data=form(client, offer_id=str(manager.ids["offer"]), affiliate_id=str(manager.ids["affiliate"]), slug="blank"),
-    )
+    made = await client.post("/links", data=manager.link_form(client, slug="blank"))
     assert made.status_code == 303, made.text
     assert json.loads(manager.redis.client().get("adclick:link:blank"))["url"] == template
     assert "the offer's template" in (await client.get(made.headers["location"])).text

@@ -82,6 +82,11 @@ class Manager:
         assert pubsub.get_message(timeout=2)["type"] == "subscribe"
         return pubsub
 
+    def link_form(self, client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+        """The link form's fields, to the seeded offer and affiliate unless `fields` say otherwise, and a CSRF token."""
+        owners = {"offer_id": str(self.ids["offer"]), "affiliate_id": str(self.ids["affiliate"])}
+        return form(client, **{**owners, **fields})
+
     async def create_link(self, api: httpx.AsyncClient, slug: str, **fields: Any) -> dict[str, Any]:
         """A link made through the JSON API as `api`'s user, to the seeded offer and affiliate unless `fields` say
         otherwise; anything but 201 Created fails the test."""

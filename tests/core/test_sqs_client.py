@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import ClassVar
@@ -29,7 +30,7 @@ class Recorder(StubHandler):
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     Recorder.agents = []
-    with StubServer(Recorder) as server:
+    with contextlib.closing(StubServer(Recorder)) as server:
         yield server.base
 
 

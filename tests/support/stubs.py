@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import http.server
 import threading
-from types import TracebackType
-from typing import Self
 
 
 class StubHandler(http.server.BaseHTTPRequestHandler):
@@ -35,11 +33,3 @@ class StubServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -29,6 +29,7 @@ from workerkit import (
     rejections,
     rollup_totals,
     seed,
+    totals_of,
     wait_for,
 )
 
@@ -72,8 +73,7 @@ async def test_same_conversion_message_three_times_counts_once(worker: InProcess
 
     assert len(await conversions(db_engine)) == 5
     assert await rejections(db_engine) == []  # a redelivery is not a duplicate postback
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["revenue"], totals["payout"]) == (5, D("15"), D("10"))
+    assert await totals_of(db_engine, "conversions", "revenue", "payout") == (5, D("15"), D("10"))
     assert metric(worker.metrics, "adclick_worker_processed_total", kind="conversion") == 5
     assert metric(worker.metrics, "adclick_worker_processed_total", kind="redelivered") == 15
 
@@ -97,8 +97,7 @@ async def test_forged_clickid_is_rejected_once_and_never_retried(
     assert sorted(await rejections(db_engine)) == [("forged", "F-1"), ("forged", "F-2"), ("forged", "F-3")]
     assert await failed_jobs(db_engine) == []
     assert metric(worker.metrics, "adclick_worker_conversions_rejected_total", reason="forged") == 3
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["payout"]) == (1, D("2"))
+    assert await totals_of(db_engine, "conversions", "payout") == (1, D("2"))
 
 
 async def test_conversion_outside_the_attribution_window_is_expired(
@@ -133,8 +132,7 @@ async def test_repeated_txid_is_one_conversion_and_a_duplicate_rejection(
 
     assert sorted(c.txid for c in await conversions(db_engine)) == sorted(["ORDER-9", click_id])
     assert sorted(await rejections(db_engine)) == sorted([("duplicate", "ORDER-9"), ("duplicate", click_id)])
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["payout"]) == (2, D("10"))
+    assert await totals_of(db_engine, "conversions", "payout") == (2, D("10"))
 
 
 async def test_later_postback_changes_status_and_moves_the_rollups(
@@ -151,8 +149,7 @@ async def test_later_postback_changes_status_and_moves_the_rollups(
     for status, received_at, expected in steps:
         await worker.send("conversions", [conversion_body(click_id, "TX", received_at=received_at, status=status)])
         await worker.run_until_drained("conversions")
-        totals = await rollup_totals(db_engine)
-        assert (totals["conversions"], totals["revenue"], totals["payout"]) == expected, status
+        assert await totals_of(db_engine, "conversions", "revenue", "payout") == expected, status
         assert await projection_mismatches(db_engine) == {}, status
     # A stale postback (older than the last change) does not roll the status back.
     await worker.send("conversions", [conversion_body(click_id, "TX", received_at=T0 + 2500, status="approved")])
@@ -212,8 +209,7 @@ async def test_revenue_and_payout_follow_the_most_specific_rule(
         ("missing_amount", "D"),
         ("negative_amount", "C"),
     ]
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["revenue"], totals["payout"]) == (2, D("10.52"), D("5.95"))
+    assert await totals_of(db_engine, "conversions", "revenue", "payout") == (2, D("10.52"), D("5.95"))
 
 
 async def test_yen_offer_rounds_to_whole_yen(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
@@ -263,8 +259,7 @@ async def test_daily_caps_hold_with_consumers_racing(
     assert len([c for c in paid if c.txid.startswith("N-")]) == 2
     assert all((c.payout, c.revenue) == (D("0"), D("0")) for c in capped)
     assert all(c.payout == D("2") for c in paid)
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["payout"], totals["revenue"]) == (9, D("18"), D("27"))
+    assert await totals_of(db_engine, "conversions", "payout", "revenue") == (9, D("18"), D("27"))
     assert await projection_mismatches(db_engine) == {}
     async with db_engine.connect() as connection:
         used = dict(
@@ -288,8 +283,7 @@ async def test_chargeback_gives_back_its_cap_slot(worker: InProcessWorker, db_en
     await worker.run_until_drained("conversions")
 
     assert {c.txid: c.status for c in await conversions(db_engine)} == {"A": "rejected", "B": "approved", "C": "capped"}
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["payout"]) == (1, D("2"))
+    assert await totals_of(db_engine, "conversions", "payout") == (1, D("2"))
 
 
 async def test_other_advertisers_postback_is_rejected(worker: InProcessWorker, db_engine: AsyncEngine) -> None:
@@ -339,8 +333,7 @@ async def test_one_poison_message_does_not_block_the_rest_of_its_batch(
     (job,) = await failed_jobs(db_engine)
     assert job.body == poison and "out of range" in job.error
     assert await worker.queue_counts("conversions") == (0, 1)  # left for SQS to redeliver, then dead-letter
-    totals = await rollup_totals(db_engine)
-    assert (totals["conversions"], totals["revenue"]) == (9, D("90"))
+    assert await totals_of(db_engine, "conversions", "revenue") == (9, D("90"))
 
 
 async def test_rollup_projections_sum_like_hourly_rollups_after_clicks_conversions_and_status_changes(

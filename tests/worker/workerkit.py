@@ -310,6 +310,12 @@ async def rollup_totals(engine: AsyncEngine, *where: Any) -> dict[str, Any]:
     return totals
 
 
+async def totals_of(engine: AsyncEngine, *names: str) -> tuple[Any, ...]:
+    """The named columns of `rollup_totals` over every row, in that order (one tuple for one assertion)."""
+    totals = await rollup_totals(engine)
+    return tuple(totals[name] for name in names)
+
+
 async def conversions(engine: AsyncEngine) -> list[Conversion]:
     async with AsyncSession(engine) as session:
         return list((await session.execute(select(Conversion).order_by(Conversion.id))).scalars())

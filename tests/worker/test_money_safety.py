@@ -258,8 +258,7 @@ async def test_bot_and_blocked_clicks_count_apart_and_never_in_clicks_cr_or_epc(
     await worker.run_until_drained("clicks")
     await run(worker, conversion_body(events[0]["click_id"], "SALE"))
 
-    totals = await rollup_totals(db_engine)
-    assert (totals["clicks"], totals["unique_clicks"], totals["bot_clicks"], totals["blocked_clicks"]) == (2, 2, 1, 2)
+    assert await totals_of(db_engine, "clicks", "unique_clicks", "bot_clicks", "blocked_clicks") == (2, 2, 1, 2)
     async with worker.sessions() as session:
         for group_by in ("offer", "sub1"):  # from the rollups, and from the raw clicks
             report = await run_report(session, build_query(group_by, "2025-11-27", "2025-11-28", "UTC"))

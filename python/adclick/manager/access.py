@@ -7,17 +7,16 @@ from urllib.parse import urlsplit
 
 import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
-from adclick.manager import accounts, campaigns
+from adclick.manager import accounts
 from adclick.manager.campaigns import Conflict, Invalid
 from adclick.manager.deps import AdminUser, CurrentUser, PageNo, RowId, SessionDep, optional_user
 from adclick.manager.forms import form_fields, parse
 from adclick.manager.schemas import UserIn, UserPatch
 from adclick.manager.security import client_ip, new_csrf_token, password_stamp
-from adclick.manager.templating import flash, render
+from adclick.manager.templating import listing, render, see_other
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,14 +29,10 @@ def _safe_next(target: str | None) -> str:
     return target if not parts.scheme and not parts.netloc else "/"
 
 
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
-
-
 @router.get("/login")
 async def login_page(request: Request, session: SessionDep, next: str = "/") -> Response:
     if await optional_user(request, session) is not None:
-        return _see_other(_safe_next(next))
+        return see_other(request, _safe_next(next))
     return render(request, "login.html", {"next": _safe_next(next), "email": ""})
 
 
@@ -70,13 +65,13 @@ async def login(request: Request, session: SessionDep) -> Response:
     await anyio.to_thread.run_sync(limiter.reset, ip, email)
     request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
     request.session.update({"uid": user.id, "pw": password_stamp(user.password_hash), "csrf": new_csrf_token()})
-    return _see_other(target)
+    return see_other(request, target)
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     request.session.clear()
-    return _see_other("/login")
+    return see_other(request, "/login")
 
 
 @router.get("/")
@@ -101,9 +96,7 @@ async def _affiliates(session: SessionDep) -> list[Affiliate]:
 
 @router.get("/users")
 async def users_page(request: Request, session: SessionDep, _admin: AdminUser, page: PageNo = 1) -> Response:
-    rows, total = await campaigns.page(session, select(User).order_by(User.id), page)
-    context: dict[str, Any] = {"users": rows, "total": total, "page": page, "affiliates": await _affiliates(session)}
-    return render(request, "users.html", context)
+    return await listing(request, session, User, "users", page, affiliates=await _affiliates(session))
 
 
 @router.post("/users")
@@ -116,12 +109,10 @@ async def create_user(request: Request, session: SessionDep, _admin: AdminUser) 
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            flash(request, f"User {user.email} created.")
-            return _see_other("/users")
-    rows, total = await campaigns.page(session, select(User).order_by(User.id), 1)
-    context = {"users": rows, "total": total, "page": 1, "errors": errors, "form": fields}
-    context["affiliates"] = await _affiliates(session)
-    return render(request, "users.html", context, status_code=422)
+            return see_other(request, "/users", f"User {user.email} created.")
+    return await listing(
+        request, session, User, "users", errors=errors, form=fields, affiliates=await _affiliates(session)
+    )
 
 
 @router.get("/users/{user_id}")
@@ -144,8 +135,7 @@ async def update_user(request: Request, user_id: RowId, session: SessionDep, adm
         except (Invalid, Conflict) as error:
             errors = [str(error)]
         else:
-            flash(request, "User saved.")
-            return _see_other(f"/users/{user_id}")
+            return see_other(request, f"/users/{user_id}", "User saved.")
     await session.rollback()
     user = await accounts.get_user(session, user_id)
     context = {"subject": user, "affiliates": await _affiliates(session), "errors": errors}
@@ -155,8 +145,7 @@ async def update_user(request: Request, user_id: RowId, session: SessionDep, adm
 @router.post("/users/{user_id}/delete")
 async def delete_user(request: Request, user_id: RowId, session: SessionDep, admin: AdminUser) -> Response:
     await accounts.delete_user(session, user_id, acting=admin)
-    flash(request, "User deleted.")
-    return _see_other("/users")
+    return see_other(request, "/users", "User deleted.")
 
 
 # -- the signed-in user's API tokens --
@@ -183,5 +172,4 @@ async def create_token(request: Request, session: SessionDep, user: CurrentUser)
 @router.post("/tokens/{token_id}/delete")
 async def delete_token(request: Request, token_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     await accounts.delete_token(session, user, token_id)
-    flash(request, "Token revoked.")
-    return _see_other("/tokens")
+    return see_other(request, "/tokens", "Token revoked.")

@@ -6,6 +6,7 @@ cookie plus an `X-CSRF-Token` header on writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -82,8 +83,19 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
     )
 
 
-def _list(rows: list[Any], total: int, out: Any) -> dict[str, Any]:
+async def _page_of(session: SessionDep, query: Any, page: int, out: Callable[[Any], Any]) -> dict[str, Any]:
+    """One page of a listing, as every list route answers it."""
+    rows, total = await campaigns.page(session, query, page)
     return {"total": total, "page_size": campaigns.PAGE_SIZE, "items": [out(row) for row in rows]}
+
+
+def _by_id(model: Any) -> Any:
+    return select(model).order_by(model.id)
+
+
+def _done() -> Response:
+    """What a delete answers: 204, no body."""
+    return Response(status_code=204)
 
 
 @router.get("/me", response_model=UserOut)
@@ -96,8 +108,7 @@ async def me(user: CurrentUser) -> Any:
 
 @router.get("/advertisers")
 async def list_advertisers(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Any:
-    rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id), page)
-    return _list(rows, total, lambda row: advertiser_out(request, row))
+    return await _page_of(session, _by_id(Advertiser), page, lambda row: advertiser_out(request, row))
 
 
 @router.post("/advertisers", status_code=201, response_model=AdvertiserOut)
@@ -129,7 +140,7 @@ async def rotate_token(request: Request, advertiser_id: RowId, session: SessionD
 @router.delete("/advertisers/{advertiser_id}", status_code=204)
 async def delete_advertiser(advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_advertiser(session, advertiser_id)
-    return Response(status_code=204)
+    return _done()
 
 
 # -- affiliates --
@@ -137,8 +148,7 @@ async def delete_advertiser(advertiser_id: RowId, session: SessionDep, _user: St
 
 @router.get("/affiliates")
 async def list_affiliates(session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Any:
-    rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id), page)
-    return _list(rows, total, AffiliateOut.model_validate)
+    return await _page_of(session, _by_id(Affiliate), page, AffiliateOut.model_validate)
 
 
 @router.post("/affiliates", status_code=201, response_model=AffiliateOut)
@@ -163,7 +173,7 @@ async def update_affiliate(
 @router.delete("/affiliates/{affiliate_id}", status_code=204)
 async def delete_affiliate(affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_affiliate(session, affiliate_id)
-    return Response(status_code=204)
+    return _done()
 
 
 # -- offers and overrides --
@@ -171,11 +181,10 @@ async def delete_affiliate(affiliate_id: RowId, session: SessionDep, _user: Staf
 
 @router.get("/offers")
 async def list_offers(session: SessionDep, _user: StaffUser, page: PageNo = 1, advertiser_id: IdFilter = None) -> Any:
-    query = select(Offer).order_by(Offer.id)
+    query = _by_id(Offer)
     if advertiser_id is not None:
         query = query.where(Offer.advertiser_id == advertiser_id)
-    rows, total = await campaigns.page(session, query, page)
-    return _list(rows, total, OfferOut.model_validate)
+    return await _page_of(session, query, page, OfferOut.model_validate)
 
 
 @router.post("/offers", status_code=201, response_model=OfferOut)
@@ -203,7 +212,7 @@ async def update_offer(
 @router.delete("/offers/{offer_id}", status_code=204)
 async def delete_offer(offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_offer(session, offer_id)
-    return Response(status_code=204)
+    return _done()
 
 
 @router.get("/offers/{offer_id}/overrides", response_model=list[OverrideOut])
@@ -221,7 +230,7 @@ async def put_override(
 @router.delete("/offers/{offer_id}/overrides/{affiliate_id}", status_code=204)
 async def delete_override(offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_override(session, offer_id, affiliate_id)
-    return Response(status_code=204)
+    return _done()
 
 
 # -- links (affiliate users see their own, read-only) --
@@ -237,10 +246,8 @@ async def list_links(
     affiliate_id: IdFilter = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
-    if user.scope is not None:
-        affiliate_id = user.scope
-    rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, q), page)
-    return _list(rows, total, lambda row: link_out(request, row))
+    query = campaigns.visible_links(user.scope, affiliate_id, offer_id, q)
+    return await _page_of(session, query, page, lambda row: link_out(request, row))
 
 
 @router.post("/links", status_code=201, response_model=LinkOut)
@@ -276,7 +283,7 @@ async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _u
 @router.delete("/links/{link_id}", status_code=204)
 async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     await edits.remove_link(request.app.state.redis, session, link_id)
-    return Response(status_code=204)
+    return _done()
 
 
 # -- users (admin) and the caller's own API tokens --
@@ -284,8 +291,7 @@ async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _u
 
 @router.get("/users")
 async def list_users(session: SessionDep, _user: AdminUser, page: PageNo = 1) -> Any:
-    rows, total = await campaigns.page(session, select(User).order_by(User.id), page)
-    return _list(rows, total, UserOut.model_validate)
+    return await _page_of(session, _by_id(User), page, UserOut.model_validate)
 
 
 @router.post("/users", status_code=201, response_model=UserOut)
@@ -306,7 +312,7 @@ async def update_user(user_id: RowId, data: UserPatch, session: SessionDep, admi
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(user_id: RowId, session: SessionDep, admin: AdminUser) -> Response:
     await accounts.delete_user(session, user_id, acting=admin)
-    return Response(status_code=204)
+    return _done()
 
 
 @router.get("/tokens", response_model=list[TokenOut])
@@ -323,4 +329,4 @@ async def create_token(data: TokenIn, session: SessionDep, user: CurrentUser) ->
 @router.delete("/tokens/{token_id}", status_code=204)
 async def delete_token(token_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     await accounts.delete_token(session, user, token_id)
-    return Response(status_code=204)
+    return _done()

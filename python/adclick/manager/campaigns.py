@@ -251,6 +251,14 @@ def links_query(affiliate_id: int | None = None, offer_id: int | None = None, q:
     return query
 
 
+def visible_links(
+    scope: int | None, affiliate_id: int | None = None, offer_id: int | None = None, q: str | None = None
+) -> Select[Any]:
+    """The links a user may list: `scope` (Principal.scope) confines an affiliate user to its own, whatever
+    `affiliate_id` filter it asks for; staff (scope None) filter as they like."""
+    return links_query(affiliate_id if scope is None else scope, offer_id, q)
+
+
 async def get_link(session: AsyncSession, link_id: int, affiliate_id: int | None = None) -> Link:
     """The link; an affiliate user (`affiliate_id`) gets NotFound for another affiliate's link, not a hint it exists."""
     link = await _get(session, Link, link_id, "link")

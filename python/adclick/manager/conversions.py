@@ -24,16 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.counting import (
-    Cap,
-    Place,
-    Standing,
-    add_to_rollups,
-    cap_day,
-    caps_of,
-    move_caps,
-    rollup_change,
-)
+from adclick.core import counting
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
@@ -260,12 +251,12 @@ def parse_money(value: Any, name: str) -> Decimal | None:
     return amount.quantize(Decimal("1e-6"))  # as the database returns it, so before and after compare
 
 
-async def _caps(session: AsyncSession, conversion: Conversion) -> list[Cap]:
+async def _caps(session: AsyncSession, conversion: Conversion) -> list[counting.Cap]:
     offer = await session.get(Offer, conversion.offer_id)
     override = None
     if conversion.affiliate_id is not None:
         override = await session.get(OfferAffiliateOverride, (conversion.offer_id, conversion.affiliate_id))
-    return caps_of(offer, override, conversion.affiliate_id)
+    return counting.caps_of(offer, override, conversion.affiliate_id)
 
 
 def _snapshot(conversion: Conversion) -> dict[str, Any]:
@@ -315,10 +306,10 @@ async def edit_conversion(
             status = "approved" if action == "approve" else "rejected"
             if conversion.status == status:
                 raise ConversionEditError(409, f"conversion {conversion_id} is already {status}")
-        standing = Standing(conversion.status, conversion.revenue, conversion.payout)
-        day = cap_day(conversion.created_at)
+        standing = counting.Standing(conversion.status, conversion.revenue, conversion.payout)
+        day = counting.cap_day(conversion.created_at)
         caps = await _caps(session, conversion)
-        full = await move_caps(session, conversion.offer_id, day, caps, conversion.status, status)
+        full = await counting.move_caps(session, conversion.offer_id, day, caps, conversion.status, status)
         if full is not None:
             raise ConversionEditError(409, f"{full.describe()} for {day} is full: nothing was changed")
         conversion.status = status
@@ -335,10 +326,11 @@ async def edit_conversion(
             after["note"] = note
         if after == {**before, "action": action}:
             raise ConversionEditError(409, "nothing to change: the conversion already has these values")
-        now_standing = Standing(conversion.status, conversion.revenue, conversion.payout)
-        delta = rollup_change(conversion, standing, now_standing, place=Place.of_params(conversion.params))
+        now_standing = counting.Standing(conversion.status, conversion.revenue, conversion.payout)
+        place = counting.Place.of_params(conversion.params)
+        delta = counting.rollup_change(conversion, standing, now_standing, place=place)
         if delta is not None:
-            await add_to_rollups(session, [delta])
+            await counting.add_to_rollups(session, [delta])
         await session.execute(
             insert(ConversionAudit).values(
                 conversion_id=conversion.id, user_id=user_id, at=now, before=before, after=after

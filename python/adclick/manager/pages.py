@@ -8,7 +8,6 @@ from typing import Any
 
 import segno
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
@@ -28,7 +27,7 @@ from adclick.manager.schemas import (
     OfferPatch,
     OverrideIn,
 )
-from adclick.manager.templating import flash, render
+from adclick.manager.templating import flash, listing, render, render_form, see_other
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,10 +36,6 @@ NOT_LIVE = (
     "The reconciler publishes it as soon as Redis answers."
 )
 MACROS = "{click_id} {link_id} {offer_id} {aff_id} {sub1} {sub2} {sub3} {sub4} {sub5} {country} {device} {os} {ts}"
-
-
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
 
 
 def _saved(request: Request, what: str, live: bool | None) -> None:
@@ -60,8 +55,7 @@ ADVERTISER_FIELDS = ("name", "status", "postback_ips")
 
 @router.get("/advertisers")
 async def advertisers_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
-    rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id), page)
-    return render(request, "advertisers.html", {"advertisers": rows, "total": total, "page": page})
+    return await listing(request, session, Advertiser, "advertisers", page)
 
 
 @router.post("/advertisers")
@@ -69,19 +63,16 @@ async def create_advertiser(request: Request, session: SessionDep, _user: StaffU
     fields = await form_fields(request, *ADVERTISER_FIELDS)
     data, errors = parse(AdvertiserIn, fields)
     if data is None:
-        rows, total = await campaigns.page(session, select(Advertiser).order_by(Advertiser.id))
-        context = {"advertisers": rows, "total": total, "page": 1, "errors": errors, "form": fields}
-        return render(request, "advertisers.html", context, status_code=422)
+        return await listing(request, session, Advertiser, "advertisers", errors=errors, form=fields)
     advertiser = await edits.add_advertiser(request.app.state.redis, session, data)
-    flash(request, "Advertiser created.", "success")
-    return _see_other(f"/advertisers/{advertiser.id}")
+    return see_other(request, f"/advertisers/{advertiser.id}", "Advertiser created.", "success")
 
 
 async def _advertiser_page(request: Request, session: SessionDep, advertiser_id: int, **extra: Any) -> Response:
     advertiser = await campaigns.get_advertiser(session, advertiser_id)
     offers = (await session.scalars(select(Offer).where(Offer.advertiser_id == advertiser_id).order_by(Offer.id))).all()
     context = {"advertiser": advertiser, "info": advertiser_out(request, advertiser), "offers": offers, **extra}
-    return render(request, "advertiser.html", context, status_code=422 if extra.get("errors") else 200)
+    return render_form(request, "advertiser.html", context)
 
 
 @router.get("/advertisers/{advertiser_id}")
@@ -98,7 +89,7 @@ async def update_advertiser(request: Request, advertiser_id: RowId, session: Ses
         return await _advertiser_page(request, session, advertiser_id, errors=errors)
     _advertiser, live = await edits.edit_advertiser(request.app.state.redis, session, advertiser_id, data)
     _saved(request, "Advertiser", live)
-    return _see_other(f"/advertisers/{advertiser_id}")
+    return see_other(request, f"/advertisers/{advertiser_id}")
 
 
 @router.post("/advertisers/{advertiser_id}/rotate-token")
@@ -113,14 +104,13 @@ async def rotate_token(request: Request, advertiser_id: RowId, session: SessionD
             "until the reconciler reaches Redis.",
             "warning",
         )
-    return _see_other(f"/advertisers/{advertiser_id}")
+    return see_other(request, f"/advertisers/{advertiser_id}")
 
 
 @router.post("/advertisers/{advertiser_id}/delete")
 async def delete_advertiser(request: Request, advertiser_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_advertiser(session, advertiser_id)
-    flash(request, "Advertiser deleted.")
-    return _see_other("/advertisers")
+    return see_other(request, "/advertisers", "Advertiser deleted.")
 
 
 # -- affiliates --
@@ -130,8 +120,7 @@ AFFILIATE_FIELDS = ("name", "email", "status")
 
 @router.get("/affiliates")
 async def affiliates_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
-    rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id), page)
-    return render(request, "affiliates.html", {"affiliates": rows, "total": total, "page": page})
+    return await listing(request, session, Affiliate, "affiliates", page)
 
 
 @router.post("/affiliates")
@@ -139,19 +128,16 @@ async def create_affiliate(request: Request, session: SessionDep, _user: StaffUs
     fields = await form_fields(request, *AFFILIATE_FIELDS)
     data, errors = parse(AffiliateIn, fields)
     if data is None:
-        rows, total = await campaigns.page(session, select(Affiliate).order_by(Affiliate.id))
-        context = {"affiliates": rows, "total": total, "page": 1, "errors": errors, "form": fields}
-        return render(request, "affiliates.html", context, status_code=422)
+        return await listing(request, session, Affiliate, "affiliates", errors=errors, form=fields)
     affiliate = await campaigns.create_affiliate(session, data)
-    flash(request, "Affiliate created.", "success")
-    return _see_other(f"/affiliates/{affiliate.id}")
+    return see_other(request, f"/affiliates/{affiliate.id}", "Affiliate created.", "success")
 
 
 async def _affiliate_page(request: Request, session: SessionDep, affiliate_id: int, **extra: Any) -> Response:
     affiliate = await campaigns.get_affiliate(session, affiliate_id)
     links, total = await campaigns.page(session, campaigns.links_query(affiliate_id=affiliate_id))
     context = {"affiliate": affiliate, "links": links, "total_links": total, **extra}
-    return render(request, "affiliate.html", context, status_code=422 if extra.get("errors") else 200)
+    return render_form(request, "affiliate.html", context)
 
 
 @router.get("/affiliates/{affiliate_id}")
@@ -168,14 +154,13 @@ async def update_affiliate(request: Request, affiliate_id: RowId, session: Sessi
         return await _affiliate_page(request, session, affiliate_id, errors=errors)
     _affiliate, live = await edits.edit_affiliate(request.app.state.redis, session, affiliate_id, data)
     _saved(request, "Affiliate", live)
-    return _see_other(f"/affiliates/{affiliate_id}")
+    return see_other(request, f"/affiliates/{affiliate_id}")
 
 
 @router.post("/affiliates/{affiliate_id}/delete")
 async def delete_affiliate(request: Request, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_affiliate(session, affiliate_id)
-    flash(request, "Affiliate deleted.")
-    return _see_other("/affiliates")
+    return see_other(request, "/affiliates", "Affiliate deleted.")
 
 
 # -- offers and overrides --
@@ -211,7 +196,7 @@ async def _choices(session: SessionDep) -> dict[str, Any]:
 async def _offers_page(request: Request, session: SessionDep, page: int = 1, **extra: Any) -> Response:
     rows, total = await campaigns.page(session, select(Offer).order_by(Offer.id), page)
     context = {"offer_rows": rows, "total": total, "page": page, "macros": MACROS, **(await _choices(session)), **extra}
-    return render(request, "offers.html", context, status_code=422 if extra.get("errors") else 200)
+    return render_form(request, "offers.html", context)
 
 
 @router.get("/offers")
@@ -231,8 +216,7 @@ async def create_offer(request: Request, session: SessionDep, _user: StaffUser) 
         except Invalid as error:
             errors = [str(error)]
         else:
-            flash(request, "Offer created.", "success")
-            return _see_other(f"/offers/{offer.id}")
+            return see_other(request, f"/offers/{offer.id}", "Offer created.", "success")
     return await _offers_page(request, session, errors=errors, form=fields)
 
 
@@ -245,7 +229,7 @@ async def _offer_page(request: Request, session: SessionDep, offer_id: int, **ex
         **(await _choices(session)),
         **extra,
     }
-    return render(request, "offer.html", context, status_code=422 if extra.get("errors") else 200)
+    return render_form(request, "offer.html", context)
 
 
 @router.get("/offers/{offer_id}")
@@ -271,7 +255,7 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
             errors = [str(error)]
         else:
             _saved(request, "Offer", live)
-            return _see_other(f"/offers/{offer_id}")
+            return see_other(request, f"/offers/{offer_id}")
     await session.rollback()
     return await _offer_page(request, session, offer_id, errors=errors)
 
@@ -279,8 +263,7 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
 @router.post("/offers/{offer_id}/delete")
 async def delete_offer(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_offer(session, offer_id)
-    flash(request, "Offer deleted.")
-    return _see_other("/offers")
+    return see_other(request, "/offers", "Offer deleted.")
 
 
 @router.post("/offers/{offer_id}/overrides")
@@ -296,8 +279,7 @@ async def put_override(request: Request, offer_id: RowId, session: SessionDep, _
         except Invalid as error:
             errors = [str(error)]
         else:
-            flash(request, "Override saved.", "success")
-            return _see_other(f"/offers/{offer_id}")
+            return see_other(request, f"/offers/{offer_id}", "Override saved.", "success")
     return await _offer_page(request, session, offer_id, errors=errors)
 
 
@@ -306,8 +288,7 @@ async def delete_override(
     request: Request, offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser
 ) -> Response:
     await campaigns.delete_override(session, offer_id, affiliate_id)
-    flash(request, "Override removed.")
-    return _see_other(f"/offers/{offer_id}")
+    return see_other(request, f"/offers/{offer_id}", "Override removed.")
 
 
 # -- links --
@@ -379,9 +360,8 @@ async def links_page(
     affiliate_id: IdFilter = None,
     q: str | None = None,
 ) -> Response:
-    if user.scope is not None:
-        affiliate_id = user.scope
-    rows, total = await campaigns.page(session, campaigns.links_query(affiliate_id, offer_id, (q or "")[:200]), page)
+    query = campaigns.visible_links(user.scope, affiliate_id, offer_id, (q or "")[:200])
+    rows, total = await campaigns.page(session, query, page)
     offer_names = {row[0]: row[1] for row in await session.execute(select(Offer.id, Offer.name))}
     context = {
         "links": rows,
@@ -416,7 +396,7 @@ async def create_link(request: Request, session: SessionDep, _user: StaffUser) -
             errors = [str(error)]
         else:
             _saved(request, "Link", live)
-            return _see_other(f"/links/{link.id}")
+            return see_other(request, f"/links/{link.id}")
     context = {"form": raw, "errors": errors, "macros": MACROS, **(await _choices(session))}
     return render(request, "link_form.html", context, status_code=422)
 
@@ -437,7 +417,7 @@ async def _link_page(request: Request, session: SessionDep, link: Link, **extra:
     }
     if user.role != "affiliate":
         context.update(await _choices(session))
-    return render(request, "link.html", context, status_code=422 if extra.get("errors") else 200)
+    return render_form(request, "link.html", context)
 
 
 @router.get("/links/{link_id}")
@@ -457,7 +437,7 @@ async def update_link(request: Request, link_id: LinkId, session: SessionDep, _u
             errors = [str(error)]
         else:
             _saved(request, "Link", live)
-            return _see_other(f"/links/{link.id}")
+            return see_other(request, f"/links/{link.id}")
     link = await campaigns.get_link(session, link_id)
     return await _link_page(request, session, link, form=raw, errors=errors)
 
@@ -465,7 +445,7 @@ async def update_link(request: Request, link_id: LinkId, session: SessionDep, _u
 async def _set_status(request: Request, link_id: int, session: SessionDep, status: str) -> Response:
     _link, live = await edits.set_link_status(request.app.state.redis, session, link_id, status)
     _saved(request, "Paused link" if status == "paused" else "Resumed link", live)
-    return _see_other(f"/links/{link_id}")
+    return see_other(request, f"/links/{link_id}")
 
 
 @router.post("/links/{link_id}/pause")
@@ -481,10 +461,9 @@ async def resume_link(request: Request, link_id: LinkId, session: SessionDep, _u
 @router.post("/links/{link_id}/delete")
 async def delete_link(request: Request, link_id: LinkId, session: SessionDep, _user: StaffUser) -> Response:
     if await edits.remove_link(request.app.state.redis, session, link_id):
-        flash(request, "Link deleted.")
-    else:
-        flash(request, "Link deleted; trackers keep serving it until the reconciler reaches Redis.", "warning")
-    return _see_other("/links")
+        return see_other(request, "/links", "Link deleted.")
+    warning = "Link deleted; trackers keep serving it until the reconciler reaches Redis."
+    return see_other(request, "/links", warning, "warning")
 
 
 @router.get("/links/{link_id}/qr.svg")

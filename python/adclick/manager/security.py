@@ -20,19 +20,24 @@ log = logging.getLogger(__name__)
 MIN_PASSWORD_LENGTH = 12
 API_TOKEN_PREFIX = "adc_"
 _hasher = PasswordHasher()
-# Verified against when the email is unknown, so a wrong email costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# Verified against when the email is unknown, so a wrong email costs as long as a wrong password. Made at the first
+# such sign-in, at the cost in force: every process that imports this module does not pay for a hash at import.
+_dummy_hash: str | None = None
 
 
 def configure_passwords(time_cost: int, memory_kib: int) -> None:
     """The argon2id cost of new hashes (ADCLICK_MANAGER_PASSWORD_*). A stored hash of another cost still verifies
     and is rehashed at the next sign-in, as argon2-cffi's `check_needs_rehash` says."""
-    global _hasher, _DUMMY_HASH
-    if (_hasher.time_cost, _hasher.memory_cost) == (time_cost, memory_kib):
-        return
-    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
-    _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
-    _hasher = hasher
+    global _hasher, _dummy_hash
+    if (_hasher.time_cost, _hasher.memory_cost) != (time_cost, memory_kib):
+        _hasher, _dummy_hash = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib), None
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -42,7 +47,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True if `password` matches; always spends one argon2 verification, even for an unknown user."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _dummy(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

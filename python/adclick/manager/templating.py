@@ -13,8 +13,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
-from starlette.responses import HTMLResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import HTMLResponse, RedirectResponse
 
+from adclick.manager.campaigns import page as page_of
 from adclick.manager.routers import NAV
 from adclick.manager.security import new_csrf_token
 
@@ -52,3 +55,22 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, s
         **(context or {}),
     }
     return templates.TemplateResponse(request, name, full, status_code=status_code)
+
+
+def see_other(request: Request, url: str, message: str | None = None, kind: str = "info") -> RedirectResponse:
+    """Post/redirect/get: a 303 to `url`, with `message` flashed for the page it shows."""
+    if message is not None:
+        flash(request, message, kind)
+    return RedirectResponse(url, status_code=303)
+
+
+def render_form(request: Request, name: str, context: dict[str, Any]) -> HTMLResponse:
+    """A page that shows a form again: 422 when `context` holds errors, else 200."""
+    return render(request, name, context, status_code=422 if context.get("errors") else 200)
+
+
+async def listing(request: Request, session: AsyncSession, model: Any, key: str, page: int = 1, **extra: Any) -> Any:
+    """The page `<key>.html` listing a model's rows by id, `extra` added to its context (a create form's errors
+    show on it again, with 422)."""
+    rows, total = await page_of(session, select(model).order_by(model.id), page)
+    return render_form(request, f"{key}.html", {key: rows, "total": total, "page": page, **extra})

@@ -12,9 +12,8 @@
 //! leaves the previous list in force too, and is counted (`invalid`) and logged.
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -22,6 +21,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Deserialize;
 
 use crate::cache::{bump, connect_with, Follower};
+use crate::loader::Loader;
 use crate::CoreError;
 
 /// Redis key holding the blocklist (JSON); the manager is its only writer.
@@ -197,8 +197,7 @@ struct Inner {
 /// The blocklist of one tracker process; see the module docs.
 pub struct IpBlocklist {
     inner: Arc<Inner>,
-    tx: Mutex<Option<Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    loader: Loader<()>,
 }
 
 impl IpBlocklist {
@@ -221,8 +220,7 @@ impl IpBlocklist {
                 stop: AtomicBool::new(false),
                 counters: Counters::default(),
             }),
-            tx: Mutex::new(None),
-            thread: Mutex::new(None),
+            loader: Loader::new(),
         })
     }
 
@@ -263,18 +261,12 @@ impl IpBlocklist {
     }
 
     fn reload(&self) {
-        if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(());
-        }
+        self.loader.send(());
     }
 
     /// Stops the loader thread and waits for it. Idempotent.
     pub fn shutdown(&self) {
-        self.inner.stop.store(true, Ordering::Release);
-        drop(self.tx.lock().take());
-        if let Some(h) = self.thread.lock().take() {
-            let _ = h.join();
-        }
+        self.loader.stop(&self.inner.stop);
     }
 }
 
@@ -286,17 +278,11 @@ impl Drop for IpBlocklist {
 
 impl Follower for IpBlocklist {
     fn start(&self) {
-        let mut thread = self.thread.lock();
-        if thread.is_some() || self.inner.stop.load(Ordering::Acquire) {
+        if self.inner.stop.load(Ordering::Acquire) {
             return;
         }
-        let (tx, rx) = mpsc::channel();
         let inner = Arc::clone(&self.inner);
-        *thread = std::thread::Builder::new()
-            .name("adclick-ipblock".to_owned())
-            .spawn(move || inner.run(&rx))
-            .ok();
-        *self.tx.lock() = Some(tx);
+        self.loader.start("adclick-ipblock", move |rx| inner.run(&rx));
     }
 
     fn subscribed(&self) {

@@ -5,6 +5,7 @@ pub mod error;
 pub mod event;
 pub mod ipblock;
 pub mod link;
+mod loader;
 pub mod replica;
 pub mod targeting;
 pub mod template;

@@ -20,16 +20,16 @@
 //! indexes finds them, so a million links cost about 80 MB rather than the cache's 550 bytes each.
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::cache::{bump, connect_with, Follower};
 use crate::link::{valid_slug, CompiledLink, Routes};
+use crate::loader::Loader;
 
 /// A Redis round trip of the loader carries this many keys (SCAN COUNT, then one MGET).
 const BATCH: usize = 1000;
@@ -324,8 +324,7 @@ struct Inner {
 /// The link replica; see the module docs.
 pub struct Replica {
     inner: Arc<Inner>,
-    tx: Mutex<Option<Sender<Cmd>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    loader: Loader<Cmd>,
 }
 
 impl Replica {
@@ -353,8 +352,7 @@ impl Replica {
                 stop: AtomicBool::new(false),
                 counters: Counters::default(),
             }),
-            tx: Mutex::new(None),
-            thread: Mutex::new(None),
+            loader: Loader::new(),
         })
     }
 
@@ -438,18 +436,12 @@ impl Replica {
     }
 
     fn send(&self, cmd: Cmd) {
-        if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(cmd);
-        }
+        self.loader.send(cmd);
     }
 
     /// Stops the loader thread and waits for it. Idempotent.
     pub fn shutdown(&self) {
-        self.inner.stop.store(true, Ordering::Release);
-        drop(self.tx.lock().take());
-        if let Some(h) = self.thread.lock().take() {
-            let _ = h.join();
-        }
+        self.loader.stop(&self.inner.stop);
     }
 }
 
@@ -464,17 +456,8 @@ impl Follower for Replica {
         if !self.enabled() {
             return;
         }
-        let mut thread = self.thread.lock();
-        if thread.is_some() {
-            return;
-        }
-        let (tx, rx) = mpsc::channel();
         let inner = Arc::clone(&self.inner);
-        *thread = std::thread::Builder::new()
-            .name("adclick-replica".to_owned())
-            .spawn(move || inner.run(&rx))
-            .ok();
-        *self.tx.lock() = Some(tx);
+        self.loader.start("adclick-replica", move |rx| inner.run(&rx));
     }
 
     fn subscribed(&self) {

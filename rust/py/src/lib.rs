@@ -317,51 +317,29 @@ impl PyTracker {
 
     /// Counters for /metrics, as one dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        /// `d[prefix + field] = value.field` for each field.
+        macro_rules! put {
+            ($d:ident, $prefix:literal, $value:expr, [$($field:ident),+ $(,)?]) => {{
+                $( $d.set_item(concat!($prefix, stringify!($field)), $value.$field)?; )+
+            }};
+        }
         let s = self.inner.stats();
         let d = PyDict::new(py);
         d.set_item("outcomes", s.outcomes.into_iter().collect::<Vec<_>>())?;
         d.set_item("latency_buckets_us", s.latency_buckets)?;
-        d.set_item("latency_count", s.latency_count)?;
-        d.set_item("latency_sum_seconds", s.latency_sum_seconds)?;
-        d.set_item("events_buffered_total", s.events_buffered_total)?;
-        d.set_item("events_dropped_total", s.events_dropped_total)?;
-        d.set_item("buffer_depth", s.buffer_depth)?;
-        let c = s.cache;
-        d.set_item("cache_hits", c.hits)?;
-        d.set_item("cache_stale_hits", c.stale_hits)?;
-        d.set_item("cache_misses", c.misses)?;
-        d.set_item("cache_negative_hits", c.negative_hits)?;
-        d.set_item("cache_invalid", c.invalid)?;
-        d.set_item("cache_entries", c.entries)?;
-        d.set_item("cache_bytes", c.bytes)?;
-        d.set_item("cache_max_entries", c.max_entries)?;
-        d.set_item("cache_max_bytes", c.max_bytes)?;
+        put! { d, "", s, [latency_count, latency_sum_seconds, events_buffered_total, events_dropped_total,
+        buffer_depth] }
+        put! { d, "cache_", s.cache, [hits, stale_hits, misses, negative_hits, invalid, entries, bytes, max_entries,
+        max_bytes] }
         let (routes, routes_bytes) = adclick_core::link::interned();
         d.set_item("link_routes", routes)?;
         d.set_item("link_routes_bytes", routes_bytes)?;
-        d.set_item("redis_errors", c.redis_errors)?;
-        d.set_item("cache_invalidations", c.invalidations)?;
-        d.set_item("redis_reconnects", c.reconnects)?;
-        let r = s.replica;
-        d.set_item("replica_state", r.state)?;
-        d.set_item("replica_links", r.links)?;
-        d.set_item("replica_bytes", r.bytes)?;
-        d.set_item("replica_max_bytes", r.max_bytes)?;
-        d.set_item("replica_over_budget", r.over_budget)?;
-        d.set_item("replica_hits", r.hits)?;
-        d.set_item("replica_absent", r.absent)?;
-        d.set_item("replica_passed", r.passed)?;
-        d.set_item("replica_loads", r.loads)?;
-        d.set_item("replica_refreshes", r.refreshes)?;
-        d.set_item("replica_invalid", r.invalid)?;
-        d.set_item("replica_redis_errors", r.redis_errors)?;
-        let b = s.ipblock;
-        d.set_item("ipblock_entries", b.entries)?;
-        d.set_item("ipblock_ranges", b.ranges)?;
-        d.set_item("ipblock_loaded", b.loaded)?;
-        d.set_item("ipblock_loads", b.loads)?;
-        d.set_item("ipblock_invalid", b.invalid)?;
-        d.set_item("ipblock_redis_errors", b.redis_errors)?;
+        d.set_item("redis_errors", s.cache.redis_errors)?;
+        d.set_item("cache_invalidations", s.cache.invalidations)?;
+        d.set_item("redis_reconnects", s.cache.reconnects)?;
+        put! { d, "replica_", s.replica, [state, links, bytes, max_bytes, over_budget, hits, absent, passed, loads,
+        refreshes, invalid, redis_errors] }
+        put! { d, "ipblock_", s.ipblock, [entries, ranges, loaded, loads, invalid, redis_errors] }
         Ok(d)
     }
 }

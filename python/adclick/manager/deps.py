@@ -42,6 +42,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+STAFF_ROLES = ("admin", "manager")  # see everything; "affiliate" users see their own rows
+
+
 @dataclass(frozen=True)
 class Principal:
     """The signed-in user, copied out of the ORM row so that a rolled-back session cannot expire it mid-request."""
@@ -58,11 +61,15 @@ class Principal:
         return cls(user.id, user.email, user.role, user.affiliate_id, user.is_active, user.created_at)
 
     @property
+    def is_staff(self) -> bool:
+        return self.role in STAFF_ROLES
+
+    @property
     def scope(self) -> int | None:
         """The affiliate id an affiliate user is confined to; None (everything) for staff only. An affiliate user
         without an affiliate id (a row edited by hand, or older than the check) is confined to id 0, which matches
         nothing: a missing id never widens what an affiliate sees."""
-        if self.role in ("admin", "manager"):
+        if self.is_staff:
             return None
         return self.affiliate_id if self.affiliate_id is not None else 0
 
@@ -155,7 +162,7 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
-StaffUser = Annotated[Principal, Depends(require_roles("admin", "manager"))]
+StaffUser = Annotated[Principal, Depends(require_roles(*STAFF_ROLES))]
 AdminUser = Annotated[Principal, Depends(require_roles("admin"))]
 
 # Ids in paths and filters are bounded like the columns they look up (INTEGER; links' 40-bit ids), so an

@@ -14,7 +14,7 @@ from adclick.manager.report_queries import DIMENSIONS, ReportError, ReportQuery,
 def is_staff(user: Principal) -> bool:
     """Staff (admin, manager) see everything; an affiliate sees its clicks, conversions and payouts, never the
     network's revenue, profit, advertisers or audit notes."""
-    return user.role in ("admin", "manager")
+    return user.is_staff
 
 
 def scope_of(user: Principal) -> int | None:

@@ -137,14 +137,14 @@ def wait_idle(args: argparse.Namespace) -> Usage:
     return u
 
 
-def pod_cpu_limit(objects: list[dict[str, Any]], role: str) -> float | None:
-    """The CPU limit (in cores) of the role's Deployment in the overlay, if it sets one."""
+def pod_cpu(objects: list[dict[str, Any]], role: str, kind: str = "limits") -> float | None:
+    """The CPU `limits` or `requests` (in cores) of the role's Deployment in the overlay, if it sets one."""
     for obj in objects:
         if obj.get("kind") == "Deployment" and role in _name(obj):
             for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-                limit = str(container.get("resources", {}).get("limits", {}).get("cpu", ""))
-                if limit:
-                    return float(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)
+                value = str(container.get("resources", {}).get(kind, {}).get("cpu", ""))
+                if value:
+                    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
     return None
 
 
@@ -248,6 +248,10 @@ class ServerResult:
     scale: float = 1.0  # a pod's share of the measured capacity (limit not enforced)
     target_rps: int | None = None
     at_target: Step | None = None  # the tracker's step at its target rate
+    cpu_at_target_pct: float | None = None  # server CPU (% of one core) at the target rate
+    cpu_at_target_from: str = ""
+    cpu_request_cores: float | None = None  # the pod's CPU request, what the HPA's Utilization is a share of
+    cpu_target_pct: int | None = None  # the HPA's CPU averageUtilization that scales out at the same load
     clicks_per_message: float | None = None
     clicks_per_message_from: str = ""
     accepted: float | None = None  # postback: conversions queued over the run
@@ -573,6 +577,29 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return pts[-1][1]
 
 
+def cpu_at_target(args: argparse.Namespace, res: ServerResult) -> None:
+    """The CPU utilization target that scales out at the same load as the RPS target.
+
+    The HPA scales on whichever metric asks for more pods. A CPU target below what a pod uses at its RPS target
+    makes the measured RPS target dead letter (e.g. 60% of a postback pod's 250m request is reached at a third of
+    its measured target); so the CPU target is what the server used at the target rate, as a share of the request.
+    """
+    request = getattr(args, f"{res.role}_cpu_request", None)
+    if res.target_rps is None or not request:
+        return
+    at = res.at_target
+    if at is not None and at.trust == OK and at.server_cpu_pct:
+        cpu, res.cpu_at_target_from = at.server_cpu_pct, "measured at the target rate"
+    else:
+        points = [(s.rps, s.server_cpu_pct) for s in res.steps if s.server_cpu_pct and s.trust == OK]
+        value = interpolate(points, float(res.target_rps))
+        if value is None:
+            return
+        cpu, res.cpu_at_target_from = value, f"interpolated between the steps around {res.target_rps:,} req/s"
+    res.cpu_at_target_pct, res.cpu_request_cores = cpu, request
+    res.cpu_target_pct = max(1, math.ceil(cpu / request))
+
+
 def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
     res = ServerResult(role="tracker", generator=args.generator, slo_ms=args.slo_ms)
     res.others_before_pct = wait_idle(args).others_pct
@@ -623,6 +650,7 @@ def tune_tracker(args: argparse.Namespace, env: dict[str, str]) -> ServerResult:
         if value:
             res.clicks_per_message = value
             res.clicks_per_message_from = f"interpolated between the steps around {rate:,.0f} req/s"
+    cpu_at_target(args, res)
     return res
 
 
@@ -696,6 +724,7 @@ def tune_postback(args: argparse.Namespace, env: dict[str, str]) -> ServerResult
     finally:
         PROCS.stop(proc, grace=15.0)
         release_cpu(group)
+    cpu_at_target(args, res)
     return res
 
 
@@ -1140,6 +1169,26 @@ def locate_hpa(objects: list[dict[str, Any]], role: str) -> Target:
     raise RuntimeError(f"HorizontalPodAutoscaler {_name(hpa)} has no Pods metric (requests per second) to set")
 
 
+def locate_cpu_metric(objects: list[dict[str, Any]], role: str) -> Target | None:
+    """The CPU Utilization metric of the role's HorizontalPodAutoscaler, if it has one."""
+    hpa = next((o for o in objects if o.get("kind") == "HorizontalPodAutoscaler" and role in _names(o)), None)
+    for i, metric in enumerate((hpa or {}).get("spec", {}).get("metrics", [])):
+        resource = metric.get("resource", {})
+        if metric.get("type") == "Resource" and resource.get("name") == "cpu":
+            target = resource.get("target", {})
+            if target.get("type") == "Utilization":
+                return Target(
+                    "HorizontalPodAutoscaler",
+                    _name(hpa or {}),
+                    i,
+                    f"/spec/metrics/{i}/resource/name",
+                    "cpu",
+                    f"/spec/metrics/{i}/resource/target/averageUtilization",
+                    target.get("averageUtilization"),
+                )
+    return None
+
+
 def locate_tracker_hpa(objects: list[dict[str, Any]]) -> Target:
     return locate_hpa(objects, "tracker")
 
@@ -1182,10 +1231,10 @@ def _names(obj: dict[str, Any]) -> str:
 def locate_targets(args: argparse.Namespace, objects: list[dict[str, Any]]) -> dict[str, list[Target]]:
     """Every entry this run will set, found before anything is measured: a base without one fails in seconds."""
     found: dict[str, list[Target]] = {}
-    if not args.skip_tracker:
-        found["tracker"] = [locate_hpa(objects, "tracker")]
-    if not args.skip_postback:
-        found["postback"] = [locate_hpa(objects, "postback")]
+    for role in ("tracker", "postback"):
+        if not getattr(args, f"skip_{role}"):
+            cpu = locate_cpu_metric(objects, role)
+            found[role] = [locate_hpa(objects, role)] + ([cpu] if cpu else [])
     if not args.skip_worker:
         found["worker"] = [locate_worker_trigger(objects, "clicks"), locate_worker_trigger(objects, "conversions")]
     return found
@@ -1196,7 +1245,10 @@ def patch_text(changes: list[tuple[Target, int]], why: list[str]) -> str:
     ops: list[dict[str, Any]] = []
     for target, value in changes:
         ops.append({"op": "test", "path": target.guard_path, "value": target.guard_value})
-        ops.append({"op": "replace", "path": target.path, "value": str(value)})
+        # averageUtilization is an integer in the HPA's schema; averageValue and queueLength are strings.
+        ops.append(
+            {"op": "replace", "path": target.path, "value": value if "Utilization" in target.path else str(value)}
+        )
     return comment + yaml.safe_dump(ops, sort_keys=False, default_flow_style=False)
 
 
@@ -1292,7 +1344,16 @@ def write_overlay(
         if res.scale < 1:
             why.append(f"A pod's {res.limit_cores:g} core gets {res.scale:.0%} of that (its limit was not enforced).")
         why.append(f"Target per pod = {args.fraction:.0%} of that = {res.target_rps} req/s ({t.guard_value}).")
-        put(file, [(t, res.target_rps)], why)
+        changes = [(t, res.target_rps)]
+        cpu = targets[res.role][1] if len(targets[res.role]) > 1 else None
+        if cpu is not None and res.cpu_target_pct is not None and res.cpu_at_target_pct is not None:
+            why.append(
+                f"At that rate the server used {res.cpu_at_target_pct:.0f}% of a core ({res.cpu_at_target_from}), "
+                f"{res.cpu_target_pct}% of the pod's {res.cpu_request_cores:g} core request: the CPU target, so"
+            )
+            why.append("that CPU and requests per second scale out at the same load.")
+            changes.append((cpu, res.cpu_target_pct))
+        put(file, changes, why)
     if worker is not None and worker.clicks and worker.conversions:
         clicks, conversions = worker.clicks, worker.conversions
         if clicks.queue_length is not None and conversions.queue_length is not None:
@@ -1445,6 +1506,11 @@ def server_section(args: argparse.Namespace, res: ServerResult) -> list[str]:
     if res.at_target is not None and not within(args, res.slo_ms)(res.at_target):
         lines += ["", "At the target rate the SLO did not hold: the capacity step was close; a longer "
                       "`--step-seconds` gives steadier steps."]  # fmt: skip
+    if res.cpu_target_pct is not None and res.cpu_at_target_pct is not None and not res.refusal:
+        lines += ["", f"CPU at the target rate: {res.cpu_at_target_pct:.0f}% of a core ({res.cpu_at_target_from}), "
+                      f"so **HPA CPU target: {res.cpu_target_pct}%** of the pod's {res.cpu_request_cores:g} core "
+                      "request: CPU and requests per second scale out at the same load (the HPA follows whichever "
+                      "asks for more pods)."]  # fmt: skip
     if role == "postback" and res.accepted is not None:
         lines += ["", f"Postbacks queued over the phase: {res.accepted:,.0f}; refused: {res.rejected or 0:,.0f}."]
     if res.generator == "locust":
@@ -1715,7 +1781,8 @@ def main(argv: list[str] | None = None) -> int:
         objects = render(args.overlay)
     for role in ("tracker", "postback", "worker"):
         if getattr(args, f"{role}_cpu_limit") is None:
-            setattr(args, f"{role}_cpu_limit", min(1.0, pod_cpu_limit(objects, role) or 1.0))
+            setattr(args, f"{role}_cpu_limit", min(1.0, pod_cpu(objects, role) or 1.0))
+        setattr(args, f"{role}_cpu_request", pod_cpu(objects, role, "requests"))
     targets: dict[str, list[Target]] = {}
     if not args.no_write:
         if not (args.overlay / "kustomization.yaml").exists():

@@ -10,6 +10,7 @@ as they ship.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -83,6 +84,17 @@ spec:
         queueURL: https://sqs.us-east-1.amazonaws.com/1/adclick-conversions
         queueLength: "50"
         awsRegion: us-east-1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: postback
+spec:
+  template:
+    spec:
+      containers:
+        - name: postback
+          resources: {requests: {cpu: 250m}, limits: {cpu: 500m}}
 """
 
 OVERLAY = """\
@@ -186,6 +198,21 @@ def test_a_run_of_every_role_writes_patches_that_name_it_with_report_and_chart(o
     assert postback_ops[0]["path"] == "/spec/metrics/0/pods/metric/name"  # the Pods metric, wherever it is
     postback_target = int(postback_ops[1]["value"])
     assert postback_target == result["postback"]["target_rps"] > 0
+    # Its CPU metric scales out at the same load: the CPU it used at the target rate, as a share of its request
+    # (250m). The tracker's base names no Deployment, so no request: its CPU target is left alone.
+    postback = result["postback"]
+    assert postback["cpu_request_cores"] == 0.25 and postback["cpu_at_target_pct"] > 0
+    assert postback_ops[2:] == [
+        {"op": "test", "path": "/spec/metrics/1/resource/name", "value": "cpu"},
+        {
+            "op": "replace",
+            "path": "/spec/metrics/1/resource/target/averageUtilization",
+            "value": math.ceil(postback["cpu_at_target_pct"] / 0.25),
+        },
+    ]
+    assert postback["cpu_target_pct"] == postback_ops[3]["value"]
+    assert "scale out at the same load" in texts["capacity-postback-patch.yaml"]
+    assert len(hpa_ops) == 2 and result["tracker"]["cpu_target_pct"] is None
     assert "SQS included" in texts["capacity-postback-patch.yaml"]
     keda_ops = yaml.safe_load(texts["capacity-worker-patch.yaml"])
     # Both queue triggers, by name; the CPU trigger is left alone.
@@ -212,12 +239,13 @@ def test_a_run_of_every_role_writes_patches_that_name_it_with_report_and_chart(o
     assert result["postback"]["accepted"] > 0 and result["postback"]["rejected"] == 0
 
     # Applied to the base, the patches change only the targets.
-    hpa, postback_hpa, scaled = yaml.safe_load_all(BASE)
+    hpa, postback_hpa, scaled, _ = yaml.safe_load_all(BASE)
     patched = apply_json6902(hpa, hpa_ops)
     assert patched["spec"]["metrics"][1]["pods"]["target"]["averageValue"] == str(rps_target)
     assert patched["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
     patched = apply_json6902(postback_hpa, postback_ops)
     assert patched["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == str(postback_target)
+    assert patched["spec"]["metrics"][1]["resource"]["target"]["averageUtilization"] == postback["cpu_target_pct"]
     patched = apply_json6902(scaled, keda_ops)
     assert patched["spec"]["triggers"][1]["metadata"]["queueLength"] == str(clicks_length)
     assert patched["spec"]["triggers"][2]["metadata"]["queueLength"] == str(conversions_length)
@@ -229,6 +257,7 @@ def test_a_run_of_every_role_writes_patches_that_name_it_with_report_and_chart(o
     assert report.count("| peak | req/s |") == 2
     assert f"HPA target: {rps_target:,} req/s per pod" in report
     assert f"HPA target: {postback_target:,} req/s per pod" in report
+    assert f"HPA CPU target: {postback['cpu_target_pct']}%" in report
     assert "of the peak" in report
     assert f"KEDA queueLength (clicks): {clicks_length}" in report
     assert f"KEDA queueLength (conversions): {conversions_length}" in report

@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("ADCLICK_DRAIN_SECONDS", "0.5")
     env.setdefault("ADCLICK_WORKER_WAIT_SECONDS", "2")  # Ctrl-C need not wait out a 20 s long poll
+    # A developer's affiliate server is on this machine: let postbacks out reach loopback and private addresses.
+    env.setdefault("ADCLICK_AFFILIATE_POSTBACK_ALLOW_PRIVATE", "true")
     roles: list[Role] = []
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

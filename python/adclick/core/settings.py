@@ -124,6 +124,16 @@ class WorkerSettings(Settings):
     worker_visibility_timeout: int = Field(60, ge=5, le=43_200)
     worker_heartbeat_stale_seconds: float = Field(60.0, gt=0)
     unique_window_hours: int = Field(24, ge=1, le=720)
+    # Postbacks out to affiliates (adclick.worker.deliverer): each request's timeout, how long a failing one is
+    # retried (with backoff), how many are in flight at once and per host, and whether private, loopback and
+    # link-local addresses may be called (never in production: a postback URL must not reach the cluster's inside).
+    affiliate_postback_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    affiliate_postback_retry_hours: float = Field(24.0, ge=0, le=720)
+    affiliate_postback_first_retry_seconds: float = Field(10.0, gt=0, le=3600)  # then 3x each time, up to 1 h
+    affiliate_postback_concurrency: int = Field(16, ge=1, le=256)
+    affiliate_postback_per_host: int = Field(4, ge=1, le=64)
+    affiliate_postback_poll_seconds: float = Field(1.0, gt=0, le=60)
+    affiliate_postback_allow_private: bool = False
 
 
 class PostbackSettings(Settings):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core import counting
+from adclick.core import counting, outbox
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
@@ -336,6 +336,21 @@ async def edit_conversion(
                 conversion_id=conversion.id, user_id=user_id, at=now, before=before, after=after
             )
         )
+        # The affiliate's postback of this change, in its transaction (adclick.core.outbox), as the worker does.
+        change = outbox.Change(
+            conversion_id=conversion.id,
+            offer_id=conversion.offer_id,
+            affiliate_id=conversion.affiliate_id,
+            click_id=conversion.click_id,
+            txid=conversion.txid,
+            event=conversion.event,
+            before=standing.status,
+            after=conversion.status,
+            payout=conversion.payout,
+            currency=conversion.currency,
+            at=now,
+        )
+        await outbox.enqueue(session, [change])
         await session.commit()
     except BaseException:
         await session.rollback()

@@ -71,6 +71,7 @@ from adclick.core.db.models import (
 )
 from adclick.core.db.upsert import insert_ignore
 from adclick.core.networks import Network, NetworkListError, contains, parse_networks
+from adclick.core.outbox import Change, enqueue
 from adclick.worker.batches import Applied, BatchHandler, Failure, Received, RetryBatch
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
@@ -167,6 +168,9 @@ class Stored:
     created_at: datetime
     updated_at: datetime
     place: Place = NOWHERE  # where it rolls up (adclick.core.counting.Place)
+    click_id: str = ""
+    event: str = "conversion"
+    currency: str = ""
 
 
 _CONVERSIONS = cast(Table, Conversion.__table__)
@@ -224,6 +228,8 @@ class _Batch:
         self.audits: list[tuple[tuple[int, str], dict[str, Any]]] = []
         self.counts: dict[str, int] = {}
         self.places: dict[str, Place] = {}  # ClickID -> its stored click's country and device
+        # (offer, txid), status before (None: new), after, when: what the affiliates' postbacks report
+        self.changes: list[tuple[tuple[int, str], str | None, str, datetime]] = []
 
     def count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -282,6 +288,7 @@ class _Batch:
         for item in attributable:
             await self._one(item)
         await self._insert_new()
+        await self._enqueue_postbacks()
         await add_to_rollups(self.session, self.rollups)
         for rejection in self.rejections:
             key = rejection.pop("_key")
@@ -311,6 +318,31 @@ class _Batch:
         if self.audits:
             rows = [{**values, "conversion_id": self.known[key].id} for key, values in self.audits]
             await self.session.execute(insert(ConversionAudit), rows)
+
+    async def _enqueue_postbacks(self) -> None:
+        """The affiliates' postbacks of this batch's changes, in its transaction (adclick.core.outbox)."""
+        changes = []
+        for key, before, after, when in self.changes:
+            stored = self.known[key]
+            assert stored.id is not None
+            changes.append(
+                Change(
+                    conversion_id=stored.id,
+                    offer_id=stored.offer_id,
+                    affiliate_id=stored.affiliate_id,
+                    click_id=stored.click_id,
+                    txid=stored.txid,
+                    event=stored.event,
+                    before=before,
+                    after=after,
+                    payout=stored.payout,
+                    currency=stored.currency,
+                    at=when,
+                )
+            )
+        queued = await enqueue(self.session, changes)
+        if queued:
+            self.counts["affiliate_postback"] = queued
 
     async def _load_terms(self, items: Sequence[Item]) -> None:
         """Each item's link -> offer, affiliate and override; from the handler's short-lived cache when it can."""
@@ -490,8 +522,12 @@ class _Batch:
             created_at=when,
             updated_at=when,
             place=place,
+            click_id=event.click_id,
+            event=event.event,
+            currency=currency,
         )
         self.known[(terms.offer.id, event.txid)] = conversion
+        self.changes.append(((terms.offer.id, event.txid), None, status, when))
         self._roll(conversion, None, Standing(status, revenue, payout))
         self.count(reason or ("conversion" if status != "capped" else "capped"))
 
@@ -566,6 +602,7 @@ class _Batch:
                 .where(Conversion.id == existing.id)
                 .values(status=new, revenue=revenue, payout=payout, updated_at=when)
             )
+        self.changes.append((key, existing.status, new, when))
         existing.status, existing.revenue, existing.payout, existing.updated_at = new, revenue, payout, when
         self._roll(existing, standing, Standing(new, revenue, payout))
         after = {"status": new, "revenue": str(revenue), "payout": str(payout), "txid": event.txid}

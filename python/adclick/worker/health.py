@@ -52,6 +52,18 @@ class WorkerMetrics:
             ["queue"],
             registry=r,
         )
+        self.affiliate_postbacks = Counter(
+            "adclick_worker_affiliate_postbacks",
+            "Postbacks sent to affiliates' servers, by result: delivered, error (retried), failed (retries over)",
+            ["result"],
+            registry=r,
+        )
+        self.affiliate_postback_seconds = Histogram(
+            "adclick_worker_affiliate_postback_seconds",
+            "Time an affiliate's server took to answer a postback",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.retries = Counter(
             "adclick_worker_batch_retries",
             "Batches retried because the database or Redis failed",

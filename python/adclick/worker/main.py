@@ -20,6 +20,7 @@ from adclick.worker.batches import describe
 from adclick.worker.clicks import ClickHandler
 from adclick.worker.consumer import Consumer
 from adclick.worker.conversions import ConversionHandler
+from adclick.worker.deliverer import Deliverer
 from adclick.worker.health import Heartbeat, WorkerMetrics, start_health_server
 
 log = logging.getLogger("adclick.worker")
@@ -131,7 +132,8 @@ async def run(settings: WorkerSettings) -> int:
                 settings.worker_health_host,
                 settings.worker_health_port,
             )
-            await asyncio.gather(*(consumer.run(stop) for consumer in consumers))
+            deliverer = Deliverer(sessions, settings, metrics)
+            await asyncio.gather(*(consumer.run(stop) for consumer in consumers), deliverer.run(stop))
             log.info("worker stopped")
     finally:
         await redis.aclose()

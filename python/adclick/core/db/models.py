@@ -89,6 +89,11 @@ class Affiliate(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Its own server's postback (adclick.core.affiliate_postbacks): the URL template, which changes fire it
+    # ('approved' by default; 'pending', 'reversal'), and the secret that signs each request (none: unsigned).
+    postback_url: Mapped[str | None] = mapped_column(String(2048))
+    postback_triggers: Mapped[str | None] = mapped_column(String(64))
+    postback_secret: Mapped[str | None] = mapped_column(String(128))
 
 
 class Offer(Base):
@@ -147,6 +152,7 @@ class OfferAffiliateOverride(Base):
     payout_model: Mapped[str | None] = mapped_column(String(16))
     payout_amount: Mapped[Decimal | None] = mapped_column(Money)
     daily_cap: Mapped[int | None] = mapped_column(Integer)
+    postback_url: Mapped[str | None] = mapped_column(String(2048))  # this offer's, instead of the affiliate's
 
 
 class Link(Base):
@@ -404,3 +410,42 @@ class ConversionAudit(Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+
+
+DELIVERY_STATES = ("pending", "delivered", "failed")
+DELIVERY_KINDS = ("conversion", "redelivery", "test")
+
+
+class PostbackDelivery(Base):
+    """A postback to an affiliate's server: the outbox row written with the conversion change it reports.
+
+    The worker sends it (retrying with backoff for a bounded time); `key` makes the row once per change, whatever
+    redelivers the message that made it. The values are the change's; the URL is rendered when sent (the click's
+    subs and parameters are read then) and kept as sent.
+    """
+
+    __tablename__ = "postback_deliveries"
+    __table_args__ = (
+        Index("ix_postback_deliveries_due", "state", "next_attempt_at"),
+        _one_of("state", DELIVERY_STATES, "state"),
+        _one_of("kind", DELIVERY_KINDS, "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True)
+    key: Mapped[str] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="conversion", server_default="conversion")
+    conversion_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    affiliate_id: Mapped[int] = mapped_column(Integer, index=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # 'pending', 'approved', 'reversal' (or 'test')
+    template: Mapped[str] = mapped_column(String(2048))
+    click_id: Mapped[str | None] = mapped_column(String(40))
+    values: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    url: Mapped[str | None] = mapped_column(Text)  # as last sent
+    state: Mapped[str] = mapped_column(String(12), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)  # the HTTP status of the last answer
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -126,7 +126,8 @@ async def test_offers_and_overrides_crud_with_exact_money(manager: Manager) -> N
     assert put.status_code == 200, put.text
     override = put.json()
     assert Decimal(override.pop("payout_amount")) == Decimal("5.5")
-    assert override == {"offer_id": offer_id, "affiliate_id": affiliate, "payout_model": None, "daily_cap": 3}
+    expected = {"offer_id": offer_id, "affiliate_id": affiliate, "payout_model": None, "daily_cap": 3}
+    assert override == {**expected, "postback_url": None}
     replaced = await api.put(f"/api/v1/offers/{offer_id}/overrides/{affiliate}", json={"payout_model": "revshare"})
     assert replaced.json()["payout_amount"] is None and replaced.json()["payout_model"] == "revshare"
     assert len((await api.get(f"/api/v1/offers/{offer_id}/overrides")).json()) == 1

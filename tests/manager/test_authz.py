@@ -1,8 +1,9 @@
 """The authorisation matrix: every route of the app, tried anonymously, as affiliate, as manager and as admin.
 
 A route that is not in the matrix fails `test_every_route_is_in_the_matrix`. The parts of the manager that other
-test modules own (tests/manager/test_reports*.py, test_exports*, test_conversions*, test_jobs*) add their routes
-by defining `AUTHZ_MATRIX = {("GET", "/reports"): (anonymous, affiliate, manager, admin), ...}` there.
+test modules own (tests/manager/test_reports*.py, test_exports*, test_conversions*, test_jobs*,
+test_affiliate_postbacks*) add their routes by defining
+`AUTHZ_MATRIX = {("GET", "/reports"): (anonymous, affiliate, manager, admin), ...}` there.
 Unknown path parameters are filled with 1.
 
 Writes are sent with a valid CSRF token and an empty body, so an allowed caller gets the route's own answer
@@ -125,7 +126,13 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int]] = {
 }
 
 CONCRETE = {"/static": "/static/manager.css"}
-CONTRIBUTORS = ("test_reports*.py", "test_exports*.py", "test_conversions*.py", "test_jobs*.py")
+CONTRIBUTORS = (
+    "test_reports*.py",
+    "test_exports*.py",
+    "test_conversions*.py",
+    "test_jobs*.py",
+    "test_affiliate_postbacks*.py",
+)
 
 
 def full_matrix() -> dict[tuple[str, str], tuple[int, int, int, int]]:

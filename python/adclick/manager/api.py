@@ -12,10 +12,22 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
+from adclick.core.affiliate_postbacks import MASK
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, User
 from adclick.core.tokens import make_token
-from adclick.manager import accounts, campaigns, edits
-from adclick.manager.deps import AdminUser, CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
+from adclick.manager import accounts, campaigns, deliveries, edits
+from adclick.manager.deps import (
+    AdminUser,
+    BigRowId,
+    CurrentUser,
+    IdFilter,
+    LinkId,
+    PageNo,
+    RowId,
+    SessionDep,
+    StaffUser,
+    own_affiliate,
+)
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserOut,
@@ -23,6 +35,8 @@ from adclick.manager.schemas import (
     AffiliateIn,
     AffiliateOut,
     AffiliatePatch,
+    AffiliatePostbackOut,
+    DeliveryOut,
     LinkIn,
     LinkOut,
     LinkPatch,
@@ -81,6 +95,13 @@ def link_out(request: Request, link: Link, live: bool | None = None) -> LinkOut:
         live=live,
         **fields,
     )
+
+
+def listed_affiliate(affiliate: Affiliate) -> AffiliateOut:
+    """An affiliate as listings show it: its signing secret masked, its template's secrets too."""
+    out = AffiliateOut.model_validate(affiliate)
+    masked = {"postback_secret": MASK if affiliate.postback_secret else None}
+    return out.model_copy(update={**masked, "postback_url": deliveries.shown_template(affiliate.postback_url)})
 
 
 async def _page_of(session: SessionDep, query: Any, page: int, out: Callable[[Any], Any]) -> dict[str, Any]:
@@ -148,7 +169,8 @@ async def delete_advertiser(advertiser_id: RowId, session: SessionDep, _user: St
 
 @router.get("/affiliates")
 async def list_affiliates(session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Any:
-    return await _page_of(session, _by_id(Affiliate), page, AffiliateOut.model_validate)
+    """Signing secrets and template secrets masked; one affiliate's own answer shows them."""
+    return await _page_of(session, _by_id(Affiliate), page, listed_affiliate)
 
 
 @router.post("/affiliates", status_code=201, response_model=AffiliateOut)
@@ -174,6 +196,35 @@ async def update_affiliate(
 async def delete_affiliate(affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
     await campaigns.delete_affiliate(session, affiliate_id)
     return _done()
+
+
+@router.post("/affiliates/{affiliate_id}/rotate-postback-secret", response_model=AffiliateOut)
+async def rotate_postback_secret(affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Any:
+    """A new random secret signs its postbacks from their next attempt on; give it to the affiliate."""
+    return await campaigns.rotate_postback_secret(session, affiliate_id)
+
+
+# -- postbacks out to affiliates (an affiliate user: its own) --
+
+
+@router.get("/affiliates/{affiliate_id}/postback", response_model=AffiliatePostbackOut)
+async def get_postback(affiliate_id: RowId, session: SessionDep, user: CurrentUser) -> Any:
+    """Its template (masked), triggers and latest deliveries; an affiliate user may ask only for its own."""
+    own_affiliate(user, affiliate_id)
+    return await deliveries.postback_of(session, affiliate_id)
+
+
+@router.post("/affiliates/{affiliate_id}/postback/test", status_code=201, response_model=DeliveryOut)
+async def send_test_postback(affiliate_id: RowId, session: SessionDep, user: CurrentUser) -> Any:
+    """Queue a test postback (fake values, event `test`) to its template; 409 when it has none or one is waiting."""
+    own_affiliate(user, affiliate_id)
+    return deliveries.delivery_out(await deliveries.send_test(session, affiliate_id))
+
+
+@router.post("/deliveries/{delivery_id}/redeliver", status_code=201, response_model=DeliveryOut)
+async def redeliver(delivery_id: BigRowId, session: SessionDep, _user: StaffUser) -> Any:
+    """Send a delivery again: a new row (kind `redelivery`) with its template and values, due now."""
+    return deliveries.delivery_out(await deliveries.redeliver(session, delivery_id))
 
 
 # -- offers and overrides --

@@ -122,18 +122,44 @@ async def get_affiliate(session: AsyncSession, affiliate_id: int) -> Affiliate:
     return await _get(session, Affiliate, affiliate_id, "affiliate")
 
 
+def _stored_triggers(triggers: list[str] | None) -> str | None:
+    """The postback triggers as `affiliates.postback_triggers` keeps them: a comma list, NULL for the default."""
+    return None if triggers is None else ",".join(triggers)
+
+
 async def create_affiliate(session: AsyncSession, data: AffiliateIn) -> Affiliate:
-    affiliate = Affiliate(**data.model_dump())
+    values = data.model_dump()
+    values["postback_triggers"] = _stored_triggers(values["postback_triggers"])
+    affiliate = Affiliate(**values)
     session.add(affiliate)
     await session.commit()
     return affiliate
 
 
+# A null in a patch clears these (no email, no postback, the default triggers, unsigned); elsewhere it changes nothing.
+CLEARABLE_AFFILIATE_FIELDS = frozenset({"email", "postback_url", "postback_triggers", "postback_secret"})
+
+
 async def update_affiliate(session: AsyncSession, affiliate_id: int, data: AffiliatePatch) -> Affiliate:
     affiliate = await get_affiliate(session, affiliate_id)
     for name, value in data.model_dump(exclude_unset=True).items():
-        if value is not None or name == "email":
+        if name == "postback_triggers":
+            value = _stored_triggers(value)
+        if value is not None or name in CLEARABLE_AFFILIATE_FIELDS:
             setattr(affiliate, name, value)
+    await session.commit()
+    return affiliate
+
+
+def new_postback_secret() -> str:
+    """A random secret to sign an affiliate's postbacks with: 256 bits, URL-safe text."""
+    return secrets.token_urlsafe(32)
+
+
+async def rotate_postback_secret(session: AsyncSession, affiliate_id: int) -> Affiliate:
+    """Give the affiliate a new random signing secret; its postbacks are signed with it from the next attempt."""
+    affiliate = await get_affiliate(session, affiliate_id)
+    affiliate.postback_secret = new_postback_secret()
     await session.commit()
     return affiliate
 

@@ -34,6 +34,7 @@ from adclick.core.db.models import (
     OfferAffiliateOverride,
     User,
 )
+from adclick.manager import deliveries
 from adclick.manager.deps import (
     BigIdFilter,
     BigRowId,
@@ -46,6 +47,7 @@ from adclick.manager.deps import (
 )
 from adclick.manager.params import id_filters, id_text, is_staff, scope_of
 from adclick.manager.report_queries import ReportError, filter_choices, local_midnight, parse_date, parse_zone
+from adclick.manager.schemas import DeliveryOut
 from adclick.manager.templating import flash, render
 
 ACTIONS = ("approve", "reject", "adjust")
@@ -461,6 +463,17 @@ async def conversion_api(conversion_id: BigRowId, session: SessionDep, user: Cur
         raise HTTPException(error.status, error.message) from None
 
 
+@router.get("/api/v1/conversions/{conversion_id}/deliveries", tags=["conversions"], response_model=list[DeliveryOut])
+async def deliveries_api(conversion_id: BigRowId, session: SessionDep, user: CurrentUser) -> Any:
+    """The postbacks to the affiliate this conversion fired, oldest first, URLs as sent with secrets masked (an
+    affiliate: of its own conversions only)."""
+    try:
+        await _visible_conversion(session, conversion_id, user)
+    except ConversionEditError as error:
+        raise HTTPException(error.status, error.message) from None
+    return await deliveries.of_conversion(session, conversion_id)
+
+
 @router.post("/api/v1/conversions/{conversion_id}/{action}", tags=["conversions"])
 async def edit_api(
     conversion_id: BigRowId, action: str, session: SessionDep, user: StaffUser, body: EditIn | None = None
@@ -527,7 +540,13 @@ async def conversion_page(
     if user_ids:
         found = await session.execute(select(User.id, User.email).where(User.id.in_(user_ids)))
         emails = {uid: email for uid, email in found.all()}
-    context = {"c": conversion, "emails": emails, "can_edit": is_staff(user), "staff": is_staff(user)}
+    context = {
+        "c": conversion,
+        "emails": emails,
+        "can_edit": is_staff(user),
+        "staff": is_staff(user),
+        "deliveries": await deliveries.of_conversion(session, conversion_id),
+    }
     return render(request, "conversions_detail.html", context)
 
 

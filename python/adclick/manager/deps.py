@@ -74,6 +74,12 @@ class Principal:
         return self.affiliate_id if self.affiliate_id is not None else 0
 
 
+def own_affiliate(user: Principal, affiliate_id: int) -> None:
+    """Staff act for any affiliate, an affiliate user for its own only: 403 for any other id, existing or not."""
+    if user.scope is not None and user.scope != affiliate_id:
+        raise HTTPException(403, "you may see and test only your own affiliate's postback")
+
+
 class LoginRequired(Exception):
     """Nobody is signed in: pages redirect to /login, the API answers 401."""
 
@@ -201,4 +207,5 @@ __all__ = [
     "StaffUser",
     "csrf_protect",
     "optional_user",
+    "own_affiliate",
 ]

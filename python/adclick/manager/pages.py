@@ -10,11 +10,23 @@ import segno
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
+from adclick.core.affiliate_postbacks import MACROS as POSTBACK_MACROS
+from adclick.core.affiliate_postbacks import TRIGGERS, parse_triggers
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager import campaigns, edits
-from adclick.manager.api import advertiser_out, tracking_url
+from adclick.manager import campaigns, deliveries, edits
+from adclick.manager.api import advertiser_out, listed_affiliate, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
-from adclick.manager.deps import CurrentUser, IdFilter, LinkId, PageNo, RowId, SessionDep, StaffUser
+from adclick.manager.deps import (
+    BigRowId,
+    CurrentUser,
+    IdFilter,
+    LinkId,
+    PageNo,
+    RowId,
+    SessionDep,
+    StaffUser,
+    own_affiliate,
+)
 from adclick.manager.forms import form_fields, parse
 from adclick.manager.publisher import published_state, serving_config
 from adclick.manager.schemas import (
@@ -36,6 +48,7 @@ NOT_LIVE = (
     "The reconciler publishes it as soon as Redis answers."
 )
 MACROS = "{click_id} {link_id} {offer_id} {aff_id} {sub1} {sub2} {sub3} {sub4} {sub5} {country} {device} {os} {ts}"
+AFFILIATE_POSTBACK_MACROS = " ".join(f"{{{name}}}" for name in sorted(POSTBACK_MACROS)) + " {p:NAME}"
 
 
 def _saved(request: Request, what: str, live: bool | None) -> None:
@@ -120,7 +133,7 @@ AFFILIATE_FIELDS = ("name", "email", "status")
 
 @router.get("/affiliates")
 async def affiliates_page(request: Request, session: SessionDep, _user: StaffUser, page: PageNo = 1) -> Response:
-    return await listing(request, session, Affiliate, "affiliates", page)
+    return await listing(request, session, Affiliate, "affiliates", page, listed=listed_affiliate)
 
 
 @router.post("/affiliates")
@@ -128,7 +141,9 @@ async def create_affiliate(request: Request, session: SessionDep, _user: StaffUs
     fields = await form_fields(request, *AFFILIATE_FIELDS)
     data, errors = parse(AffiliateIn, fields)
     if data is None:
-        return await listing(request, session, Affiliate, "affiliates", errors=errors, form=fields)
+        return await listing(
+            request, session, Affiliate, "affiliates", errors=errors, form=fields, listed=listed_affiliate
+        )
     affiliate = await campaigns.create_affiliate(session, data)
     return see_other(request, f"/affiliates/{affiliate.id}", "Affiliate created.", "success")
 
@@ -136,7 +151,19 @@ async def create_affiliate(request: Request, session: SessionDep, _user: StaffUs
 async def _affiliate_page(request: Request, session: SessionDep, affiliate_id: int, **extra: Any) -> Response:
     affiliate = await campaigns.get_affiliate(session, affiliate_id)
     links, total = await campaigns.page(session, campaigns.links_query(affiliate_id=affiliate_id))
-    context = {"affiliate": affiliate, "links": links, "total_links": total, **extra}
+    postback = {
+        "postback_url": affiliate.postback_url or "",
+        "postback_triggers": parse_triggers(affiliate.postback_triggers),
+    }
+    context = {
+        "affiliate": affiliate,
+        "links": links,
+        "total_links": total,
+        "triggers": TRIGGERS,
+        "postback_macros": AFFILIATE_POSTBACK_MACROS,
+        "postback": extra.pop("postback", None) or postback,
+        **extra,
+    }
     return render_form(request, "affiliate.html", context)
 
 
@@ -155,6 +182,84 @@ async def update_affiliate(request: Request, affiliate_id: RowId, session: Sessi
     _affiliate, live = await edits.edit_affiliate(request.app.state.redis, session, affiliate_id, data)
     _saved(request, "Affiliate", live)
     return see_other(request, f"/affiliates/{affiliate_id}")
+
+
+SECRET_ACTIONS = ("keep", "generate", "set", "remove")
+
+
+@router.post("/affiliates/{affiliate_id}/postback")
+async def update_affiliate_postback(
+    request: Request, affiliate_id: RowId, session: SessionDep, _user: StaffUser
+) -> Response:
+    """Its postback template, triggers and signing secret (kept, generated, set to a typed one, or removed)."""
+    form = await request.form()
+    url = form.get("postback_url")
+    url = url if isinstance(url, str) else ""
+    triggers = [value for value in form.getlist("postback_triggers") if isinstance(value, str)]
+    action = form.get("secret_action") or "keep"
+    fields: dict[str, Any] = {"postback_url": url if url.strip() else None, "postback_triggers": triggers}
+    errors: list[str] = []
+    if action == "generate":
+        fields["postback_secret"] = campaigns.new_postback_secret()
+    elif action == "remove":
+        fields["postback_secret"] = None
+    elif action == "set":
+        secret = form.get("postback_secret")
+        fields["postback_secret"] = secret.strip() if isinstance(secret, str) else ""
+    elif action != "keep":
+        errors.append(f"secret_action: choose one of {', '.join(SECRET_ACTIONS)}")
+    data, more = parse(AffiliatePatch, fields)
+    errors += more
+    if data is not None and not errors:
+        _affiliate, live = await edits.edit_affiliate(request.app.state.redis, session, affiliate_id, data)
+        _saved(request, "Postback", live)
+        return see_other(request, f"/affiliates/{affiliate_id}")
+    postback = {"postback_url": url, "postback_triggers": triggers}
+    return await _affiliate_page(request, session, affiliate_id, errors=errors, postback=postback)
+
+
+async def _postback_page(request: Request, session: SessionDep, affiliate_id: int) -> Response:
+    context = {
+        "affiliate": await campaigns.get_affiliate(session, affiliate_id),
+        "postback": await deliveries.postback_of(session, affiliate_id),
+        "staff": request.state.user.is_staff,
+    }
+    return render(request, "affiliate_postback.html", context)
+
+
+@router.get("/postback")
+async def own_postback_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+    """An affiliate user's own postback; staff pick an affiliate first."""
+    if user.scope is None:
+        return see_other(request, "/affiliates")
+    return await _postback_page(request, session, user.scope)
+
+
+@router.get("/affiliates/{affiliate_id}/postback")
+async def postback_page(request: Request, affiliate_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
+    own_affiliate(user, affiliate_id)
+    return await _postback_page(request, session, affiliate_id)
+
+
+@router.post("/affiliates/{affiliate_id}/postback/test")
+async def send_test_postback(request: Request, affiliate_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
+    own_affiliate(user, affiliate_id)
+    back = "/postback" if user.scope is not None else f"/affiliates/{affiliate_id}/postback"
+    try:
+        row = await deliveries.send_test(session, affiliate_id)
+    except Conflict as error:
+        return see_other(request, back, str(error), "error")
+    return see_other(request, back, f"Test postback #{row.id} queued; its result shows below once sent.", "success")
+
+
+@router.post("/deliveries/{delivery_id}/redeliver")
+async def redeliver(request: Request, delivery_id: BigRowId, session: SessionDep, _user: StaffUser) -> Response:
+    row = await deliveries.redeliver(session, delivery_id)
+    form = await request.form()
+    back = form.get("back")
+    if not (isinstance(back, str) and back.startswith(("/conversions/", "/affiliates/")) and "//" not in back):
+        back = f"/conversions/{row.conversion_id}" if row.conversion_id else f"/affiliates/{row.affiliate_id}/postback"
+    return see_other(request, back, f"Postback queued again as delivery #{row.id}.", "success")
 
 
 @router.post("/affiliates/{affiliate_id}/delete")
@@ -225,6 +330,8 @@ async def _offer_page(request: Request, session: SessionDep, offer_id: int, **ex
     context = {
         "offer": offer,
         "overrides": await campaigns.list_overrides(session, offer_id),
+        "shown_template": deliveries.shown_template,
+        "postback_macros": AFFILIATE_POSTBACK_MACROS,
         "macros": MACROS,
         **(await _choices(session)),
         **extra,
@@ -268,7 +375,7 @@ async def delete_offer(request: Request, offer_id: RowId, session: SessionDep, _
 
 @router.post("/offers/{offer_id}/overrides")
 async def put_override(request: Request, offer_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
-    fields = await form_fields(request, "affiliate_id", "payout_model", "payout_amount", "daily_cap")
+    fields = await form_fields(request, "affiliate_id", "payout_model", "payout_amount", "daily_cap", "postback_url")
     affiliate_id = fields.pop("affiliate_id", "")
     data, errors = parse(OverrideIn, fields)
     if not (affiliate_id.isdigit() and 0 < int(affiliate_id) < 2**31):

@@ -36,6 +36,7 @@ NAV: list[NavItem] = [
     NavItem("Links", "/links", ("admin", "manager", "affiliate")),
     NavItem("Reports", "/reports", ("admin", "manager", "affiliate")),
     NavItem("Conversions", "/conversions", ("admin", "manager", "affiliate")),
+    NavItem("Postback", "/postback", ("affiliate",)),
     NavItem("Failed jobs", "/jobs"),
     NavItem("Blocklist", "/blocklist"),
     NavItem("Users", "/users", ("admin",)),

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from adclick.core.affiliate_postbacks import TRIGGERS, TemplateError, check_template, check_triggers, parse_triggers
 from adclick.core.db.models import MODELS, POSTBACK_STATUSES, ROLES, STATUSES
 from adclick.core.networks import NetworkListError, canonical, parse_networks
 
@@ -65,6 +66,28 @@ def _domains(value: str) -> str:
 
 
 DomainList = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_domains)]
+
+
+def _postback_template(value: str) -> str:
+    """An affiliate postback template, checked as the worker will render it (adclick.core.affiliate_postbacks)."""
+    try:
+        return check_template(value)
+    except TemplateError as error:
+        raise ValueError(str(error)) from None
+
+
+def _triggers(value: list[str]) -> list[str]:
+    try:
+        return list(check_triggers(value))
+    except TemplateError as error:
+        raise ValueError(str(error)) from None
+
+
+# No strip before the check: a template with a CR, LF or space anywhere is refused, not quietly trimmed.
+PostbackTemplate = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_postback_template)]
+Triggers = Annotated[list[str], Field(max_length=len(TRIGGERS)), AfterValidator(_triggers)]
+# What signs an affiliate's postbacks (HMAC-SHA256); printable ASCII so that both sides type it alike.
+PostbackSecret = Annotated[str, StringConstraints(min_length=16, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 BotConversions = Literal["reject", "accept"]
 
 
@@ -110,16 +133,26 @@ class AdvertiserOut(Out):
 # -- affiliates --
 
 
+POSTBACK_URL_HELP = "its server's postback URL template (macros in the path, query or fragment only); null: none"
+TRIGGERS_HELP = f"which changes fire it, of {', '.join(TRIGGERS)}; null: approved only (the default)"
+
+
 class AffiliateIn(Strict):
     name: Name
     email: Email | None = None
     status: Status = "active"
+    postback_url: PostbackTemplate | None = Field(None, description=POSTBACK_URL_HELP)
+    postback_triggers: Triggers | None = Field(None, description=TRIGGERS_HELP)
+    postback_secret: PostbackSecret | None = Field(None, description="signs each postback (X-Adclick-Signature)")
 
 
 class AffiliatePatch(Strict):
     name: Name | None = None
     email: Email | None = None
     status: Status | None = None
+    postback_url: PostbackTemplate | None = Field(None, description="null clears it: no postbacks")
+    postback_triggers: Triggers | None = Field(None, description="null: the default (approved only)")
+    postback_secret: PostbackSecret | None = Field(None, description="null clears it: postbacks go unsigned")
 
 
 class AffiliateOut(Out):
@@ -128,9 +161,49 @@ class AffiliateOut(Out):
     email: str | None
     status: str
     created_at: datetime
+    postback_url: str | None
+    postback_triggers: list[str] = Field(description="the changes that fire its postback")
+    postback_secret: str | None = Field(description="staff only; masked in listings")
+
+    @field_validator("postback_triggers", mode="before")
+    @classmethod
+    def _stored_triggers(cls, value: object) -> object:
+        """The column's comma list (NULL: the default) as a list."""
+        return list(parse_triggers(value)) if value is None or isinstance(value, str) else value
+
     live: bool | None = Field(
         None, description="after a status change: whether its links' new state reached Redis (false: not yet live)"
     )
+
+
+class DeliveryOut(BaseModel):
+    """A postback to an affiliate's server (an outbox row), secrets masked."""
+
+    id: int = Field(description="also sent as X-Adclick-Delivery, for the receiver to drop a repeat")
+    kind: str = Field(description="conversion, redelivery or test")
+    trigger: str = Field(description="pending, approved, reversal, or test")
+    state: str = Field(description="pending (to be sent or retried), delivered, failed (retries ran out)")
+    conversion_id: int | None
+    affiliate_id: int
+    template: str = Field(description="the template it is rendered from, secrets masked")
+    url: str | None = Field(description="as last sent, secrets masked; null before the first attempt")
+    last_status: int | None = Field(description="the HTTP status of the last answer; null: none (an error)")
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="while pending: when it is tried next")
+    delivered_at: datetime | None
+
+
+class AffiliatePostbackOut(BaseModel):
+    """An affiliate's postback as the affiliate itself may see it: no secret, the template masked."""
+
+    affiliate_id: int
+    postback_url: str | None = Field(description="its template, secrets masked; null: no postbacks")
+    postback_triggers: list[str]
+    signed: bool = Field(description="whether requests carry X-Adclick-Signature (staff hold the secret)")
+    deliveries: list[DeliveryOut] = Field(description="the latest, newest first")
 
 
 # -- offers --
@@ -224,6 +297,7 @@ class OverrideIn(Strict):
     payout_model: Model | None = None
     payout_amount: Amount | None = None
     daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    postback_url: PostbackTemplate | None = Field(None, description="this offer's postback, not the affiliate's")
 
     @model_validator(mode="after")
     def _rates(self) -> OverrideIn:
@@ -237,6 +311,7 @@ class OverrideOut(Out):
     payout_model: str | None
     payout_amount: Decimal | None
     daily_cap: int | None
+    postback_url: str | None
 
 
 # -- links --

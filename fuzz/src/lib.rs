@@ -2,6 +2,8 @@
 //! binaries (`fuzz_targets/`) and anything replaying a corpus run exactly the same code.
 //!
 //! Each function panics on a property violation; returning normally means the input was handled correctly.
+use std::collections::BTreeMap;
+
 use adclick_core::clickid::{ClickIdCodec, CLICK_ID_LEN, MAX_LINK_ID, MAX_TS_MS};
 use adclick_core::link::{valid_slug, CompiledLink, Destinations};
 use adclick_core::template::{MacroValues, UrlTemplate};
@@ -148,6 +150,7 @@ struct TemplateInput<'a> {
     country: Option<&'a str>,
     device: &'a str,
     os: &'a str,
+    params: Vec<(&'a str, &'a str)>,
 }
 
 /// URL templates: parsing never panics, and a template it accepts renders, for any macro values, to an ASCII
@@ -167,14 +170,20 @@ pub fn template(data: &[u8]) {
         return;
     };
     assert_eq!(template.as_str(), source);
-    check_render(
-        &template,
-        &values(input.click_id, input.subs, input.country, input.device, input.os),
-    );
-    check_render(
-        &template,
-        &values(HOSTILE[1], [Some(HOSTILE[0]); 5], Some(HOSTILE[3]), "", ""),
-    );
+    // The click's parameters: as the fuzzer made them, then every `{p:NAME}` the template names set to a hostile value.
+    let given: BTreeMap<String, String> =
+        input.params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let hostile: BTreeMap<String, String> = template
+        .param_names()
+        .enumerate()
+        .map(|(n, name)| (name.to_owned(), HOSTILE[n % HOSTILE.len()].to_owned()))
+        .collect();
+    let mut v = values(input.click_id, input.subs, input.country, input.device, input.os);
+    v.params = Some(&given);
+    check_render(&template, &v);
+    let mut v = values(HOSTILE[1], [Some(HOSTILE[0]); 5], Some(HOSTILE[3]), "", "");
+    v.params = Some(&hostile);
+    check_render(&template, &v);
 }
 
 fn values<'a>(
@@ -194,6 +203,7 @@ fn values<'a>(
         device,
         os,
         ts_ms: MAX_TS_MS,
+        params: None,
     }
 }
 

@@ -39,7 +39,7 @@ LINKS = [
         "v": 1, "id": 501, "slug": "fz-a", "offer_id": 7, "affiliate_id": 3, "status": "active", "cookie": True,
         "url": f"https://a.example/lp?cid={CID}&s1={{sub1}}&s2={{sub2}}&c={{country}}&d={{device}}&o={{os}}",
         "destinations": [
-            {"url": f"https://b.example/x/{{sub3}}?c={CID}&t={{ts}}", "weight": 70},
+            {"url": f"https://b.example/x/{{sub3}}?c={CID}&t={{ts}}&src={{p:clickid}}#{{p:gclid}}", "weight": 70},
             {"url": f"http://c.example:8080/{{sub4}}/{{sub5}}#{CID}", "weight": 30},
         ],
         "rules": [{"countries": ["US"], "devices": ["mobile"], "os": ["iOS"], "url": f"https://ios.example/?c={CID}"}],
@@ -164,7 +164,9 @@ raw_bits = st.text(st.sampled_from(list("%%%0aAfFgZ/?#&=+;@:[]!$'()*,~.-_\\{}|^`
 piece = st.one_of(encoded, raw_bits, st.sampled_from(["%0d%0a", "%00", "%", "%E2%80%AE", "%C0%AF", "%FF", ".."]))
 token = st.lists(piece, max_size=4).map("".join)
 slug = st.one_of(st.sampled_from(["fz-a", "fz-paused", "fz-b", "nope", "x" * 65, ""]), token)
-param_name = st.one_of(st.sampled_from(["sub1", "sub2", "sub3", "sub4", "sub5", "gclid", "sub1[]", "a"]), token)
+param_name = st.one_of(
+    st.sampled_from(["sub1", "sub2", "sub3", "sub4", "sub5", "gclid", "clickid", "sub1[]", "a"]), token
+)
 query = st.lists(st.tuples(param_name, token), max_size=8).map(lambda kv: "&".join(f"{k}={v}" for k, v in kv))
 header_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=80)
 header_name = st.one_of(

@@ -33,6 +33,7 @@ from support.tracker import (
 TEMPLATE = (
     "https://shop.example/landing?cid={click_id}&l={link_id}&o={offer_id}&a={aff_id}"
     "&s1={sub1}&s2={sub2}&s3={sub3}&s4={sub4}&s5={sub5}&c={country}&d={device}&os={os}&t={ts}"
+    "&src={p:clickid}&g={p:gclid}"
 )
 
 
@@ -59,7 +60,7 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
     tracker: TrackerProc, redis_server: RedisServer, sqs_server: SqsServer, clicks_queue: str
 ) -> None:
     publish_link(redis_server.client(), link())
-    path = click_path("summer", sub1="a b&c=d", sub2="é/ü", sub3="x", sub4="", sub5="<s>", gclid="G1")
+    path = click_path("summer", sub1="a b&c=d", sub2="é/ü", sub3="x", sub4="", sub5="<s>", gclid="G1", clickid="abc")
     reply = request(
         tracker.port,
         "GET",
@@ -82,6 +83,7 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
     assert q["l"] == "42" and q["o"] == "7" and q["a"] == "3"
     assert q["s1"] == "a b&c=d" and q["s2"] == "é/ü" and q["s3"] == "x" and q["s4"] == "" and q["s5"] == "<s>"
     assert q["c"] == "BR" and q["d"] == "smartphone" and q["os"] == "iOS"
+    assert q["src"] == "abc" and q["g"] == "G1"  # the click's own parameters, forwarded
     codec = _native.ClickIdCodec(1, b"dev-only-click-secret-change-me")
     version, key_id, ts_ms, link_id, flags = codec.verify(q["cid"])
     assert (version, key_id, link_id, flags) == (1, 1, 42, 0)
@@ -95,7 +97,7 @@ def test_click_redirects_with_every_macro_encoded_and_its_event_reaches_sqs(
     assert event["bot"] is False and event["fallback"] is False and event["dest"] == 0
     subs = (event["sub1"], event["sub2"], event["sub3"], event["sub4"], event["sub5"])
     assert subs == ("a b&c=d", "é/ü", "x", "", "<s>")
-    assert event["params"] == {"gclid": "G1"}
+    assert event["params"] == {"gclid": "G1", "clickid": "abc"}
     assert event["ip"] == "127.0.0.1"  # no trusted proxy configured: X-Forwarded-For is not believed
 
 

@@ -47,7 +47,10 @@ NOT_LIVE = (
     "Saved, not yet live: Redis could not be reached, so trackers still serve the old config (or none). "
     "The reconciler publishes it as soon as Redis answers."
 )
-MACROS = "{click_id} {link_id} {offer_id} {aff_id} {sub1} {sub2} {sub3} {sub4} {sub5} {country} {device} {os} {ts}"
+MACROS = (
+    "{click_id} {link_id} {offer_id} {aff_id} {sub1} {sub2} {sub3} {sub4} {sub5} {country} {device} {os} {ts}"
+    " {p:NAME} (the click's own parameter NAME, e.g. {p:gclid})"
+)
 AFFILIATE_POSTBACK_MACROS = " ".join(f"{{{name}}}" for name in sorted(POSTBACK_MACROS)) + " {p:NAME}"
 
 

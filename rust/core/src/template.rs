@@ -2,6 +2,11 @@
 //!
 //! Macros may appear only after the authority and every value is percent-encoded down to RFC 3986
 //! unreserved characters, so no click parameter can change the scheme, host or port of a redirect.
+//!
+//! Besides the named macros, `{p:NAME}` forwards the click's own query parameter NAME (a traffic source's click
+//! id: `{p:gclid}`, `{p:clickid}`), decoded and then encoded like every other value; NAME is 1 to 64 of
+//! `A-Z a-z 0-9 _ . -`.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -18,6 +23,11 @@ const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_'
 /// Non-ASCII literal bytes are encoded at parse time so a rendered URL is always ASCII (Location header).
 const NON_ASCII: &AsciiSet = percent_encoding::CONTROLS;
 
+/// Longest name a `{p:NAME}` macro may give.
+pub const MAX_PARAM_NAME_LEN: usize = 64;
+/// Most distinct `{p:NAME}` names in one template.
+pub const MAX_PARAM_MACROS: usize = 16;
+
 /// The values a template can refer to, borrowed from the click being served.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MacroValues<'a> {
@@ -30,6 +40,8 @@ pub struct MacroValues<'a> {
     pub device: &'a str,
     pub os: &'a str,
     pub ts_ms: u64,
+    /// The click's other query parameters, decoded (what `{p:NAME}` forwards).
+    pub params: Option<&'a BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +55,8 @@ enum Macro {
     Device,
     Os,
     Ts,
+    /// `{p:NAME}`: the index of NAME in the template's `params`.
+    Param(u8),
 }
 
 impl Macro {
@@ -78,6 +92,15 @@ pub struct UrlTemplate {
     source: Box<str>,
     segments: Box<[Segment]>,
     literal_len: usize,
+    /// The names of its `{p:NAME}` macros.
+    params: Box<[Box<str>]>,
+}
+
+fn param_name(name: &str) -> bool {
+    (1..=MAX_PARAM_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn invalid(msg: impl Into<String>) -> CoreError {
@@ -117,6 +140,7 @@ impl UrlTemplate {
         }
 
         let mut segments = Vec::new();
+        let mut params: Vec<Box<str>> = Vec::new();
         let mut literal = String::with_capacity(template.len());
         literal.push_str(&template[..scheme_len + authority_len]);
         let mut rest = &after_scheme[authority_len..];
@@ -132,7 +156,27 @@ impl UrlTemplate {
             }
             let close = rest.find('}').ok_or_else(|| invalid("'{' without a matching '}'"))?;
             let name = &rest[1..close];
-            let m = Macro::from_name(name).ok_or_else(|| invalid(format!("unknown macro {{{name}}}")))?;
+            let m = match name.strip_prefix("p:") {
+                Some(param) if param_name(param) => {
+                    let index = match params.iter().position(|p| &**p == param) {
+                        Some(i) => i,
+                        None if params.len() < MAX_PARAM_MACROS => {
+                            params.push(param.into());
+                            params.len() - 1
+                        }
+                        None => {
+                            return Err(invalid(format!("more than {MAX_PARAM_MACROS} {{p:NAME}} names")));
+                        }
+                    };
+                    Macro::Param(index as u8)
+                }
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "{{{name}}}: a click parameter's name is 1-{MAX_PARAM_NAME_LEN} of A-Z a-z 0-9 _ . -"
+                    )));
+                }
+                None => Macro::from_name(name).ok_or_else(|| invalid(format!("unknown macro {{{name}}}")))?,
+            };
             if !literal.is_empty() {
                 segments.push(Segment::Literal(std::mem::take(&mut literal).into_boxed_str()));
             }
@@ -153,6 +197,7 @@ impl UrlTemplate {
                 })
                 .sum(),
             segments: segments.into_boxed_slice(),
+            params: params.into_boxed_slice(),
         };
         compiled.check_with_url_crate(&template[..scheme_len + authority_len])?;
         Ok(compiled)
@@ -186,7 +231,17 @@ impl UrlTemplate {
                 Segment::Macro(_) => 0,
             })
             .sum();
-        self.source.len() + std::mem::size_of_val(&*self.segments) + literals
+        let params: usize = self.params.iter().map(|p| p.len()).sum();
+        self.source.len()
+            + std::mem::size_of_val(&*self.segments)
+            + literals
+            + std::mem::size_of_val(&*self.params)
+            + params
+    }
+
+    /// The names its `{p:NAME}` macros forward, in order of first use.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|p| &**p)
     }
 
     /// The template as written in the link config.
@@ -207,6 +262,12 @@ impl UrlTemplate {
             Macro::Device => encode(v.device, out),
             Macro::Os => encode(v.os, out),
             Macro::Ts => number(v.ts_ms, out),
+            Macro::Param(i) => {
+                let name = &*self.params[usize::from(i)];
+                if let Some(value) = v.params.and_then(|p| p.get(name)) {
+                    encode(value, out);
+                }
+            }
         });
     }
 
@@ -257,6 +318,7 @@ mod tests {
             device: "smartphone",
             os: "iOS",
             ts_ms: 1_764_284_000_123,
+            params: None,
         }
     }
 
@@ -358,7 +420,49 @@ mod tests {
         assert!(UrlTemplate::parse(&format!("https://a.example/{}", "a".repeat(MAX_TEMPLATE_LEN - 20))).is_ok());
     }
 
-    const TEMPLATES: [&str; 4] = [
+    #[test]
+    fn forwards_the_clicks_own_parameters() {
+        let t =
+            UrlTemplate::parse("https://a.example/{p:clickid}?g={p:gclid}&x={p:a.b-c_D}&again={p:clickid}").unwrap();
+        assert_eq!(t.param_names().collect::<Vec<_>>(), ["clickid", "gclid", "a.b-c_D"]);
+        let params: BTreeMap<String, String> = [("clickid", "abc"), ("a.b-c_D", "x y&z=1\r\n"), ("other", "o")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let v = MacroValues {
+            params: Some(&params),
+            ..values()
+        };
+        assert_eq!(
+            t.render_to_string(&v),
+            "https://a.example/abc?g=&x=x%20y%26z%3D1%0D%0A&again=abc"
+        );
+        // Without the click's parameters every one is empty.
+        assert_eq!(t.render_to_string(&values()), "https://a.example/?g=&x=&again=");
+        assert!(t.heap_bytes() > t.as_str().len());
+    }
+
+    #[test]
+    fn refuses_bad_parameter_macros() {
+        assert!(err("https://a.example/{p:}").contains("click parameter"));
+        assert!(err("https://a.example/{p:a/b}").contains("click parameter"));
+        assert!(err("https://a.example/{p:a:b}").contains("click parameter"));
+        assert!(err(&format!(
+            "https://a.example/{{p:{}}}",
+            "a".repeat(MAX_PARAM_NAME_LEN + 1)
+        ))
+        .contains("click parameter"));
+        assert!(UrlTemplate::parse(&format!("https://a.example/{{p:{}}}", "a".repeat(MAX_PARAM_NAME_LEN))).is_ok());
+        assert!(err("https://{p:host}.example/").contains("host"));
+        assert!(err("https://a.example:{p:port}/").contains("host"));
+        let many: String = (0..=MAX_PARAM_MACROS).map(|n| format!("{{p:n{n}}}")).collect();
+        assert!(err(&format!("https://a.example/{many}")).contains("more than"));
+        let repeated: String = (0..40).map(|_| "{p:same}").collect();
+        assert!(UrlTemplate::parse(&format!("https://a.example/{repeated}")).is_ok());
+    }
+
+    const TEMPLATES: [&str; 5] = [
+        "https://e.example/{p:clickid}?g={p:gclid}&s={sub1}#{p:a.b}",
         "https://shop.example/lp?cid={click_id}&s1={sub1}&s2={sub2}",
         "http://a.example:8080/{sub1}/{sub2}?{sub3}#{sub4}",
         "https://user:pw@b.example/{sub1}{sub2}{country}",
@@ -386,6 +490,10 @@ mod tests {
         ) {
             let t = UrlTemplate::parse(TEMPLATES[which]).unwrap();
             let base = Url::parse(TEMPLATES[which]).unwrap();
+            let params: BTreeMap<String, String> = [("clickid", &subs[0]), ("gclid", &subs[1]), ("a.b", &subs[2])]
+                .into_iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.to_owned(), v)))
+                .collect();
             let v = MacroValues {
                 click_id: &click_id,
                 link_id: 1,
@@ -396,6 +504,7 @@ mod tests {
                 device: &device,
                 os: &os,
                 ts_ms: 5,
+                params: Some(&params),
             };
             let rendered = t.render_to_string(&v);
             prop_assert!(rendered.bytes().all(|b| b.is_ascii_graphic()), "{}", rendered);

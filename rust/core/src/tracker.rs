@@ -508,6 +508,7 @@ impl Tracker {
                 device: ua.device,
                 os: &ua.os,
                 ts_ms: ts,
+                params: Some(&query.params),
             };
             let mut location = String::with_capacity(256);
             template.render(&values, &mut location);
@@ -765,6 +766,32 @@ mod tests {
         assert_eq!(q.params.len(), 1);
         let many: Vec<(String, String)> = (0..=MAX_QUERY_PARAMS).map(|i| (format!("p{i}"), "v".into())).collect();
         assert!(parse_query(many.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_none());
+    }
+
+    #[test]
+    fn forwards_the_clicks_own_parameters_and_still_records_them() {
+        let server = Server::start();
+        server.set(
+            "pp",
+            r#"{"v":1,"id":43,"slug":"pp","url":"https://shop.example/p?src={p:clickid}&g={p:gclid}&n={p:none}"}"#,
+        );
+        let t = tracker(&server, 100);
+        let r = t.click(req("pp", vec![("clickid", "abc"), ("gclid", "G%20x%0D%0A")]), &InPlace);
+        // A CR or LF in a parameter is refused with the request; a space is re-encoded.
+        assert_eq!(r.status, 400);
+        let r = t.click(
+            req("pp", vec![("clickid", "abc"), ("gclid", "G+x%26y"), ("sub1", "s")]),
+            &InPlace,
+        );
+        assert_eq!(r.status, 302);
+        assert_eq!(
+            r.location.as_deref(),
+            Some("https://shop.example/p?src=abc&g=G%20x%26y&n=")
+        );
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        let params = &events[0].params;
+        assert_eq!(params.get("clickid").map(String::as_str), Some("abc"));
+        assert_eq!(params.get("gclid").map(String::as_str), Some("G x&y"));
     }
 
     #[test]

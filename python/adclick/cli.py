@@ -28,6 +28,11 @@ COMMANDS: dict[str, Command] = {
     "bench-links": Command(
         "adclick.manager.link_commands", "bench_links_main", "create or reuse N links on a bench offer, for load tests"
     ),
+    "geoip-fetch": Command(
+        "adclick.geoip",
+        "main",
+        "download the tracker's country database (pinned, CC0) unless it is there; print its path",
+    ),
     "migrate": Command("adclick.core.db.migrate", "main", "upgrade the database schema (ADCLICK_DATABASE_URL)"),
     "postback": Command("adclick.postback.main", "main", "receive advertisers' postbacks and pixels into SQS"),
     "postback-token": Command("adclick.postback.main", "token_main", "print an advertiser's postback token and URL"),

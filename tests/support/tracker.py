@@ -6,8 +6,9 @@ import json
 import os
 import urllib.parse
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
-from adclick import _native
+from adclick import _native, geoip
 
 from support.procs import ProcessGuard, free_port, wait_until
 from support.roles import Role, serve, settings_env
@@ -33,6 +34,11 @@ class TrackerProc(Role):
         self.spawn()
         if wait:
             self.wait_healthy()
+
+
+def geoip_database() -> Path:
+    """The country database `make install` fetches (fetched here if it is missing), for ADCLICK_GEOIP_DB."""
+    return geoip.ensure(geoip.default_dir())
 
 
 def click_path(slug: str, **params: str) -> str:

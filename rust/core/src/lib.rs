@@ -3,6 +3,7 @@ pub mod cache;
 pub mod clickid;
 pub mod error;
 pub mod event;
+pub mod geoip;
 pub mod ipblock;
 pub mod link;
 mod loader;

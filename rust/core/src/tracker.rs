@@ -10,6 +10,7 @@ use crate::cache::{CacheConfig, CacheStats, Follower, LinkCache, Lookup};
 use crate::clickid::{ClickIdCodec, FLAG_BLOCKED, FLAG_BOT};
 use crate::error::CoreError;
 use crate::event::{pack, ClickEvent, EventBuffer, PushError};
+use crate::geoip::{GeoIp, GeoIpConfig, GeoIpStats};
 use crate::ipblock::{IpBlockConfig, IpBlockStats, IpBlocklist, IPBLOCK_KEY};
 use crate::link::{valid_slug, CompiledLink};
 use crate::replica::{Replica, ReplicaConfig, ReplicaLookup, ReplicaStats, State as ReplicaState};
@@ -41,10 +42,12 @@ pub struct TrackerConfig {
     /// The link replica's byte budget (0: no replica) and its backstop re-read interval.
     pub replica_max_bytes: u64,
     pub replica_resync: Duration,
-    /// Niceness of the replica's loader thread (and the IP blocklist's).
+    /// Niceness of the replica's loader thread (and the IP blocklist's; the binding gives the country database's too).
     pub replica_nice: i32,
     /// What a click from an address on the IP blocklist gets.
     pub blocked_action: BlockedAction,
+    /// The country database for clicks without a trusted country header (None: such clicks have no country).
+    pub geoip: Option<GeoIpConfig>,
 }
 
 /// The answer to a click from an address on the IP blocklist (`ADCLICK_BLOCKED_ACTION`). Either way the click
@@ -170,6 +173,7 @@ pub struct StatsSnapshot {
     pub cache: CacheStats,
     pub replica: ReplicaStats,
     pub ipblock: IpBlockStats,
+    pub geoip: GeoIpStats,
 }
 
 /// Runs work that may wait (a Redis round trip) so the caller can let others run meanwhile
@@ -196,6 +200,8 @@ pub struct Tracker {
     /// Addresses whose clicks are refused, kept current by the invalidation listener.
     blocklist: Arc<IpBlocklist>,
     blocked_action: BlockedAction,
+    /// Country of the client's address, read in memory, for clicks without a trusted country header.
+    geoip: Option<Arc<GeoIp>>,
     buffer: EventBuffer,
     trusted_proxies: usize,
     anonymize_ip: bool,
@@ -326,11 +332,15 @@ impl Tracker {
             io_timeout: cfg.cache.io_timeout.max(Duration::from_secs(2)),
             nice: cfg.replica_nice,
         })?);
+        let geoip = cfg.geoip.map(GeoIp::open).transpose()?.map(Arc::new);
         let cache = LinkCache::new(cfg.cache, decode_link)?;
         if let Some(r) = &replica {
             cache.follow(Arc::clone(r) as Arc<dyn Follower>);
         }
         cache.follow(Arc::clone(&blocklist) as Arc<dyn Follower>);
+        if let Some(g) = &geoip {
+            cache.follow(Arc::clone(g) as Arc<dyn Follower>);
+        }
         crate::ua::warm_up();
         if cfg.cookie_name.is_empty() || !cfg.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(CoreError::Config("cookie name must be [A-Za-z0-9_]+".into()));
@@ -358,6 +368,7 @@ impl Tracker {
             replica,
             blocklist,
             blocked_action: cfg.blocked_action,
+            geoip,
             buffer: EventBuffer::new(cfg.buffer_max_events),
             trusted_proxies: cfg.trusted_proxies,
             anonymize_ip: cfg.anonymize_ip,
@@ -460,7 +471,9 @@ impl Tracker {
         let addr = client_addr(req.forwarded_for, req.peer_ip, self.trusted_proxies);
         let blocked = addr.is_some_and(|ip| self.blocklist.contains(ip));
         let ua = self.classify(user_agent);
-        let country = country_from(req.country);
+        // A trusted CDN header wins; without one (behind a plain load balancer) the address's country, from memory.
+        let country =
+            country_from(req.country).or_else(|| self.geoip.as_deref().zip(addr).and_then(|(g, ip)| g.country(ip)));
         let ts = now_ms();
         // A blocked click goes where no route would send it: the link's fallback, or nowhere (403).
         let (template, dest, fallback) = if blocked {
@@ -688,6 +701,7 @@ impl Tracker {
             cache: self.cache.stats(),
             replica: self.replica.as_deref().map(Replica::stats).unwrap_or_default(),
             ipblock: self.blocklist.stats(),
+            geoip: self.geoip.as_deref().map(GeoIp::stats).unwrap_or_default(),
         }
     }
 }
@@ -725,6 +739,7 @@ mod tests {
             replica_resync: Duration::from_secs(300),
             replica_nice: 0,
             blocked_action: BlockedAction::Fallback,
+            geoip: None,
         }
     }
 
@@ -1041,6 +1056,67 @@ mod tests {
         assert_eq!(t.codec().verify(&events[0].click_id).unwrap().flags, FLAG_BLOCKED);
         assert!(!events[1].blocked);
         assert!("teapot".parse::<BlockedAction>().is_err());
+    }
+
+    #[test]
+    fn without_a_country_header_the_address_country_routes_the_click_and_fills_its_macro_and_event() {
+        let Some(db) = std::env::var_os("ADCLICK_TEST_GEOIP_DB") else {
+            panic!("ADCLICK_TEST_GEOIP_DB: the MMDB file `make install` fetches (run the tests with make test-rust)");
+        };
+        let server = Server::start();
+        server.set(
+            "g",
+            r#"{"v":1,"id":42,"slug":"g","url":"https://shop.example/p?cid={click_id}&c={country}",
+                "rules":[{"countries":["US"],"url":"https://us.example/?c={country}"}]}"#,
+        );
+        let mut cache = CacheConfig::new(server.url());
+        cache.connect_timeout = Duration::from_millis(500);
+        cache.io_timeout = Duration::from_millis(300);
+        let t = Tracker::new(TrackerConfig {
+            trusted_proxies: 1,
+            geoip: Some(GeoIpConfig {
+                path: db.into(),
+                reload: Duration::from_secs(3600),
+                nice: 0,
+            }),
+            ..tracker_config(cache, 100)
+        })
+        .unwrap();
+        let behind_proxy = |xff: &'static str, country: Option<&'static str>| ClickRequest {
+            forwarded_for: Some(xff),
+            peer_ip: Some("10.0.0.1"),
+            country,
+            ..req("g", vec![])
+        };
+        // A US address behind the trusted proxy, no CDN header: the US rule, and "US" in the macro and the event.
+        let r = t.click(behind_proxy("8.8.8.8", None), &InPlace);
+        assert_eq!(r.location.as_deref(), Some("https://us.example/?c=US"));
+        // The CDN header, when there is one, wins over the address.
+        let r = t.click(behind_proxy("8.8.8.8", Some("de")), &InPlace);
+        assert!(r.location.unwrap().ends_with("&c=DE"));
+        // An address the database places elsewhere, or one with no country at all.
+        let r = t.click(behind_proxy("81.2.69.142", None), &InPlace);
+        assert!(r.location.unwrap().ends_with("&c=GB"));
+        let r = t.click(behind_proxy("192.168.1.1", None), &InPlace);
+        assert!(r.location.unwrap().ends_with("&c="));
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        let countries: Vec<Option<&str>> = events.iter().map(|e| e.country.as_deref()).collect();
+        assert_eq!(countries, [Some("US"), Some("DE"), Some("GB"), None]);
+        let st = t.stats().geoip;
+        assert_eq!(
+            (st.lookups, st.hits),
+            (3, 2),
+            "the header's click is not looked up: {st:?}"
+        );
+
+        // Without a database nothing changes: no header, no country.
+        let plain = tracker(&server, 100);
+        let mut click = req("g", vec![]);
+        click.peer_ip = Some("8.8.8.8");
+        click.country = None;
+        let r = plain.click(click, &InPlace);
+        assert!(r.location.unwrap().ends_with("&c="));
+        assert_eq!(plain.stats().geoip, GeoIpStats::default());
     }
 
     #[test]

@@ -28,6 +28,11 @@ COPY python ./python
 # The dist profile: the release profile with fat LTO across every crate (Cargo.toml), for the wheel that ships only.
 RUN maturin build --profile dist --locked --out /wheels
 
+# -- geoip: the tracker's country database, the version python/adclick/geoip.py pins, checked against its SHA-512 --
+FROM ${PYTHON_IMAGE} AS geoip
+COPY python/adclick/geoip.py /tmp/geoip.py
+RUN python3 /tmp/geoip.py --dir /geoip
+
 # -- runtime: slim Python, the wheel and its locked dependencies, nothing else, not root --
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -38,6 +43,9 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     --mount=type=bind,source=requirements-dev.lock,target=/tmp/constraints.txt \
     pip install --no-cache-dir --constraint /tmp/constraints.txt /wheels/adclick-*.whl \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin adclick
+# Read-only, like the rest of the image: a newer file reaches a running tracker through a volume mounted over it.
+COPY --from=geoip /geoip /usr/share/adclick/geoip
+ENV ADCLICK_GEOIP_DB=/usr/share/adclick/geoip/geo-whois-asn-country.mmdb
 # Numeric, so that Kubernetes' runAsNonRoot can check it; the root filesystem can be read-only (only /tmp is written).
 USER 10001:10001
 WORKDIR /tmp

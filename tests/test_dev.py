@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 from support.procs import ManagedProcess, ProcessGuard, free_port, wait_until
-from support.roles import request
+from support.roles import prometheus, request
 
 
 def dev_env() -> dict[str, str]:
@@ -77,6 +77,8 @@ def test_dev_runs_every_role_on_embedded_servers_with_demo_data(process_guard: P
     assert (reply.location or "").startswith("https://example.com/landing?click_id=")
     assert "sub1=hello" in (reply.location or "")
     assert request(port, "GET", "/health").status == 200
+    # The tracker has the fetched country database for clicks without a CDN country header.
+    assert prometheus(port)["adclick_geoip_build_timestamp"] > 1_600_000_000
 
     # SQLite under the data directory, migrated, with the demo link under the same id as in Redis.
     db = data / "adclick.db"

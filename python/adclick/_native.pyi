@@ -1,5 +1,6 @@
 """Type stubs for adclick's Rust extension (rust/py)."""
 
+import os
 from typing import Any, Final, final
 
 __all__ = [
@@ -88,6 +89,8 @@ class Tracker:
         replica_resync_s: float = 300.0,
         replica_nice: int = 10,
         blocked_action: str = "fallback",
+        geoip_db: str | os.PathLike[str] | None = None,
+        geoip_reload_s: float = 60.0,
     ) -> Tracker: ...
     def click(
         self,

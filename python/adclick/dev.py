@@ -30,6 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from adclick import geoip
+
 DEMO_SLUG = "demo"
 DEMO_URL = "https://example.com/landing?click_id={click_id}&sub1={sub1}&country={country}&device={device}"
 DEMO_LINK_ID = 1
@@ -435,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("ADCLICK_WORKER_WAIT_SECONDS", "2")  # Ctrl-C need not wait out a 20 s long poll
     # A developer's affiliate server is on this machine: let postbacks out reach loopback and private addresses.
     env.setdefault("ADCLICK_AFFILIATE_POSTBACK_ALLOW_PRIVATE", "true")
+    # Clicks without a CDN country header (all of them, here) take their address's country from this database.
+    if "ADCLICK_GEOIP_DB" not in env:
+        try:
+            env["ADCLICK_GEOIP_DB"] = str(geoip.ensure(geoip.default_dir()))
+        except geoip.FetchError as error:
+            print(f"adclick dev: no country database, clicks get a country from CDN headers only: {error}")
     roles: list[Role] = []
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

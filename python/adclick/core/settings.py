@@ -75,6 +75,10 @@ class TrackerSettings(Settings):
     # A click from an address on the IP blocklist gets its link's fallback URL (403 without one) or a plain 403;
     # either way it is recorded as blocked and never paid.
     blocked_action: Literal["fallback", "403"] = "fallback"
+    # An MMDB country database (adclick geoip-fetch puts one in var/geoip/): a click without a country header takes
+    # its address's country from it. Empty: no lookup. Read again within geoip_reload_seconds of a change on disk.
+    geoip_db: str = ""
+    geoip_reload_seconds: float = Field(60.0, ge=1.0, le=86_400)
 
     cookie_name: str = "adclick_cid"
     cookie_max_age_days: int = Field(30, ge=1, le=400)

@@ -168,6 +168,8 @@ def build_tracker(settings: TrackerSettings) -> Any:
         redis_retry_after_ms=settings.redis_retry_after_ms,
         buffer_max_events=settings.buffer_max_events,
         blocked_action=settings.blocked_action,
+        geoip_db=settings.geoip_db or None,
+        geoip_reload_s=settings.geoip_reload_seconds,
     )
 
 
@@ -237,6 +239,10 @@ class NativeCollector:
             ("adclick_ipblock_loads", "ipblock_loads", "Reads of the IP blocklist that Redis answered"),
             ("adclick_ipblock_invalid", "ipblock_invalid", "IP blocklist values that did not decode (previous kept)"),
             ("adclick_ipblock_redis_errors", "ipblock_redis_errors", "Failed Redis reads of the IP blocklist"),
+            ("adclick_geoip_lookups", "geoip_lookups", "Client addresses looked up in the country database"),
+            ("adclick_geoip_hits", "geoip_hits", "Country database lookups that found a country"),
+            ("adclick_geoip_reloads", "geoip_reloads", "Changed country database files read and swapped in"),
+            ("adclick_geoip_reload_errors", "geoip_reload_errors", "Country database files refused (previous kept)"),
         ):
             yield CounterMetricFamily(name, doc, value=s[key])
         yield GaugeMetricFamily("adclick_event_buffer_depth", "Click events waiting to ship", value=s["buffer_depth"])
@@ -255,6 +261,7 @@ class NativeCollector:
             ("adclick_ipblock_entries", "ipblock_entries", "Addresses and networks on the IP blocklist in force"),
             ("adclick_ipblock_ranges", "ipblock_ranges", "Disjoint address ranges of the IP blocklist after merging"),
             ("adclick_ipblock_loaded", "ipblock_loaded", "1 once the IP blocklist has been read from Redis"),
+            ("adclick_geoip_build_timestamp", "geoip_build_epoch", "When the country database in force was built"),
         ):
             yield GaugeMetricFamily(name, doc, value=s[key])
         yield from self.collect_shipping()

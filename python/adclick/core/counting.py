@@ -31,13 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Table
 
 from adclick.core.db.models import (
+    DailyCap,
     HourlyCountryDeviceRollup,
     HourlyLinkRollup,
     HourlyRollup,
@@ -224,63 +226,147 @@ def rollup_change(
     }
 
 
+LIFETIME = date(1970, 1, 1)  # the one period of a lifetime cap
+_PERIODS = {"offer": "day", "affiliate_offer": "day", "offer_month": "month", "offer_total": "lifetime"}
+
+
+def cap_zone(name: str | None) -> ZoneInfo:
+    """An offer's cap time zone; a name this machine does not know (checked when saved) falls back to UTC."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
 @dataclass(frozen=True, slots=True)
 class Cap:
-    """A daily cap that applies to a conversion: scope 'offer' (affiliate 0) or 'affiliate_offer'."""
+    """A cap that applies to a conversion: the offer's daily ('offer', affiliate 0), monthly ('offer_month') and
+    lifetime ('offer_total') caps, and an affiliate's daily cap on it ('affiliate_offer').
+
+    Periods start at midnight (and on the first of the month) in `zone`, the offer's cap time zone.
+    """
 
     scope: str
     affiliate_id: int
     limit: int
+    zone: str = "UTC"
+
+    @property
+    def period(self) -> str:
+        return _PERIODS[self.scope]
+
+    def start(self, when: datetime) -> date:
+        """The first day of the period that `when` falls in: the key of its slots."""
+        if self.period == "lifetime":
+            return LIFETIME
+        local = when.astimezone(cap_zone(self.zone)).date()
+        return local.replace(day=1) if self.period == "month" else local
+
+    def end(self, when: datetime) -> datetime | None:
+        """When the period that `when` falls in ends (the cap resets), in UTC; None for a lifetime cap."""
+        if self.period == "lifetime":
+            return None
+        zone = cap_zone(self.zone)
+        first = self.start(when)
+        if self.period == "month":
+            following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        else:
+            following = first + timedelta(days=1)
+        return datetime.combine(following, time(0), tzinfo=zone).astimezone(UTC)
 
     def describe(self) -> str:
-        return f"the {'offer' if self.scope == 'offer' else 'affiliate'}'s daily cap ({self.limit})"
+        who = "affiliate" if self.scope == "affiliate_offer" else "offer"
+        period = {"day": "daily", "month": "monthly", "lifetime": "lifetime"}[self.period]
+        return f"the {who}'s {period} cap ({self.limit})"
 
 
 def caps_of(offer: Offer | None, override: OfferAffiliateOverride | None, affiliate_id: int | None) -> list[Cap]:
     """The caps a conversion on `offer` by `affiliate_id` takes, offer-wide first: every writer locks cap rows in
     the same order."""
     caps: list[Cap] = []
-    if offer is not None and offer.daily_cap is not None:
-        caps.append(Cap("offer", 0, offer.daily_cap))
+    if offer is None:
+        return caps
+    zone = offer.cap_timezone or "UTC"
+    if offer.daily_cap is not None:
+        caps.append(Cap("offer", 0, offer.daily_cap, zone))
+    if offer.monthly_cap is not None:
+        caps.append(Cap("offer_month", 0, offer.monthly_cap, zone))
+    if offer.lifetime_cap is not None:
+        caps.append(Cap("offer_total", 0, offer.lifetime_cap, zone))
     if override is not None and override.daily_cap is not None and affiliate_id is not None:
-        caps.append(Cap("affiliate_offer", affiliate_id, override.daily_cap))
+        caps.append(Cap("affiliate_offer", affiliate_id, override.daily_cap, zone))
     return caps
 
 
-def cap_day(received_at: datetime) -> date:
-    """The UTC day whose cap slots a conversion holds."""
-    return received_at.date()
-
-
-async def take_caps(executor: Executor, offer_id: int, day: date, caps: Sequence[Cap]) -> Cap | None:
+async def take_caps(executor: Executor, offer_id: int, when: datetime, caps: Sequence[Cap]) -> Cap | None:
     """Take a slot of every cap, or none: on a full cap, give back the slots taken and return that cap."""
     taken: list[Cap] = []
     for cap in caps:
+        day = cap.start(when)
         if not await take_cap(
             executor, scope=cap.scope, offer_id=offer_id, affiliate_id=cap.affiliate_id, day=day, cap=cap.limit
         ):
-            for got in taken:
-                await release_cap(executor, scope=got.scope, offer_id=offer_id, affiliate_id=got.affiliate_id, day=day)
+            await release_caps(executor, offer_id, when, taken)
             return cap
         taken.append(cap)
     return None
 
 
-async def release_caps(executor: Executor, offer_id: int, day: date, caps: Sequence[Cap]) -> None:
+async def release_caps(executor: Executor, offer_id: int, when: datetime, caps: Sequence[Cap]) -> None:
     for cap in caps:
+        day = cap.start(when)
         await release_cap(executor, scope=cap.scope, offer_id=offer_id, affiliate_id=cap.affiliate_id, day=day)
 
 
 async def move_caps(
-    executor: Executor, offer_id: int, day: date, caps: Sequence[Cap], before: str | None, after: str
+    executor: Executor, offer_id: int, when: datetime, caps: Sequence[Cap], before: str | None, after: str
 ) -> Cap | None:
-    """Take or give back cap slots for a status change from `before` (None: new) to `after`.
+    """Take or give back cap slots for a status change from `before` (None: new) to `after` of a conversion
+    received at `when` (its slots are those of the periods `when` falls in, whenever the change happens).
 
     Returns the cap that was full when the change would start counting (nothing was taken then), else None.
     """
     was, now = before in COUNTED, after in COUNTED
     if now and not was:
-        return await take_caps(executor, offer_id, day, caps)
+        return await take_caps(executor, offer_id, when, caps)
     if was and not now:
-        await release_caps(executor, offer_id, day, caps)
+        await release_caps(executor, offer_id, when, caps)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class CapFill:
+    """How full a cap is in the period running at `now`, and when that period ends (None: never)."""
+
+    cap: Cap
+    used: int
+    period_start: date
+    resets_at: datetime | None
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.cap.limit
+
+
+async def cap_fill(
+    executor: Executor, offer: Offer, overrides: Sequence[OfferAffiliateOverride], now: datetime
+) -> list[CapFill]:
+    """Every cap of the offer (its own, then each affiliate's) with the slots taken in its current period."""
+    caps = caps_of(offer, None, None)
+    caps += [
+        Cap("affiliate_offer", o.affiliate_id, o.daily_cap, offer.cap_timezone or "UTC")
+        for o in overrides
+        if o.daily_cap is not None
+    ]
+    if not caps:
+        return []
+    table = cast(Table, DailyCap.__table__)
+    wanted = {(cap.scope, cap.affiliate_id, cap.start(now)) for cap in caps}
+    rows = await executor.execute(
+        table.select().where(table.c.offer_id == offer.id, table.c.day.in_(sorted({day for _, _, day in wanted})))
+    )
+    used = {(row.scope, row.affiliate_id, row.day): row.used for row in rows.all()}
+    return [
+        CapFill(cap, used.get((cap.scope, cap.affiliate_id, cap.start(now)), 0), cap.start(now), cap.end(now))
+        for cap in caps
+    ]

@@ -122,6 +122,12 @@ async def get_affiliate(session: AsyncSession, affiliate_id: int) -> Affiliate:
     return await _get(session, Affiliate, affiliate_id, "affiliate")
 
 
+# Offer fields a PATCH may clear with null (the rest ignore a null).
+NULLABLE_OFFER_FIELDS = frozenset(
+    {"daily_cap", "monthly_cap", "lifetime_cap", "destination_template", "pixel_max_amount", "pixel_domains"}
+)
+
+
 def _stored_triggers(triggers: list[str] | None) -> str | None:
     """The postback triggers as `affiliates.postback_triggers` keeps them: a comma list, NULL for the default."""
     return None if triggers is None else ",".join(triggers)
@@ -222,7 +228,7 @@ async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -
     for name, value in changes.items():
         if name == "pixel_domains":
             value = value or None  # an empty list is no list: the pixel from any page
-        if value is not None or name in ("daily_cap", "destination_template", "pixel_max_amount", "pixel_domains"):
+        if value is not None or name in NULLABLE_OFFER_FIELDS:
             setattr(offer, name, value)
     await session.commit()
     return offer

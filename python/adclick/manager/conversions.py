@@ -309,11 +309,11 @@ async def edit_conversion(
             if conversion.status == status:
                 raise ConversionEditError(409, f"conversion {conversion_id} is already {status}")
         standing = counting.Standing(conversion.status, conversion.revenue, conversion.payout)
-        day = counting.cap_day(conversion.created_at)
         caps = await _caps(session, conversion)
-        full = await counting.move_caps(session, conversion.offer_id, day, caps, conversion.status, status)
+        when = conversion.created_at
+        full = await counting.move_caps(session, conversion.offer_id, when, caps, conversion.status, status)
         if full is not None:
-            raise ConversionEditError(409, f"{full.describe()} for {day} is full: nothing was changed")
+            raise ConversionEditError(409, f"{full.describe()} for {full.start(when)} is full: nothing was changed")
         conversion.status = status
         if new_revenue is not None:
             conversion.revenue = new_revenue

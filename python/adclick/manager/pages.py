@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import segno
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
+from adclick.core import counting
 from adclick.core.affiliate_postbacks import MACROS as POSTBACK_MACROS
 from adclick.core.affiliate_postbacks import TRIGGERS, parse_triggers
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
@@ -285,6 +287,9 @@ OFFER_FIELDS = (
     "attribution_window_hours",
     "default_status",
     "daily_cap",
+    "monthly_cap",
+    "lifetime_cap",
+    "cap_timezone",
     "destination_template",
     "pixel_enabled",
     "pixel_status",
@@ -330,9 +335,11 @@ async def create_offer(request: Request, session: SessionDep, _user: StaffUser) 
 
 async def _offer_page(request: Request, session: SessionDep, offer_id: int, **extra: Any) -> Response:
     offer = await campaigns.get_offer(session, offer_id)
+    overrides = await campaigns.list_overrides(session, offer_id)
     context = {
         "offer": offer,
-        "overrides": await campaigns.list_overrides(session, offer_id),
+        "overrides": overrides,
+        "caps": await counting.cap_fill(session, offer, overrides, datetime.now(UTC)),
         "shown_template": deliveries.shown_template,
         "postback_macros": AFFILIATE_POSTBACK_MACROS,
         "macros": MACROS,
@@ -352,7 +359,8 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
     fields: dict[str, Any] = await form_fields(request, *OFFER_FIELDS)
     if "currency" in fields:
         fields["currency"] = fields["currency"].upper()
-    fields.setdefault("daily_cap", None)  # a blank cap means no cap
+    for cap in ("daily_cap", "monthly_cap", "lifetime_cap"):
+        fields.setdefault(cap, None)  # a blank cap means no cap
     fields.setdefault("destination_template", None)  # a blank template means none
     fields.setdefault("pixel_enabled", "false")  # an unticked box sends nothing
     fields.setdefault("pixel_max_amount", None)

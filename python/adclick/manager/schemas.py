@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -214,6 +215,18 @@ def _check_rates(model: str | None, amount: Decimal | None, what: str) -> None:
         raise ValueError(f"{what}: a revshare amount is a percentage, at most 100")
 
 
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not an IANA time zone (e.g. UTC, America/New_York, Europe/Berlin)") from None
+    return name
+
+
+CapCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_known_zone)]
+
+
 class OfferIn(Strict):
     advertiser_id: Id
     name: Name
@@ -225,7 +238,10 @@ class OfferIn(Strict):
     payout_amount: Amount = Decimal(0)
     attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 720
     default_status: PostbackStatus = "pending"
-    daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    daily_cap: CapCount | None = None
+    monthly_cap: CapCount | None = Field(None, description="conversions per calendar month; null: none")
+    lifetime_cap: CapCount | None = Field(None, description="conversions ever; null: none")
+    cap_timezone: TimeZone = Field("UTC", description="the IANA time zone whose midnight resets the caps")
     destination_template: Url | None = Field(
         None, description="URL template of the links that have none of their own; they follow its changes"
     )
@@ -259,7 +275,10 @@ class OfferPatch(Strict):
     payout_amount: Amount | None = None
     attribution_window_hours: Annotated[int, Field(ge=1, le=24 * 366)] | None = None
     default_status: PostbackStatus | None = None
-    daily_cap: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    daily_cap: CapCount | None = None
+    monthly_cap: CapCount | None = Field(None, description="null clears it")
+    lifetime_cap: CapCount | None = Field(None, description="null clears it")
+    cap_timezone: TimeZone | None = None
     destination_template: Url | None = Field(None, description="null clears it (refused while links follow it)")
     pixel_enabled: bool | None = None
     pixel_status: PostbackStatus | None = None
@@ -281,6 +300,9 @@ class OfferOut(Out):
     attribution_window_hours: int
     default_status: str
     daily_cap: int | None
+    monthly_cap: int | None
+    lifetime_cap: int | None
+    cap_timezone: str
     destination_template: str | None
     pixel_enabled: bool
     pixel_status: str

@@ -54,7 +54,6 @@ from adclick.core.counting import (
     Place,
     Standing,
     add_to_rollups,
-    cap_day,
     caps_of,
     move_caps,
     rollup_change,
@@ -489,7 +488,7 @@ class _Batch:
             status, reason = "rejected", "bot"
         when = event.received_at
         place = self.places.get(event.click_id, NOWHERE)
-        if await move_caps(self.session, terms.offer.id, cap_day(when), terms.caps(), None, status) is not None:
+        if await move_caps(self.session, terms.offer.id, when, terms.caps(), None, status) is not None:
             status, revenue, payout = "capped", _ZERO, _ZERO
         row = {
             "offer_id": terms.offer.id,
@@ -590,8 +589,7 @@ class _Batch:
         before = {"status": existing.status, "revenue": str(existing.revenue), "payout": str(existing.payout)}
         standing = Standing(existing.status, existing.revenue, existing.payout)
         revenue, payout = existing.revenue, existing.payout
-        day = cap_day(existing.created_at)
-        if await move_caps(self.session, terms.offer.id, day, terms.caps(), existing.status, new) is not None:
+        if await move_caps(self.session, terms.offer.id, existing.created_at, terms.caps(), existing.status, new):
             new, revenue, payout = "capped", _ZERO, _ZERO
         key = (existing.offer_id, existing.txid)
         if existing.id is None:  # stored by this very batch: change the row before it is inserted

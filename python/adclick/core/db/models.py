@@ -48,7 +48,8 @@ LINK_STATUSES = ("active", "paused")
 MODELS = ("cpa", "revshare")
 POSTBACK_STATUSES = ("pending", "approved", "rejected")
 CONVERSION_STATUSES = ("pending", "approved", "rejected", "capped")
-CAP_SCOPES = ("offer", "affiliate_offer")
+# A cap row's scope: the offer's daily cap, an affiliate's daily cap on it, the offer's monthly and lifetime caps.
+CAP_SCOPES = ("offer", "affiliate_offer", "offer_month", "offer_total")
 BOT_CONVERSIONS = ("reject", "accept")  # what a conversion on a bot click becomes
 ROLES = ("admin", "manager", "affiliate")
 
@@ -110,6 +111,8 @@ class Offer(Base):
         _one_of("default_status", POSTBACK_STATUSES, "default_status"),
         CheckConstraint("attribution_window_hours > 0", name="attribution_window_hours"),
         CheckConstraint("daily_cap IS NULL OR daily_cap >= 0", name="daily_cap"),
+        CheckConstraint("monthly_cap IS NULL OR monthly_cap >= 0", name="monthly_cap"),
+        CheckConstraint("lifetime_cap IS NULL OR lifetime_cap >= 0", name="lifetime_cap"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -123,7 +126,11 @@ class Offer(Base):
     payout_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
     attribution_window_hours: Mapped[int] = mapped_column(Integer, default=720, server_default=text("720"))
     default_status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
-    daily_cap: Mapped[int | None] = mapped_column(Integer)  # conversions per UTC day; NULL: no cap
+    daily_cap: Mapped[int | None] = mapped_column(Integer)  # conversions per day (cap_timezone); NULL: no cap
+    monthly_cap: Mapped[int | None] = mapped_column(Integer)  # per calendar month in cap_timezone
+    lifetime_cap: Mapped[int | None] = mapped_column(Integer)  # ever
+    # The IANA time zone whose midnight (and first of the month) resets the caps: the advertiser's day.
+    cap_timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     # The URL template of links that have none of their own; they follow it when it changes.
     destination_template: Mapped[str | None] = mapped_column(Text)
     # The browser pixel (/pixel.gif, no token): off unless enabled here. Its conversions always take
@@ -267,7 +274,11 @@ class ConversionRejection(Base):
 
 
 class DailyCap(Base):
-    """Conversions taken per cap and UTC day; `upsert.take_cap` claims a slot atomically."""
+    """Conversions taken per cap and period; `upsert.take_cap` claims a slot atomically.
+
+    `day` is the period's first day in the offer's cap time zone: the day itself for the daily caps, the first of
+    the month for 'offer_month', 1970-01-01 for 'offer_total' (lifetime).
+    """
 
     __tablename__ = "daily_caps"
     __table_args__ = (_one_of("scope", CAP_SCOPES, "scope"),)

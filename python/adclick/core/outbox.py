@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +37,31 @@ class Change:
     payout: Decimal
     currency: str
     at: datetime  # when the change was received: with the trigger, it makes the row once per change
+
+
+class Conversionlike(Protocol):
+    """What a change needs of its conversion: a stored row (the manager's) or the worker's copy of one."""
+
+    @property
+    def id(self) -> int | None: ...
+
+    offer_id: int
+    affiliate_id: int | None
+    click_id: str
+    txid: str
+    event: str
+    payout: Decimal
+    currency: str
+
+
+_FROM_CONVERSION = ("offer_id", "affiliate_id", "click_id", "txid", "event", "payout", "currency")
+
+
+def change_of(conversion: Conversionlike, before: str | None, after: str, at: datetime) -> Change:
+    """The change of `conversion` from `before` (None: new) to `after`, received at `at`."""
+    assert conversion.id is not None, "a change is reported once its conversion has an id"
+    same = {name: getattr(conversion, name) for name in _FROM_CONVERSION}
+    return Change(conversion_id=conversion.id, before=before, after=after, at=at, **same)
 
 
 def delivery_key(conversion_id: int, trigger: str, at: datetime) -> str:

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Affiliate, ApiToken, User
-from adclick.manager.campaigns import Conflict, Invalid, NotFound, _commit
+from adclick.manager.campaigns import Conflict, Invalid, NotFound, _commit, get_row
 from adclick.manager.deps import Principal
 from adclick.manager.schemas import UserIn, UserPatch
 from adclick.manager.security import (
@@ -32,10 +32,7 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 
 
 async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"user {user_id} not found")
-    return user
+    return await get_row(session, User, user_id, "user")
 
 
 async def _check_affiliate(session: AsyncSession, role: str, affiliate_id: int | None) -> None:

@@ -45,7 +45,7 @@ class Invalid(ValueError):
     """Well-formed input that makes no sense here (an unknown offer, a template the tracker refuses): 422."""
 
 
-async def _get(session: AsyncSession, model: type[T], key: Any, what: str) -> T:
+async def get_row(session: AsyncSession, model: type[T], key: Any, what: str) -> T:
     row = await session.get(model, key)
     if row is None:
         raise NotFound(f"{what} {key} not found")
@@ -81,7 +81,7 @@ async def page(session: AsyncSession, query: Select[Any], number: int = 1) -> tu
 
 
 async def get_advertiser(session: AsyncSession, advertiser_id: int) -> Advertiser:
-    return await _get(session, Advertiser, advertiser_id, "advertiser")
+    return await get_row(session, Advertiser, advertiser_id, "advertiser")
 
 
 async def create_advertiser(session: AsyncSession, data: AdvertiserIn) -> Advertiser:
@@ -119,7 +119,7 @@ async def delete_advertiser(session: AsyncSession, advertiser_id: int) -> None:
 
 
 async def get_affiliate(session: AsyncSession, affiliate_id: int) -> Affiliate:
-    return await _get(session, Affiliate, affiliate_id, "affiliate")
+    return await get_row(session, Affiliate, affiliate_id, "affiliate")
 
 
 # Offer fields a PATCH may clear with null (the rest ignore a null).
@@ -178,7 +178,7 @@ async def delete_affiliate(session: AsyncSession, affiliate_id: int) -> None:
 
 
 async def get_offer(session: AsyncSession, offer_id: int) -> Offer:
-    return await _get(session, Offer, offer_id, "offer")
+    return await get_row(session, Offer, offer_id, "offer")
 
 
 def _check_destination_template(template: str | None) -> None:
@@ -265,7 +265,7 @@ async def put_override(
 
 
 async def delete_override(session: AsyncSession, offer_id: int, affiliate_id: int) -> None:
-    row = await _get(session, OfferAffiliateOverride, (offer_id, affiliate_id), "override")
+    row = await get_row(session, OfferAffiliateOverride, (offer_id, affiliate_id), "override")
     await _delete(session, row, "the override")
 
 
@@ -293,7 +293,7 @@ def visible_links(
 
 async def get_link(session: AsyncSession, link_id: int, affiliate_id: int | None = None) -> Link:
     """The link; an affiliate user (`affiliate_id`) gets NotFound for another affiliate's link, not a hint it exists."""
-    link = await _get(session, Link, link_id, "link")
+    link = await get_row(session, Link, link_id, "link")
     if affiliate_id is not None and link.affiliate_id != affiliate_id:
         raise NotFound(f"link {link_id} not found")
     return link

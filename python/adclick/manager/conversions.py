@@ -339,19 +339,7 @@ async def edit_conversion(
             )
         )
         # The affiliate's postback of this change, in its transaction (adclick.core.outbox), as the worker does.
-        change = outbox.Change(
-            conversion_id=conversion.id,
-            offer_id=conversion.offer_id,
-            affiliate_id=conversion.affiliate_id,
-            click_id=conversion.click_id,
-            txid=conversion.txid,
-            event=conversion.event,
-            before=standing.status,
-            after=conversion.status,
-            payout=conversion.payout,
-            currency=conversion.currency,
-            at=now,
-        )
+        change = outbox.change_of(conversion, standing.status, conversion.status, now)
         await outbox.enqueue(session, [change])
         await session.commit()
     except BaseException:

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adclick.core.affiliate_postbacks import mask, parse_triggers, sample
 from adclick.core.db.models import Affiliate, PostbackDelivery
 from adclick.core.db.types import utc_now
-from adclick.manager.campaigns import Conflict, NotFound, get_affiliate
+from adclick.manager.campaigns import Conflict, get_affiliate, get_row
 from adclick.manager.schemas import AffiliatePostbackOut, DeliveryOut
 
 RECENT = 50  # deliveries shown on an affiliate's postback page
+_RESENT = ("conversion_id", "affiliate_id", "trigger", "template", "click_id")  # what a redelivery sends again
 
 
 def shown_template(template: str | None) -> str | None:
@@ -36,23 +37,14 @@ def delivery_out(row: PostbackDelivery) -> DeliveryOut:
     error = row.last_error
     if error and row.url and row.url in error:  # an HTTP client's message may quote the URL it failed on
         error = error.replace(row.url, mask(row.url))
-    return DeliveryOut(
-        id=row.id,
-        kind=row.kind,
-        trigger=row.trigger,
-        state=row.state,
-        conversion_id=row.conversion_id,
-        affiliate_id=row.affiliate_id,
-        template=shown_template(row.template) or "",
-        url=mask(row.url) if row.url else None,
-        last_status=row.last_status,
-        attempts=row.attempts,
-        last_error=error,
-        created_at=row.created_at,
-        last_attempt_at=row.last_attempt_at,
-        next_attempt_at=row.next_attempt_at if row.state == "pending" else None,
-        delivered_at=row.delivered_at,
-    )
+    # Every other field as stored (DeliveryOut reads attributes); these four as they may be shown.
+    shown = {
+        "template": shown_template(row.template) or "",
+        "url": mask(row.url) if row.url else None,
+        "last_error": error,
+        "next_attempt_at": row.next_attempt_at if row.state == "pending" else None,
+    }
+    return DeliveryOut.model_validate(row).model_copy(update=shown)
 
 
 async def of_conversion(session: AsyncSession, conversion_id: int) -> list[DeliveryOut]:
@@ -90,19 +82,14 @@ async def _add(session: AsyncSession, **values: Any) -> PostbackDelivery:
 
 async def redeliver(session: AsyncSession, delivery_id: int) -> PostbackDelivery:
     """A new pending row sending what `delivery_id` sent again (its template and values), due now."""
-    source = await session.get(PostbackDelivery, delivery_id)
-    if source is None:
-        raise NotFound(f"delivery {delivery_id} not found")
+    source = await get_row(session, PostbackDelivery, delivery_id, "delivery")
+    same = {name: getattr(source, name) for name in _RESENT}
     return await _add(
         session,
         key=_key("redelivery", source.id),
         kind="redelivery",
-        conversion_id=source.conversion_id,
-        affiliate_id=source.affiliate_id,
-        trigger=source.trigger,
-        template=source.template,
-        click_id=source.click_id,
         values=dict(source.values),
+        **same,
     )
 
 

@@ -177,7 +177,7 @@ class AffiliateOut(Out):
     )
 
 
-class DeliveryOut(BaseModel):
+class DeliveryOut(Out):
     """A postback to an affiliate's server (an outbox row), secrets masked."""
 
     id: int = Field(description="also sent as X-Adclick-Delivery, for the receiver to drop a repeat")

@@ -70,7 +70,7 @@ from adclick.core.db.models import (
 )
 from adclick.core.db.upsert import insert_ignore
 from adclick.core.networks import Network, NetworkListError, contains, parse_networks
-from adclick.core.outbox import Change, enqueue
+from adclick.core.outbox import change_of, enqueue
 from adclick.worker.batches import Applied, BatchHandler, Failure, Received, RetryBatch
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
@@ -320,25 +320,7 @@ class _Batch:
 
     async def _enqueue_postbacks(self) -> None:
         """The affiliates' postbacks of this batch's changes, in its transaction (adclick.core.outbox)."""
-        changes = []
-        for key, before, after, when in self.changes:
-            stored = self.known[key]
-            assert stored.id is not None
-            changes.append(
-                Change(
-                    conversion_id=stored.id,
-                    offer_id=stored.offer_id,
-                    affiliate_id=stored.affiliate_id,
-                    click_id=stored.click_id,
-                    txid=stored.txid,
-                    event=stored.event,
-                    before=before,
-                    after=after,
-                    payout=stored.payout,
-                    currency=stored.currency,
-                    at=when,
-                )
-            )
+        changes = [change_of(self.known[key], before, after, when) for key, before, after, when in self.changes]
         queued = await enqueue(self.session, changes)
         if queued:
             self.counts["affiliate_postback"] = queued

@@ -102,6 +102,15 @@ def clicks_with_params(link_id: int, n: int, start: int = 0) -> tuple[list[str],
     return [pack_clicks(events)], [e["click_id"] for e in events]
 
 
+async def told_affiliate_with_clicks(worker: InProcessWorker, receiver: Receiver, clicks: int) -> list[str]:
+    """An offer paying 1 whose affiliate's postback goes to the receiver, and `clicks` clicks queued on its link."""
+    (setup,) = await seed(worker.sessions, payout_amount=Decimal("1"))
+    await configure(worker, setup.affiliate_id, template(receiver.port), None)
+    bodies, ids = clicks_with_params(setup.link_id, clicks)
+    await worker.send("clicks", bodies)
+    return ids
+
+
 async def deliveries(engine: AsyncEngine) -> list[Any]:
     async with engine.connect() as connection:
         found = await connection.execute(select(PostbackDelivery).order_by(PostbackDelivery.id))
@@ -199,10 +208,7 @@ async def test_a_failing_server_is_retried_and_a_hanging_one_never_slows_ingesti
     start_worker: Callable[..., WorkerProc],
     receiver: Receiver,
 ) -> None:
-    (setup,) = await seed(worker.sessions, payout_amount=Decimal("1"))
-    await configure(worker, setup.affiliate_id, template(receiver.port), None)
-    bodies, ids = clicks_with_params(setup.link_id, 40)
-    await worker.send("clicks", bodies)
+    ids = await told_affiliate_with_clicks(worker, receiver, 40)
     receiver.hang = 5.0  # every request hangs past the worker's 1 s timeout
     start_worker(affiliate_postback_timeout_seconds="1", **FAST)
     await wait_for(lambda: worker.drained("clicks"), within=60, message="clicks stored")
@@ -237,10 +243,7 @@ async def test_private_addresses_are_refused_unless_allowed(
     start_worker: Callable[..., WorkerProc],
     receiver: Receiver,
 ) -> None:
-    (setup,) = await seed(worker.sessions, payout_amount=Decimal("1"))
-    await configure(worker, setup.affiliate_id, template(receiver.port), None)
-    bodies, ids = clicks_with_params(setup.link_id, 1)
-    await worker.send("clicks", bodies)
+    ids = await told_affiliate_with_clicks(worker, receiver, 1)
     await worker.send("conversions", [conversion_body(ids[0], "P-1", status="approved")])
     proc = start_worker(affiliate_postback_first_retry_seconds="0.3")  # production's default: no private addresses
     try:

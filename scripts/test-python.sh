@@ -20,6 +20,13 @@ if [ "$all" != "$grouped" ]; then
     exit 2
 fi
 
+# Test modules are imported by basename (tests/ has no packages): two of one name break a run that collects both.
+same_name="$(find tests -name 'test_*.py' -not -path '*/__pycache__/*' -printf '%f\n' | sort | uniq -d)"
+if [ -n "$same_name" ]; then
+    echo "scripts/test-python.sh: test modules that share a name (rename one): $same_name" >&2
+    exit 2
+fi
+
 # Each group collects `tests` minus the other group, so directory conftests load as in a whole-suite run. Tests share
 # code through tests/support, never by importing a conftest by name (which breaks when several are loaded up front).
 ignore_a=() ignore_b=()

@@ -20,7 +20,7 @@ from support.procs import ProcessGuard, wait_until
 from support.roles import request
 from support.seeding import seed_campaign_api
 from support.system import System
-from support.tracker import UA_IPHONE
+from support.tracker import UA_IPHONE, geoip_database
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -69,6 +69,8 @@ def system(process_guard: ProcessGuard, adclick_env: dict[str, str], database_ur
         database_url,
         affiliate_postback_allow_private="true",  # the affiliate's server is on this machine
         affiliate_postback_first_retry_seconds="0.5",
+        geoip_db=str(geoip_database()),  # what `make dev` points the tracker at
+        trusted_proxies=1,  # behind the ALB of the EKS set-up: the client's address is in X-Forwarded-For
     )
     running.start()
     return running
@@ -129,3 +131,22 @@ def test_a_sources_click_id_is_forwarded_and_comes_back_in_the_affiliates_postba
 
 def conversions(system: System, txid: str) -> list[dict[str, object]]:
     return list(system.api("GET", f"/api/v1/conversions?txid={txid}")["items"])
+
+
+def test_a_click_from_a_us_address_without_cdn_headers_gets_the_us_rule(system: System) -> None:
+    campaign = seed_campaign_api(system.api, affiliate={"name": "Geo partner"})
+    link = {
+        "offer_id": campaign.offer_id,
+        "affiliate_id": campaign.affiliate_id,
+        "slug": "net-geo",
+        "url": "https://shop.example/lp?cid={click_id}&c={country}",
+        "rules": [{"countries": ["US"], "url": "https://us.example/lp?cid={click_id}&c={country}"}],
+    }
+    assert system.api("POST", "/api/v1/links", link)["live"] is True
+    wait_until(lambda: click(system, "/c/net-geo")[0] == 302, timeout=30, message="/c/net-geo served")
+
+    # No CDN header, as behind the ALB: the country comes from the address the proxy saw.
+    status, location = click(system, "/c/net-geo", **{"X-Forwarded-For": "8.8.8.8"})
+    assert status == 302 and location.startswith("https://us.example/lp?cid=") and location.endswith("&c=US")
+    status, location = click(system, "/c/net-geo", **{"X-Forwarded-For": "81.2.69.142"})  # a UK address
+    assert status == 302 and location.startswith("https://shop.example/lp?cid=") and location.endswith("&c=GB")

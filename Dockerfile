@@ -31,6 +31,8 @@ RUN maturin build --profile dist --locked --out /wheels
 # -- geoip: the tracker's country database, the version python/adclick/geoip.py pins, checked against its SHA-512 --
 # npm's client fetches it (this stage only; the runtime image has no npm).
 FROM ${PYTHON_IMAGE} AS geoip
+# Debian's npm of the base image's release, as for the builder's packages above: unpinned, this stage never ships.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*
 COPY python/adclick/geoip.py /tmp/geoip.py
 RUN python3 /tmp/geoip.py --dir /geoip

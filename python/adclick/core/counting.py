@@ -293,9 +293,16 @@ def caps_of(offer: Offer | None, override: OfferAffiliateOverride | None, affili
         caps.append(Cap("offer_month", 0, offer.monthly_cap, zone))
     if offer.lifetime_cap is not None:
         caps.append(Cap("offer_total", 0, offer.lifetime_cap, zone))
-    if override is not None and override.daily_cap is not None and affiliate_id is not None:
-        caps.append(Cap("affiliate_offer", affiliate_id, override.daily_cap, zone))
+    if override is not None and affiliate_id is not None and (cap := affiliate_cap(offer, override)) is not None:
+        caps.append(cap)
     return caps
+
+
+def affiliate_cap(offer: Offer, override: OfferAffiliateOverride) -> Cap | None:
+    """The daily cap an affiliate's override sets on the offer, in the offer's cap time zone; None without one."""
+    if override.daily_cap is None:
+        return None
+    return Cap("affiliate_offer", override.affiliate_id, override.daily_cap, offer.cap_timezone or "UTC")
 
 
 async def take_caps(executor: Executor, offer_id: int, when: datetime, caps: Sequence[Cap]) -> Cap | None:
@@ -352,21 +359,16 @@ async def cap_fill(
     executor: Executor, offer: Offer, overrides: Sequence[OfferAffiliateOverride], now: datetime
 ) -> list[CapFill]:
     """Every cap of the offer (its own, then each affiliate's) with the slots taken in its current period."""
-    caps = caps_of(offer, None, None)
-    caps += [
-        Cap("affiliate_offer", o.affiliate_id, o.daily_cap, offer.cap_timezone or "UTC")
-        for o in overrides
-        if o.daily_cap is not None
-    ]
+    caps = caps_of(offer, None, None) + [cap for o in overrides if (cap := affiliate_cap(offer, o)) is not None]
     if not caps:
         return []
+    starts = [cap.start(now) for cap in caps]
     table = cast(Table, DailyCap.__table__)
-    wanted = {(cap.scope, cap.affiliate_id, cap.start(now)) for cap in caps}
     rows = await executor.execute(
-        table.select().where(table.c.offer_id == offer.id, table.c.day.in_(sorted({day for _, _, day in wanted})))
+        table.select().where(table.c.offer_id == offer.id, table.c.day.in_(sorted(set(starts))))
     )
     used = {(row.scope, row.affiliate_id, row.day): row.used for row in rows.all()}
     return [
-        CapFill(cap, used.get((cap.scope, cap.affiliate_id, cap.start(now)), 0), cap.start(now), cap.end(now))
-        for cap in caps
+        CapFill(cap, used.get((cap.scope, cap.affiliate_id, start), 0), start, cap.end(now))
+        for cap, start in zip(caps, starts, strict=True)
     ]

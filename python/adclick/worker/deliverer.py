@@ -109,6 +109,7 @@ class Claimed:
     created_at: datetime
     host: str
     kind: str = "conversion"
+    needs_click: bool = False  # its template names the click's subs or parameters
     secret: str | None = None
     url: str | None = None
     wait_for_click: bool = False
@@ -130,10 +131,10 @@ class Deliverer:
         self.wake = asyncio.Event()  # a request finished: its host (and a slot) may take the next row now
 
     async def run(self, stop: asyncio.Event) -> None:
+        # No pool limits: the slots and per-host gates in `deliver` are the limits, taken before a request's
+        # timeout starts (a pool's wait would count against it).
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.settings.affiliate_postback_allow_private),
-            limit=self.settings.affiliate_postback_concurrency,
-            limit_per_host=self.settings.affiliate_postback_per_host,
+            resolver=GuardedResolver(self.settings.affiliate_postback_allow_private), limit=0, limit_per_host=0
         )
         async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}) as http:
             while not stop.is_set():
@@ -211,7 +212,8 @@ class Deliverer:
                 if won.rowcount == 1:  # type: ignore[attr-defined]
                     self.held[host] = self.held.get(host, 0) + 1
                     claimed.append(Claimed(row.id, row.attempts + 1, row.template, dict(row.values), row.click_id,
-                                           row.affiliate_id, row.created_at, host, row.kind))  # fmt: skip
+                                           row.affiliate_id, row.created_at, host, row.kind,
+                                           bool(row.click_id) and uses_click(row.template)))  # fmt: skip
             if not claimed:
                 return []
             secrets = dict(
@@ -223,7 +225,7 @@ class Deliverer:
                     )
                 ).all()
             )
-            wanted = sorted({c.click_id for c in claimed if c.click_id and uses_click(c.template)})
+            wanted = sorted({c.click_id for c in claimed if c.click_id and c.needs_click})
             clicks = {}
             if wanted:
                 found = await session.execute(
@@ -235,7 +237,7 @@ class Deliverer:
         for c in claimed:
             c.secret = secrets.get(c.affiliate_id)
             values, params = dict(c.values), {}
-            if c.click_id and uses_click(c.template):
+            if c.click_id and c.needs_click:
                 click = clicks.get(c.click_id)
                 if click is None and now - c.created_at < CLICK_WAIT:
                     c.wait_for_click = True

@@ -89,12 +89,15 @@ class ConnectionReaper:
         # sweep (our last send no more recent than before) is closed.
         self._suspects: dict[int, int] = {}
         self._stop = threading.Event()
+        self._named = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="adclick-reaper", daemon=True)
             self._thread.start()
+            # The process reports ready only once its sweeper is named and reniced (a thread starts unnamed).
+            self._named.wait(1.0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,6 +106,7 @@ class ConnectionReaper:
         name_os_thread("adclick-reaper")
         if self._on_start is not None:
             self._on_start()
+        self._named.set()
         while not self._stop.wait(self.interval):
             try:
                 self.sweep()

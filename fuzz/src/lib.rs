@@ -132,6 +132,7 @@ pub fn link_config(data: &[u8]) {
         templates.extend((0..list.len()).filter_map(|i| list.get(i)));
     }
     templates.extend(routes.fallback.as_ref());
+    templates.extend(routes.cap.as_ref().and_then(|c| c.url.as_ref()));
     for (n, template) in templates.into_iter().enumerate() {
         let hostile = HOSTILE[n % HOSTILE.len()];
         check_render(

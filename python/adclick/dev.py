@@ -343,7 +343,7 @@ async def _publish_demo_link(database_url: str, redis_url: str) -> None:
 
     from adclick.core.db.models import Link
     from adclick.core.db.session import create_engine, session_factory
-    from adclick.manager.publisher import publish, redis_client
+    from adclick.core.publisher import publish, redis_client
 
     engine = create_engine(database_url)
     client = redis_client(redis_url, 5000)

@@ -11,6 +11,7 @@ import http.server
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -150,3 +151,53 @@ def test_a_click_from_a_us_address_without_cdn_headers_gets_the_us_rule(system: 
     assert status == 302 and location.startswith("https://us.example/lp?cid=") and location.endswith("&c=US")
     status, location = click(system, "/c/net-geo", **{"X-Forwarded-For": "81.2.69.142"})  # a UK address
     assert status == 302 and location.startswith("https://shop.example/lp?cid=") and location.endswith("&c=GB")
+
+
+def test_a_capped_offers_next_click_gets_the_fallback_and_counts_as_capped(system: System) -> None:
+    # The backup: another offer's tracking link, where the capped offer's traffic goes (and is counted) meanwhile.
+    backup = seed_campaign_api(
+        system.api, offer={"name": "Backup"}, affiliate={"name": "Capped partner"}, link={"slug": "net-backup"}
+    )
+    fallback = f"http://127.0.0.1:{system.tracker.port}/c/net-backup?sub1={{sub1}}"
+    offer = {
+        "advertiser_id": backup.advertiser_id,
+        "name": "Capped",
+        "daily_cap": 1,
+        "cap_fallback_url": fallback,
+        "default_status": "approved",
+    }
+    offer_id = int(system.api("POST", "/api/v1/offers", offer)["id"])
+    link = {
+        "offer_id": offer_id,
+        "affiliate_id": backup.affiliate_id,
+        "slug": "net-cap",
+        "url": "https://cap.example/?cid={click_id}",
+    }
+    assert system.api("POST", "/api/v1/links", link)["live"] is True
+    wait_until(lambda: click(system, "/c/net-cap")[0] == 302, timeout=30, message="/c/net-cap served")
+
+    status, location = click(system, "/c/net-cap?sub1=s1")
+    assert status == 302 and location.startswith("https://cap.example/?cid=")
+    click_id = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["cid"][0]
+    # The one conversion the day's cap allows: the worker stores it and moves the offer's links to the fallback.
+    token = make_token(DEFAULT_POSTBACK_SECRET, backup.advertiser_id, 1)
+    postback = urllib.parse.urlencode({"token": token, "click_id": click_id, "txid": "CAP-1"})
+    assert request(system.postback.port, "GET", f"/postback?{postback}").status == 200
+    wait_until(
+        lambda: click(system, "/c/net-cap?sub1=s2") == (302, fallback.replace("{sub1}", "s2")),
+        timeout=60,
+        message="the capped offer's clicks sent to its cap fallback",
+    )
+    # The fallback is the backup offer's link: the visitor lands there, as a click of that offer.
+    assert click(system, "/c/net-backup?sub1=s2") == (302, "https://shop.example/")
+    assert system.api("GET", f"/api/v1/offers/{offer_id}")["capped_until"] is not None
+    today = datetime.now(UTC).date().isoformat()
+    report = urllib.parse.urlencode({"group_by": "offer", "tz": "UTC", "from": today, "to": today})
+    wait_until(
+        lambda: capped_clicks(system, report, "Capped") >= 1, timeout=60, message="the capped click in the report"
+    )
+
+
+def capped_clicks(system: System, query: str, offer_name: str) -> int:
+    report = system.api("GET", f"/api/v1/reports?{query}")
+    return sum(int(row["capped_clicks"]) for row in report["rows"] if offer_name in str(row["labels"].get("offer")))

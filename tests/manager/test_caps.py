@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from adclick.core.counting import Cap
@@ -70,3 +71,44 @@ async def test_the_offer_page_shows_each_caps_fill_in_its_current_period(manager
     # Affiliates never see an offer's page.
     affiliate = await manager.as_role("affiliate")
     assert (await affiliate.get(f"/offers/{offer_id}")).status_code in (403, 404)
+
+
+async def test_a_cap_edit_that_fills_or_frees_a_cap_moves_the_offers_links_at_once(manager: Manager) -> None:
+    offer_id = manager.ids["offer"]
+    api = await manager.api("admin")
+    await manager.create_link(api, "capped-1", url="https://shop.example/?c={click_id}")
+    fallback = "https://backup.example/?c={click_id}&s={sub1}"
+    async with manager.sessions() as session, session.begin():
+        session.add(DailyCap(scope="offer", offer_id=offer_id, affiliate_id=0, day=datetime.now(UTC).date(), used=3))
+    redis = manager.redis.client()
+
+    def published() -> dict[str, object]:
+        return dict(json.loads(redis.get("adclick:link:capped-1")))
+
+    # A cap lowered to what is already taken fills it: the links go to the cap fallback until midnight (UTC).
+    reply = await api.patch(f"/api/v1/offers/{offer_id}", json={"daily_cap": 3, "cap_fallback_url": fallback})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["capped_until"] is not None and reply.json()["live"] is True
+    midnight = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    assert (published()["capped_until"], published()["cap_url"]) == (int(midnight.timestamp()), fallback)
+    staff = await manager.as_role("manager")
+    html = (await staff.get(f"/offers/{offer_id}")).text
+    assert 'id="capped"' in html and "backup.example" in html
+
+    # Raised: free again, and the links serve the offer.
+    reply = await api.patch(f"/api/v1/offers/{offer_id}", json={"daily_cap": 10})
+    assert reply.status_code == 200 and reply.json()["capped_until"] is None
+    assert "capped_until" not in published() and "cap_url" not in published()
+    assert 'id="capped"' not in (await staff.get(f"/offers/{offer_id}")).text
+
+
+async def test_a_cap_fallback_is_checked_like_a_destination(manager: Manager) -> None:
+    api = await manager.api("admin")
+    offer_id = manager.ids["offer"]
+    for bad in ("javascript:alert(1)//x", "https://{sub1}.evil.example/", "https://ok.example/\r\nSet-Cookie: a=b"):
+        refused = await api.patch(f"/api/v1/offers/{offer_id}", json={"cap_fallback_url": bad})
+        assert refused.status_code in (400, 422), (bad, refused.text)
+    # Affiliates may neither set nor see it.
+    affiliate = await manager.api("affiliate")
+    patched = await affiliate.patch(f"/api/v1/offers/{offer_id}", json={"cap_fallback_url": "https://x.example/"})
+    assert patched.status_code in (403, 404)

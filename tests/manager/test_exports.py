@@ -65,7 +65,15 @@ async def test_a_report_of_many_rows_streams_every_row_in_chunks(
     q = build_query("sub1", "2026-03-09", "2026-03-09", "UTC")
     rows, sizes = await collect(report_csv(sessions, q))
     header, body = rows[0], rows[1:]
-    assert header[:6] == ["sub1", "clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions"]
+    assert header[:7] == [
+        "sub1",
+        "clicks",
+        "unique_clicks",
+        "bot_clicks",
+        "blocked_clicks",
+        "capped_clicks",
+        "conversions",
+    ]
     assert len(body) == ROWS
     assert len(sizes) > 5 and max(sizes) < 2 * CHUNK_BYTES  # delivered piecewise, not as one buffer
     by_sub = {row[0]: row for row in body}
@@ -93,13 +101,14 @@ async def test_report_csv_equals_the_report(
         await db_session.commit()  # SQLite: an open transaction holds the database lock the export needs
         rows, _ = await collect(report_csv(sessions, q))
         width = len(rows[0])
-        metrics = [[row[i] for i in range(width - 10, width)] for row in rows[1:]]
+        metrics = [[row[i] for i in range(width - 11, width)] for row in rows[1:]]
         assert metrics == [
             [
                 str(r.totals.clicks),
                 str(r.totals.unique_clicks),
                 str(r.totals.bot_clicks),
                 str(r.totals.blocked_clicks),
+                str(r.totals.capped_clicks),
                 str(r.totals.conversions),
                 str(r.totals.conversion_rate) if r.totals.conversion_rate is not None else "",
                 str(r.totals.revenue),

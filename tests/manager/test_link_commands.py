@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager.publisher import rebuild, serving_configs
+from adclick.core.publisher import rebuild, serving_configs
 from sqlalchemy import func, select
 from support.manager import Manager, announced
 

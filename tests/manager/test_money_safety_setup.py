@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from adclick.manager.publisher import rebuild, redis_client
+from adclick.core.publisher import rebuild, redis_client
 from support.manager import Manager, csrf_of
 
 pytestmark = pytest.mark.anyio

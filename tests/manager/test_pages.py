@@ -10,7 +10,7 @@ import sys
 import anyio
 import pytest
 from adclick.core.db.models import Link, Offer, User
-from adclick.manager.publisher import link_config, rebuild
+from adclick.core.publisher import link_config, rebuild
 from sqlalchemy import select, update
 from support.manager import TRACKER, Manager, form, manager_settings
 

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from adclick.core import publisher
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
-from adclick.manager import publisher
-from adclick.manager.publisher import link_config, rebuild
+from adclick.core.publisher import link_config, rebuild
 from sqlalchemy import select, update
 from support.manager import Manager, announced, form
 

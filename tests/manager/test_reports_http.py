@@ -165,8 +165,16 @@ async def test_csv_downloads_with_the_session_cookie_and_confined_to_the_affilia
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/csv")
     assert 'filename="adclick-report-2026-03-09-2026-03-09.csv"' in reply.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(reply.text)))
-    assert rows[0][:6] == ["sub1", "clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions"]
-    assert rows[1][:6] == ["'=1+2", "5", "5", "0", "0", "1"] and len(rows) == 2
+    assert rows[0][:7] == [
+        "sub1",
+        "clicks",
+        "unique_clicks",
+        "bot_clicks",
+        "blocked_clicks",
+        "capped_clicks",
+        "conversions",
+    ]
+    assert rows[1][:7] == ["'=1+2", "5", "5", "0", "0", "0", "1"] and len(rows) == 2
     conversions = list(csv.reader(io.StringIO((await affiliate.get("/api/v1/exports/conversions.csv")).text)))
     assert [row[conversions[0].index("link_id")] for row in conversions[1:]] == ["101"]
     payouts = list(csv.reader(io.StringIO((await affiliate.get("/api/v1/exports/payouts.csv", params=RANGE)).text)))

@@ -24,6 +24,7 @@ from adclick.core.db.models import (
     Link,
     OfferAffiliateOverride,
 )
+from adclick.core.publisher import redis_client
 from adclick.core.settings import DEFAULT_CLICK_SECRET, WorkerSettings
 from adclick.core.sqs import create_client, ensure_queues
 from adclick.worker.clicks import ClickHandler
@@ -114,6 +115,7 @@ def click_event(
     device: str = "smartphone",
     bot: bool = False,
     blocked: bool = False,
+    capped: bool = False,
     click_id: str | None = None,
 ) -> dict[str, Any]:
     """A click event as the tracker writes it (docs/contracts.md), with a genuine ClickID."""
@@ -142,6 +144,7 @@ def click_event(
         "dest": 0,
         "fallback": False,
         **({"blocked": True} if blocked else {}),
+        **({"capped": True} if capped else {}),
     }
 
 
@@ -203,7 +206,11 @@ class InProcessWorker:
         self._tasks: list[asyncio.Task[None]] = []
         window = worker_settings.unique_window_hours * 3600
         self.clicks = ClickHandler(self.sessions, worker_settings.clicks_queue, self.metrics, self.redis, window)
-        self.conversions = ConversionHandler(self.sessions, worker_settings.conversions_queue, self.metrics, CODEC)
+        # As `adclick worker` does: a batch that fills or frees a cap republishes its offer's links here.
+        self.links_redis = redis_client(redis_url, 5000)
+        self.conversions = ConversionHandler(
+            self.sessions, worker_settings.conversions_queue, self.metrics, CODEC, self.links_redis
+        )
 
     async def __aenter__(self) -> InProcessWorker:
         self._client_context = create_client(self.settings, read_timeout=self.settings.worker_wait_seconds + 10)
@@ -215,6 +222,7 @@ class InProcessWorker:
         await self.stop()
         await self._client_context.__aexit__(None, None, None)
         await self.redis.aclose()
+        self.links_redis.close()
 
     def start(self, clicks: int = 1, conversions: int = 1, visibility_timeout: int | None = None) -> None:
         """Start consumer tasks (per queue), as `adclick worker --concurrency N` does."""
@@ -293,7 +301,16 @@ async def click_ids(engine: AsyncEngine) -> list[str]:
 
 
 async def rollup_totals(engine: AsyncEngine, *where: Any) -> dict[str, Any]:
-    columns = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions", "revenue", "payout")
+    columns = (
+        "clicks",
+        "unique_clicks",
+        "bot_clicks",
+        "blocked_clicks",
+        "capped_clicks",
+        "conversions",
+        "revenue",
+        "payout",
+    )
     async with engine.connect() as connection:
         row = (
             await connection.execute(

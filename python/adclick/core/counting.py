@@ -49,7 +49,16 @@ from adclick.core.db.models import (
 from adclick.core.db.upsert import Executor, increment, release_cap, take_cap
 
 COUNTED = frozenset({"pending", "approved"})
-METRICS = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions", "revenue", "payout")
+METRICS = (
+    "clicks",
+    "unique_clicks",
+    "bot_clicks",
+    "blocked_clicks",
+    "capped_clicks",
+    "conversions",
+    "revenue",
+    "payout",
+)
 NO_ID = 0  # offer or affiliate "none" in the key of hourly_link_rollups
 _ZERO = Decimal(0)
 

@@ -1,6 +1,6 @@
 """Link configs in Redis: their key and channel, and the checks a slug and a config must pass.
 
-The one writer of link configs is the manager's code path (`adclick.manager.publisher`), backed by the database,
+The one writer of link configs is the manager's code path (`adclick.core.publisher`), backed by the database,
 which gives every link its id; `adclick links` goes through it too. `publish_link` writes a config straight to
 Redis for what has no database: the tracker's own tests and benchmark fixtures.
 """

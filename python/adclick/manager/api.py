@@ -273,14 +273,17 @@ async def list_overrides(offer_id: RowId, session: SessionDep, _user: StaffUser)
 
 @router.put("/offers/{offer_id}/overrides/{affiliate_id}", response_model=OverrideOut)
 async def put_override(
-    offer_id: RowId, affiliate_id: RowId, data: OverrideIn, session: SessionDep, _user: StaffUser
+    request: Request, offer_id: RowId, affiliate_id: RowId, data: OverrideIn, session: SessionDep, _user: StaffUser
 ) -> Any:
-    return await campaigns.put_override(session, offer_id, affiliate_id, data)
+    override, _live = await edits.put_override(request.app.state.redis, session, offer_id, affiliate_id, data)
+    return override
 
 
 @router.delete("/offers/{offer_id}/overrides/{affiliate_id}", status_code=204)
-async def delete_override(offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser) -> Response:
-    await campaigns.delete_override(session, offer_id, affiliate_id)
+async def delete_override(
+    request: Request, offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser
+) -> Response:
+    await edits.delete_override(request.app.state.redis, session, offer_id, affiliate_id)
     return _done()
 
 

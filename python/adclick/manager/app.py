@@ -20,11 +20,11 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adclick.core.db.session import create_engine, session_factory
+from adclick.core.publisher import reconcile_forever, redis_client
 from adclick.core.settings import ManagerSettings
 from adclick.manager import routers as routers_module
 from adclick.manager.campaigns import Conflict, Invalid, NotFound
 from adclick.manager.deps import LoginRequired, csrf_protect, is_api
-from adclick.manager.publisher import reconcile_forever, redis_client
 from adclick.manager.security import LoginLimiter, configure_passwords
 from adclick.manager.templating import HERE, render
 

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
 from adclick.core.links import LinkConfigError, check_slug
+from adclick.core.publisher import InvalidLinkConfig, check_template, held_by
 from adclick.manager import campaigns
 from adclick.manager.campaigns import Conflict, Invalid
-from adclick.manager.publisher import InvalidLinkConfig, check_template, held_by
 from adclick.manager.schemas import AdvertiserIn, AffiliateIn, OfferIn, OfferPatch
 
 BENCH_ADVERTISER = "Bench advertiser"

@@ -1,6 +1,6 @@
 """The IP blocklist's pages and API: addresses and networks whose clicks trackers refuse.
 
-adclick.manager.publisher publishes the list to Redis (`adclick:ipblock`, then `!ipblock` on the invalidation
+adclick.core.publisher publishes the list to Redis (`adclick:ipblock`, then `!ipblock` on the invalidation
 channel) and its reconciler converges it. Trackers check every click against it in Rust: a blocked click gets the
 link's fallback (or a 403, `ADCLICK_BLOCKED_ACTION`), is counted in `blocked_clicks`, and its ClickID carries a
 flag that makes any conversion on it `rejected` with reason `blocked`.
@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import BlockedNetwork
 from adclick.core.networks import MAX_ENTRIES, NetworkListError, parse_networks
+from adclick.core.publisher import blocklist_entries
+from adclick.core.publisher import publish_blocklist as publish
 from adclick.manager.deps import SessionDep, StaffUser
 from adclick.manager.forms import form_fields
-from adclick.manager.publisher import blocklist_entries
-from adclick.manager.publisher import publish_blocklist as publish
 from adclick.manager.schemas import Strict
 from adclick.manager.templating import flash, render
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.db.models import Advertiser, Affiliate, Base, Link, Offer, OfferAffiliateOverride
-from adclick.manager.publisher import InvalidLinkConfig, check_link_config, check_template, link_config
+from adclick.core.publisher import InvalidLinkConfig, check_link_config, check_template, link_config
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,
@@ -124,7 +124,15 @@ async def get_affiliate(session: AsyncSession, affiliate_id: int) -> Affiliate:
 
 # Offer fields a PATCH may clear with null (the rest ignore a null).
 NULLABLE_OFFER_FIELDS = frozenset(
-    {"daily_cap", "monthly_cap", "lifetime_cap", "destination_template", "pixel_max_amount", "pixel_domains"}
+    {
+        "daily_cap",
+        "monthly_cap",
+        "lifetime_cap",
+        "cap_fallback_url",
+        "destination_template",
+        "pixel_max_amount",
+        "pixel_domains",
+    }
 )
 
 
@@ -181,19 +189,20 @@ async def get_offer(session: AsyncSession, offer_id: int) -> Offer:
     return await get_row(session, Offer, offer_id, "offer")
 
 
-def _check_destination_template(template: str | None) -> None:
+def _check_destination_template(template: str | None, field: str = "destination_template") -> None:
     """An offer's template goes through the tracker's decoder at save time, as a link's does."""
     if template is None:
         return
     try:
         check_template(template)
     except InvalidLinkConfig as error:
-        raise Invalid(f"destination_template: {error}") from error
+        raise Invalid(f"{field}: {error}") from error
 
 
 async def create_offer(session: AsyncSession, data: OfferIn) -> Offer:
     await _exists(session, Advertiser, data.advertiser_id, "advertiser")
     _check_destination_template(data.destination_template)
+    _check_destination_template(data.cap_fallback_url, "cap_fallback_url")
     values = data.model_dump()
     values["pixel_domains"] = values.get("pixel_domains") or None
     offer = Offer(**values)
@@ -218,6 +227,8 @@ async def update_offer(session: AsyncSession, offer_id: int, data: OfferPatch) -
         OfferIn.model_validate({**_columns(offer, OfferIn.model_fields), **changes})
     except ValueError as error:
         raise Invalid(str(error)) from error
+    if "cap_fallback_url" in changes:
+        _check_destination_template(changes["cap_fallback_url"], "cap_fallback_url")
     if "destination_template" in changes:
         _check_destination_template(changes["destination_template"])
         if changes["destination_template"] is None and offer.destination_template is not None:

@@ -18,13 +18,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, cast
 from urllib.parse import urlencode
 
+import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core import counting, outbox
+from adclick.core import capping, counting, outbox
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
@@ -280,8 +281,12 @@ async def edit_conversion(
     payout: Any = None,
     amount: Any = None,
     note: str | None = None,
+    links_redis: redis.Redis | None = None,
 ) -> dict[str, Any]:
     """Approve, reject or adjust one conversion and commit; returns its audit entry.
+
+    A change between counting and not counting fills or frees a cap: the offer's cap state is stored in the same
+    transaction (adclick.core.capping) and its links republished through `links_redis` after the commit.
 
     `approve` and `reject` may set revenue and payout in the same step (e.g. approving a capped conversion,
     stored with 0); `adjust` changes amount, revenue or payout and keeps the status. Raises ConversionEditError
@@ -341,10 +346,13 @@ async def edit_conversion(
         # The affiliate's postback of this change, in its transaction (adclick.core.outbox), as the worker does.
         change = outbox.change_of(conversion, standing.status, conversion.status, now)
         await outbox.enqueue(session, [change])
+        recapped = await capping.refresh(session, [conversion.offer_id]) if caps else set()
         await session.commit()
     except BaseException:
         await session.rollback()
         raise
+    if recapped and links_redis is not None:
+        await capping.publish(links_redis, session, recapped)
     return {"conversion_id": conversion_id, "at": now.isoformat(), "user_id": user_id, "before": before, "after": after}
 
 
@@ -464,7 +472,12 @@ async def deliveries_api(conversion_id: BigRowId, session: SessionDep, user: Cur
 
 @router.post("/api/v1/conversions/{conversion_id}/{action}", tags=["conversions"])
 async def edit_api(
-    conversion_id: BigRowId, action: str, session: SessionDep, user: StaffUser, body: EditIn | None = None
+    request: Request,
+    conversion_id: BigRowId,
+    action: str,
+    session: SessionDep,
+    user: StaffUser,
+    body: EditIn | None = None,
 ) -> dict[str, Any]:
     """`approve`, `reject` (optionally with revenue and payout) or `adjust`; answers the audit entry."""
     values = body or EditIn()
@@ -478,6 +491,7 @@ async def edit_api(
             payout=values.payout,
             amount=values.amount,
             note=values.note,
+            links_redis=request.app.state.redis,
         )
     except ConversionEditError as error:
         raise HTTPException(error.status, error.message) from None
@@ -548,7 +562,9 @@ async def edit_page(
     back = form.get("back")
     target = back if isinstance(back, str) and back.startswith("/conversions") else f"/conversions/{conversion_id}"
     try:
-        await edit_conversion(session, conversion_id, action, user_id=user.id, **texts)
+        await edit_conversion(
+            session, conversion_id, action, user_id=user.id, links_redis=request.app.state.redis, **texts
+        )
     except ConversionEditError as error:
         if error.status == 404:
             raise HTTPException(404, error.message) from None

@@ -9,10 +9,19 @@ from __future__ import annotations
 import redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.core import capping
+from adclick.core.db.models import Advertiser, Affiliate, Link, Offer, OfferAffiliateOverride
+from adclick.core.publisher import publish, publish_links_of, publish_token_version, unpublish
 from adclick.manager import campaigns
-from adclick.manager.publisher import publish, publish_links_of, publish_token_version, unpublish
-from adclick.manager.schemas import AdvertiserIn, AdvertiserPatch, AffiliatePatch, LinkIn, LinkPatch, OfferPatch
+from adclick.manager.schemas import (
+    AdvertiserIn,
+    AdvertiserPatch,
+    AffiliatePatch,
+    LinkIn,
+    LinkPatch,
+    OfferPatch,
+    OverrideIn,
+)
 
 
 def serving(row: Advertiser | Affiliate | Offer) -> tuple[bool, int | None]:
@@ -64,18 +73,56 @@ async def edit_affiliate(
     return affiliate, live
 
 
+CAP_FIELDS = ("daily_cap", "monthly_cap", "lifetime_cap", "cap_timezone")
+
+
+def _caps_of(offer: Offer) -> tuple[object, ...]:
+    return tuple(getattr(offer, name) for name in CAP_FIELDS)
+
+
 async def edit_offer(
     client: redis.Redis, session: AsyncSession, offer_id: int, data: OfferPatch
 ) -> tuple[Offer, bool | None]:
-    """As `edit_advertiser`, for an offer; a new `destination_template` reaches only the links that follow it."""
+    """As `edit_advertiser`, for an offer; a new `destination_template` reaches only the links that follow it.
+
+    A change of its caps may fill or free them (adclick.core.capping), and a new cap fallback changes where its
+    links send clicks while capped: either republishes every link of the offer.
+    """
     before = await campaigns.get_offer(session, offer_id)
     serving_before, template_before = serving(before), before.destination_template
+    caps_before, cap_url_before = _caps_of(before), before.cap_fallback_url
     offer = await campaigns.update_offer(session, offer_id, data)
-    if serving(offer) != serving_before:
+    recapped = False
+    if _caps_of(offer) != caps_before:
+        recapped = bool(await capping.refresh(session, [offer.id]))
+        await session.commit()
+    if serving(offer) != serving_before or recapped or offer.cap_fallback_url != cap_url_before:
         return offer, await publish_links_of(client, session, offer_id=offer.id)
     if offer.destination_template != template_before:  # only the links that follow it serve something new
         return offer, await publish_links_of(client, session, offer_id=offer.id, inheriting_only=True)
     return offer, None
+
+
+async def recap(client: redis.Redis, session: AsyncSession, offer_id: int) -> bool | None:
+    """After a committed change to what fills the offer's caps: store its cap state, and republish its links if
+    that changed (whether they reached Redis; None when nothing changed)."""
+    changed = await capping.refresh(session, [offer_id])
+    await session.commit()
+    return await capping.publish(client, session, changed) if changed else None
+
+
+async def put_override(
+    client: redis.Redis, session: AsyncSession, offer_id: int, affiliate_id: int, data: OverrideIn
+) -> tuple[OfferAffiliateOverride, bool | None]:
+    """Create or replace an affiliate's terms on an offer; a new daily cap may fill or free it (`recap`)."""
+    override = await campaigns.put_override(session, offer_id, affiliate_id, data)
+    return override, await recap(client, session, offer_id)
+
+
+async def delete_override(client: redis.Redis, session: AsyncSession, offer_id: int, affiliate_id: int) -> None:
+    """Remove an affiliate's terms on an offer, and with them its daily cap: a capped affiliate's links serve again."""
+    await campaigns.delete_override(session, offer_id, affiliate_id)
+    await publish_links_of(client, session, offer_id=offer_id)
 
 
 async def add_link(client: redis.Redis, session: AsyncSession, data: LinkIn) -> tuple[Link, bool]:

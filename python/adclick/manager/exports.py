@@ -40,6 +40,7 @@ from adclick.manager.deps import CurrentUser, FormIdFilter, SessionDep
 from adclick.manager.params import ReportParams, ReportParamsDep, id_text, is_staff, query_or_400
 from adclick.manager.report_queries import (
     METRICS,
+    MONEY,
     NAMED_DIMENSIONS,
     ReportQuery,
     ReportRow,
@@ -124,13 +125,17 @@ async def _stream(session: AsyncSession, statement: Select[Any]) -> AsyncIterato
         yield mapping
 
 
+# The metrics that are counts, in METRICS' order (clicks ... conversions); money and rates follow them.
+COUNTS = tuple(name for name in METRICS if name not in MONEY)
+
+
 def csv_header(q: ReportQuery, staff: bool = True) -> list[str]:
     header: list[str] = []
     for dimension in q.group_by:
         header += [dimension, f"{dimension}_name"] if dimension in NAMED_DIMENSIONS else [dimension]
     if not staff:
-        return [*header, *METRICS[:5], "conversion_rate", "payout", "epc"]
-    return [*header, *METRICS[:5], "conversion_rate", "revenue", "payout", "profit", "epc"]
+        return [*header, *COUNTS, "conversion_rate", "payout", "epc"]
+    return [*header, *COUNTS, "conversion_rate", "revenue", "payout", "profit", "epc"]
 
 
 def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
@@ -143,7 +148,15 @@ def csv_cells(row: ReportRow, q: ReportQuery, staff: bool = True) -> list[Any]:
         else:
             cells.append(key)
     t = row.totals
-    cells += [t.clicks, t.unique_clicks, t.bot_clicks, t.blocked_clicks, t.conversions, t.conversion_rate]
+    cells += [
+        t.clicks,
+        t.unique_clicks,
+        t.bot_clicks,
+        t.blocked_clicks,
+        t.capped_clicks,
+        t.conversions,
+        t.conversion_rate,
+    ]
     if not staff:
         return [*cells, t.payout, t.payout_epc]
     return [*cells, t.revenue, t.payout, t.profit, t.epc]

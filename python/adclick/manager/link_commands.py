@@ -32,11 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adclick.core.db.models import Link
 from adclick.core.db.session import create_engine, database_url, is_sqlite_memory, session_factory
 from adclick.core.links import LinkConfigError, check_slug, link_key
-from adclick.core.settings import ManagerSettings
-from adclick.manager import campaigns
-from adclick.manager.bench_links import BENCH_OFFER, DEFAULT_PREFIX, DEFAULT_URL, MAX_LINKS, ensure_bench_links
-from adclick.manager.campaigns import Conflict, Invalid, NotFound
-from adclick.manager.publisher import (
+from adclick.core.publisher import (
     publish,
     publish_links_of,
     published_state,
@@ -44,6 +40,10 @@ from adclick.manager.publisher import (
     serving_config,
     unpublish,
 )
+from adclick.core.settings import ManagerSettings
+from adclick.manager import campaigns
+from adclick.manager.bench_links import BENCH_OFFER, DEFAULT_PREFIX, DEFAULT_URL, MAX_LINKS, ensure_bench_links
+from adclick.manager.campaigns import Conflict, Invalid, NotFound
 from adclick.manager.schemas import LinkIn
 
 # The fields of a v1 link config (docs/contracts.md) that `links put --json` reads.
@@ -324,7 +324,7 @@ def run(settings: ManagerSettings, step: Callable[[Backends], Awaitable[int]]) -
     """Run `step` on the database and Redis of `settings`; a failure of either becomes a CommandError."""
     _check_database(settings)
     # Publishing failures come back as results that these commands report; the log line would say it twice.
-    logging.getLogger("adclick.manager.publisher").setLevel(logging.ERROR)
+    logging.getLogger("adclick.core.publisher").setLevel(logging.ERROR)
 
     async def main() -> int:
         engine = create_engine(settings)

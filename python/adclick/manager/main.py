@@ -101,7 +101,7 @@ def create_admin_main(argv: list[str] | None = None) -> int:
 
 async def _rebuild(settings: ManagerSettings) -> str:
     from adclick.core.db.session import create_engine, session_factory
-    from adclick.manager.publisher import rebuild, redis_client
+    from adclick.core.publisher import rebuild, redis_client
 
     engine = create_engine(settings)
     client = redis_client(settings.redis_url, max(settings.manager_redis_timeout_ms, 5000))

@@ -15,6 +15,7 @@ from adclick.core import counting
 from adclick.core.affiliate_postbacks import MACROS as POSTBACK_MACROS
 from adclick.core.affiliate_postbacks import TRIGGERS, parse_triggers
 from adclick.core.db.models import Advertiser, Affiliate, Link, Offer
+from adclick.core.publisher import published_state, serving_config
 from adclick.manager import campaigns, deliveries, edits
 from adclick.manager.api import advertiser_out, listed_affiliate, tracking_url
 from adclick.manager.campaigns import Conflict, Invalid
@@ -30,7 +31,6 @@ from adclick.manager.deps import (
     own_affiliate,
 )
 from adclick.manager.forms import form_fields, parse
-from adclick.manager.publisher import published_state, serving_config
 from adclick.manager.schemas import (
     AdvertiserIn,
     AdvertiserPatch,
@@ -290,6 +290,7 @@ OFFER_FIELDS = (
     "monthly_cap",
     "lifetime_cap",
     "cap_timezone",
+    "cap_fallback_url",
     "destination_template",
     "pixel_enabled",
     "pixel_status",
@@ -333,13 +334,33 @@ async def create_offer(request: Request, session: SessionDep, _user: StaffUser) 
     return await _offers_page(request, session, errors=errors, form=fields)
 
 
+async def _cap_links(request: Request, session: SessionDep, offer_id: int) -> list[tuple[str, str]]:
+    """Tracking links of other active offers, to pick one as this offer's cap fallback (their clicks count there)."""
+    base = request.app.state.settings.manager_tracker_base_url.rstrip("/")
+    query = (
+        select(Link.slug, Offer.name)
+        .join(Offer, Offer.id == Link.offer_id)
+        .where(Link.offer_id != offer_id, Link.status == "active", Offer.status == "active")
+        .order_by(Offer.name, Link.slug)
+        .limit(200)
+    )
+    return [
+        (f"{base}/c/{slug}?sub1={{sub1}}&sub2={{sub2}}", f"{name}: {slug}")
+        for slug, name in await session.execute(query)
+    ]
+
+
 async def _offer_page(request: Request, session: SessionDep, offer_id: int, **extra: Any) -> Response:
     offer = await campaigns.get_offer(session, offer_id)
     overrides = await campaigns.list_overrides(session, offer_id)
+    now = datetime.now(UTC)
     context = {
         "offer": offer,
         "overrides": overrides,
-        "caps": await counting.cap_fill(session, offer, overrides, datetime.now(UTC)),
+        "caps": await counting.cap_fill(session, offer, overrides, now),
+        "capped_until": offer.capped_until if offer.capped_until and offer.capped_until > now else None,
+        "capped_affiliates": [o for o in overrides if o.capped_until and o.capped_until > now],
+        "cap_links": await _cap_links(request, session, offer_id),
         "shown_template": deliveries.shown_template,
         "postback_macros": AFFILIATE_POSTBACK_MACROS,
         "macros": MACROS,
@@ -361,6 +382,7 @@ async def update_offer(request: Request, offer_id: RowId, session: SessionDep, _
         fields["currency"] = fields["currency"].upper()
     for cap in ("daily_cap", "monthly_cap", "lifetime_cap"):
         fields.setdefault(cap, None)  # a blank cap means no cap
+    fields.setdefault("cap_fallback_url", None)  # a blank fallback means none
     fields.setdefault("destination_template", None)  # a blank template means none
     fields.setdefault("pixel_enabled", "false")  # an unticked box sends nothing
     fields.setdefault("pixel_max_amount", None)
@@ -393,7 +415,7 @@ async def put_override(request: Request, offer_id: RowId, session: SessionDep, _
         errors.append("affiliate_id: choose an affiliate")
     if data is not None and not errors:
         try:
-            await campaigns.put_override(session, offer_id, int(affiliate_id), data)
+            await edits.put_override(request.app.state.redis, session, offer_id, int(affiliate_id), data)
         except Invalid as error:
             errors = [str(error)]
         else:
@@ -405,7 +427,7 @@ async def put_override(request: Request, offer_id: RowId, session: SessionDep, _
 async def delete_override(
     request: Request, offer_id: RowId, affiliate_id: RowId, session: SessionDep, _user: StaffUser
 ) -> Response:
-    await campaigns.delete_override(session, offer_id, affiliate_id)
+    await edits.delete_override(request.app.state.redis, session, offer_id, affiliate_id)
     return see_other(request, f"/offers/{offer_id}", "Override removed.")
 
 

@@ -74,7 +74,17 @@ FILTER_DIMENSIONS = {
     "country": "country",
     "device": "device",
 }
-METRICS = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "conversions", "revenue", "payout")
+METRICS = (
+    "clicks",
+    "unique_clicks",
+    "bot_clicks",
+    "blocked_clicks",
+    "capped_clicks",
+    "conversions",
+    "revenue",
+    "payout",
+)
+MONEY = ("revenue", "payout")  # the METRICS summed as money
 UNKNOWN_LABEL = "(unknown)"
 NONE_LABEL = "(none)"
 
@@ -228,13 +238,15 @@ def build_query(
 class Totals:
     """The counters of one report row (or of the whole report) and the rates derived from them.
 
-    `clicks` are the clicks that can earn: bot and blocked clicks are counted apart, and CR and EPC ignore them.
+    `clicks` are the clicks that can earn: bot, blocked and capped clicks (sent to a full offer's cap fallback) are
+    counted apart, and CR and EPC ignore them.
     """
 
     clicks: int = 0
     unique_clicks: int = 0
     bot_clicks: int = 0
     blocked_clicks: int = 0
+    capped_clicks: int = 0
     conversions: int = 0
     revenue: Decimal = _ZERO
     payout: Decimal = _ZERO
@@ -244,6 +256,7 @@ class Totals:
         self.unique_clicks += other.unique_clicks
         self.bot_clicks += other.bot_clicks
         self.blocked_clicks += other.blocked_clicks
+        self.capped_clicks += other.capped_clicks
         self.conversions += other.conversions
         self.revenue += other.revenue
         self.payout += other.payout
@@ -284,6 +297,7 @@ class Totals:
             "unique_clicks": self.unique_clicks,
             "bot_clicks": self.bot_clicks,
             "blocked_clicks": self.blocked_clicks,
+            "capped_clicks": self.capped_clicks,
             "conversions": self.conversions,
             "conversion_rate": None if cr is None else str(cr),
             "revenue": str(self.revenue),
@@ -302,6 +316,7 @@ class Totals:
             unique_clicks=int(row["unique_clicks"] or 0),
             bot_clicks=int(row["bot_clicks"] or 0),
             blocked_clicks=int(row["blocked_clicks"] or 0),
+            capped_clicks=int(row["capped_clicks"] or 0),
             conversions=int(row["conversions"] or 0),
             revenue=row["revenue"] if row["revenue"] is not None else _ZERO,
             payout=row["payout"] if row["payout"] is not None else _ZERO,
@@ -473,6 +488,7 @@ def _rollup_sums(rollup: Rollup) -> list[ColumnElement[Any]]:
         func.sum(r.unique_clicks).label("unique_clicks"),
         func.sum(r.bot_clicks).label("bot_clicks"),
         func.sum(r.blocked_clicks).label("blocked_clicks"),
+        func.sum(r.capped_clicks).label("capped_clicks"),
         func.sum(r.conversions).label("conversions"),
         # Summed in SQL on the stored representation (NUMERIC, or integer millionths on SQLite), then converted.
         type_coerce(func.sum(r.revenue), Money).label("revenue"),
@@ -551,8 +567,8 @@ def _by_local_day(q: ReportQuery, dialect: str, rollup: Rollup) -> Select[Any]:
         (local_day(hourly.c[f"k{i}"], q, dialect) if dimension == "day" else hourly.c[f"k{i}"]).label(f"k{i}")
         for i, dimension in enumerate(q.group_by)
     ]
-    sums = [func.sum(hourly.c[name]).label(name) for name in METRICS[:5]]
-    sums += [type_coerce(func.sum(hourly.c[name]), Money).label(name) for name in METRICS[5:]]
+    sums = [func.sum(hourly.c[name]).label(name) for name in METRICS if name not in MONEY]
+    sums += [type_coerce(func.sum(hourly.c[name]), Money).label(name) for name in MONEY]
     return select(*outer_keys, *sums).group_by(*_group_positions(len(outer_keys)))
 
 
@@ -578,11 +594,12 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
     clicks = (
         select(
             key.label("k"),
-            # As the rollups count them (adclick.worker.clicks): each click in one of the three columns.
-            func.sum(case((or_(c.bot, c.blocked), 0), else_=1)).label("clicks"),
+            # As the rollups count them (adclick.worker.clicks): each click in one of the four columns.
+            func.sum(case((or_(c.bot, c.blocked, c.capped), 0), else_=1)).label("clicks"),
             func.sum(case((c.unique, 1), else_=0)).label("unique_clicks"),
             func.sum(case((and_(c.bot, not_(c.blocked)), 1), else_=0)).label("bot_clicks"),
             func.sum(case((c.blocked, 1), else_=0)).label("blocked_clicks"),
+            func.sum(case((and_(c.capped, not_(c.bot), not_(c.blocked)), 1), else_=0)).label("capped_clicks"),
         )
         .where(c.ts >= q.start, c.ts < q.end, *_raw_filters(q, c, c))
         .group_by(*_group_positions(1))
@@ -612,6 +629,7 @@ def sub_statement(q: ReportQuery, dialect: str, totals: bool = False) -> Select[
         "unique_clicks": func.coalesce(clicks.c.unique_clicks, 0),
         "bot_clicks": func.coalesce(clicks.c.bot_clicks, 0),
         "blocked_clicks": func.coalesce(clicks.c.blocked_clicks, 0),
+        "capped_clicks": func.coalesce(clicks.c.capped_clicks, 0),
         "conversions": func.coalesce(conversions.c.conversions, 0),
         "revenue": conversions.c.revenue,
         "payout": conversions.c.payout,

@@ -242,6 +242,11 @@ class OfferIn(Strict):
     monthly_cap: CapCount | None = Field(None, description="conversions per calendar month; null: none")
     lifetime_cap: CapCount | None = Field(None, description="conversions ever; null: none")
     cap_timezone: TimeZone = Field("UTC", description="the IANA time zone whose midnight resets the caps")
+    cap_fallback_url: Url | None = Field(
+        None,
+        description="where a capped offer's clicks go until its caps reset (a URL template, e.g. another offer's "
+        "tracking link); null: each link's own fallback, else the offer as before",
+    )
     destination_template: Url | None = Field(
         None, description="URL template of the links that have none of their own; they follow its changes"
     )
@@ -279,6 +284,7 @@ class OfferPatch(Strict):
     monthly_cap: CapCount | None = Field(None, description="null clears it")
     lifetime_cap: CapCount | None = Field(None, description="null clears it")
     cap_timezone: TimeZone | None = None
+    cap_fallback_url: Url | None = Field(None, description="null clears it")
     destination_template: Url | None = Field(None, description="null clears it (refused while links follow it)")
     pixel_enabled: bool | None = None
     pixel_status: PostbackStatus | None = None
@@ -303,6 +309,10 @@ class OfferOut(Out):
     monthly_cap: int | None
     lifetime_cap: int | None
     cap_timezone: str
+    cap_fallback_url: str | None
+    capped_until: datetime | None = Field(
+        None, description="the offer's own caps are full until then (its clicks go to the cap fallback); null: not"
+    )
     destination_template: str | None
     pixel_enabled: bool
     pixel_status: str

@@ -79,6 +79,7 @@ class Applied:
 
     failures: list[Failure] = field(default_factory=list)
     processed: dict[str, int] = field(default_factory=dict)  # metric "processed" by kind, counted after commit
+    capped_offers: set[int] = field(default_factory=set)  # whose cap state changed: republished after commit
 
 
 class RetryBatch(Exception):
@@ -164,6 +165,9 @@ class BatchHandler(ABC, Generic[T]):
     async def apply(self, session: AsyncSession, items: list[tuple[Received, T]]) -> Applied:
         """Write the items inside the caller's transaction; raise to roll it back."""
 
+    async def committed(self, applied: Applied) -> None:
+        """What to do once `apply`'s transaction has committed (never raises: the messages are done)."""
+
     async def handle(self, messages: Sequence[Received]) -> Outcome:
         """Process messages; every message ends in exactly one of the outcome's lists."""
         items: list[tuple[Received, T]] = []
@@ -223,3 +227,4 @@ class BatchHandler(ABC, Generic[T]):
         recorded = len(failures) + len(applied.failures)
         if recorded:
             self.metrics.failed.labels(self.queue).inc(recorded)
+        await self.committed(applied)

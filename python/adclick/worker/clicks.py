@@ -9,8 +9,9 @@ one hash slot.)
 The unique key's value is the ClickID that took it, and "the key holds my ClickID" counts as taking it: if the
 worker dies after Redis answered but before the commit, the retry gets the same answer, so a crash or a
 redelivery can never turn a unique click into a repeat one (or the reverse).
-Bot clicks and clicks from a blocked address are never unique and take no key, and they roll up apart
-(`bot_clicks`, `blocked_clicks`), never into `clicks`: they must not move CR or EPC, and never earn.
+Bot clicks, clicks from a blocked address and clicks a full cap sent to the offer's cap fallback are never unique
+and take no key, and they roll up apart (`bot_clicks`, `blocked_clicks`, `capped_clicks`; each click in one column
+only, in that order of precedence), never into `clicks`: they must not move CR or EPC, and never earn.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def click_row(event: ClickEvent) -> dict[str, Any]:
         "params": event.params,
         "dest": event.dest,
         "fallback": event.fallback,
+        "capped": event.capped,
     }
 
 
@@ -99,7 +101,7 @@ SCRIPT_CHUNK = 2000  # keys per script call, so Redis never runs one script for 
 
 async def first_in_window(redis: aioredis.Redis, events: Sequence[ClickEvent], window_seconds: int) -> set[str]:
     """ClickIDs that are the first of their (link, IP, UA) in the window: one pipeline (one round trip) per batch."""
-    candidates = [event for event in events if not event.bot and not event.blocked]
+    candidates = [event for event in events if not event.bot and not event.blocked and not event.capped]
     if not candidates:
         return set()
     script = redis.register_script(FIRST_IN_WINDOW)
@@ -140,6 +142,7 @@ _PG_COLUMNS = {
     "params": "jsonb",
     "dest": "smallint",
     "fallback": "boolean",
+    "capped": "boolean",
 }
 _PG_NAMES = ", ".join('"' + name + '"' for name in _PG_COLUMNS)
 _PG_ARRAYS = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
@@ -173,11 +176,12 @@ def rollup_rows(events: Sequence[ClickEvent], unique: set[str]) -> list[dict[str
                 "device": event.device or "",
                 "offer_id": event.offer_id,
                 "affiliate_id": event.affiliate_id,
-                "clicks": 0 if event.bot or event.blocked else 1,
+                "clicks": 0 if event.bot or event.blocked or event.capped else 1,
                 "unique_clicks": 1 if event.click_id in unique else 0,
                 # A blocked bot is a blocked click: each click counts in one column only.
                 "bot_clicks": 1 if event.bot and not event.blocked else 0,
                 "blocked_clicks": 1 if event.blocked else 0,
+                "capped_clicks": 1 if event.capped and not event.bot and not event.blocked else 0,
             }
         )
     return rows

@@ -36,6 +36,7 @@ Rules (each message is one postback, see docs/contracts.md):
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -44,10 +45,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
+import redis
 from sqlalchemy import Table, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
+from adclick.core import capping
 from adclick.core.counting import (
     NOWHERE,
     Cap,
@@ -75,6 +78,8 @@ from adclick.worker.batches import Applied, BatchHandler, Failure, Received, Ret
 from adclick.worker.commissions import CommissionError, Rule, choose_rule, commission, parse_amount
 from adclick.worker.health import WorkerMetrics
 from adclick.worker.messages import ConversionEvent, decode_conversion
+
+log = logging.getLogger(__name__)
 
 # Links, offers and overrides are read once per this many seconds per link, not once per batch: a change to an
 # offer's terms reaches conversions within this delay. A link unknown to the database is never cached.
@@ -198,16 +203,31 @@ class ConversionHandler(BatchHandler[ConversionEvent]):
         queue: str,
         metrics: WorkerMetrics,
         codec: _native.ClickIdCodec,
+        links_redis: redis.Redis | None = None,
     ) -> None:
         super().__init__(sessions, queue, metrics)
         self.codec = codec
         self.terms_cache: dict[int, tuple[float, Terms]] = {}
+        # Where the trackers read link configs: a batch that fills or frees a cap republishes its offer's links.
+        self.links_redis = links_redis
 
     def decode(self, body: str) -> ConversionEvent:
         return decode_conversion(body)
 
     async def apply(self, session: AsyncSession, items: list[tuple[Received, ConversionEvent]]) -> Applied:
         return await _Batch(session, self.codec, self.terms_cache).run(items)
+
+    async def committed(self, applied: Applied) -> None:
+        if not applied.capped_offers or self.links_redis is None:
+            return
+        try:
+            async with self.sessions() as session:
+                published = await capping.publish(self.links_redis, session, applied.capped_offers)
+        except Exception:  # the database holds the cap; the manager's reconciler publishes it
+            log.exception("cap state of offers %s stored but not published", sorted(applied.capped_offers))
+            return
+        if published:
+            log.info("caps of offers %s changed: their links republished", sorted(applied.capped_offers))
 
 
 class _Batch:
@@ -289,6 +309,9 @@ class _Batch:
         await self._insert_new()
         await self._enqueue_postbacks()
         await add_to_rollups(self.session, self.rollups)
+        # A conversion that took (or gave back) the last slot of a cap moves the offer's clicks to its cap fallback.
+        capped = {item.terms.offer.id for item in attributable if item.terms is not None and item.terms.caps()}
+        self.applied.capped_offers = await capping.refresh(self.session, capped)
         for rejection in self.rejections:
             key = rejection.pop("_key")
             if rejection["conversion_id"] is None and key is not None:

@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from adclick import _native
 from adclick.core.logs import setup_logging
+from adclick.core.publisher import redis_client
 from adclick.core.settings import WorkerSettings
 from adclick.core.sqs import SQSClient, create_client, ensure_queues
 from adclick.worker.batches import describe
@@ -27,6 +28,8 @@ log = logging.getLogger("adclick.worker")
 
 SQS_CONNECT_TIMEOUT = 5.0
 REDIS_TIMEOUT = 5.0
+# Republishing links after a cap fills: a Redis outage delays one consumer this long, then the reconciler catches up.
+LINKS_REDIS_TIMEOUT_MS = 1000
 # The long poll answers after WaitTimeSeconds; the read timeout leaves room for a slow answer on top.
 READ_TIMEOUT_MARGIN = 10.0
 
@@ -109,7 +112,13 @@ async def run(settings: WorkerSettings) -> int:
             if urls is None:
                 return 0
             clicks = ClickHandler(sessions, settings.clicks_queue, metrics, redis, settings.unique_window_hours * 3600)
-            conversions = ConversionHandler(sessions, settings.conversions_queue, metrics, make_codec(settings))
+            conversions = ConversionHandler(
+                sessions,
+                settings.conversions_queue,
+                metrics,
+                make_codec(settings),
+                redis_client(settings.redis_url, LINKS_REDIS_TIMEOUT_MS),
+            )
             consumers = [
                 Consumer(
                     f"{key}-{n}",

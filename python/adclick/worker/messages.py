@@ -91,6 +91,7 @@ class ClickEvent:
     dest: int | None
     fallback: bool
     blocked: bool = False  # the address was on the IP blocklist (the tracker writes the field only when true)
+    capped: bool = False  # a full cap sent it to the offer's cap fallback (written only when true)
 
     @property
     def ts(self) -> datetime:
@@ -138,6 +139,7 @@ def parse_click(text: str) -> ClickEvent:
         dest=dest if isinstance(dest, int) and not isinstance(dest, bool) and 0 <= dest < 32768 else None,
         fallback=bool(data.get("fallback", False)),
         blocked=bool(data.get("blocked", False)),
+        capped=bool(data.get("capped", False)),
     )
 
 
@@ -245,15 +247,13 @@ def encode_conversion(event: dict[str, Any]) -> str:
 
 
 def _as_tracker_writes(event: dict[str, Any]) -> dict[str, Any]:
-    if "blocked" in event and not event["blocked"]:
-        return {key: value for key, value in event.items() if key != "blocked"}
-    return event
+    return {key: value for key, value in event.items() if key not in ("blocked", "capped") or value}
 
 
 def pack_clicks(events: list[dict[str, Any]]) -> str:
     """A `c1:` body holding these events, as the tracker packs them (used by tests, tools and the bench).
 
-    As the tracker does, `blocked` is written only when true.
+    As the tracker does, `blocked` and `capped` are written only when true.
     """
     lines = [json.dumps(_as_tracker_writes(event), separators=(",", ":")).encode() for event in events]
     if not lines:

@@ -45,6 +45,7 @@ fn event(k: usize) -> ClickEvent {
         dest: 0,
         fallback: false,
         blocked: false,
+        capped: false,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct ClickEvent {
     /// are byte for byte what they were before the blocklist; absent reads as false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub blocked: bool,
+    /// A full cap of the link's offer sent it to the cap fallback. Written only when true; absent reads as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capped: bool,
 }
 
 /// Why `EventBuffer::push` did not take an event.
@@ -367,6 +370,7 @@ mod tests {
             dest: (n % 3) as u32,
             fallback: n.is_multiple_of(5),
             blocked: n % 7 == 3,
+            capped: false,
         }
     }
 

@@ -124,12 +124,24 @@ impl Rule {
     }
 }
 
-/// Where a link's clicks go: its targeting rules, default destinations and fallback.
+/// A full cap on the link's offer (or on its affiliate's share of it): until when, and where clicks go meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cap {
+    /// Unix seconds; from this instant the link routes as usual again (the cap's reset).
+    pub until: u64,
+    /// The offer's cap fallback; None: the link's own fallback, and without one the link routes as usual.
+    pub url: Option<UrlTemplate>,
+}
+
+/// Where a link's clicks go: its targeting rules, default destinations and fallback, and its cap while one is full.
+/// A cap lives here rather than in the link, so the links of one offer still share one copy (and the replica's
+/// records stay the size they were).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Routes {
     pub default: Option<Destinations>,
     pub rules: Vec<Rule>,
     pub fallback: Option<UrlTemplate>,
+    pub cap: Option<Cap>,
 }
 
 fn dests_bytes(d: &Destinations) -> usize {
@@ -163,6 +175,11 @@ impl Routes {
             + self.default.as_ref().map_or(0, dests_bytes)
             + rules
             + self.fallback.as_ref().map_or(0, |t| t.heap_bytes())
+            + self
+                .cap
+                .as_ref()
+                .and_then(|c| c.url.as_ref())
+                .map_or(0, |t| t.heap_bytes())
     }
 }
 
@@ -282,6 +299,8 @@ struct RawLink {
     fallback_url: Option<String>,
     #[serde(default)]
     cookie: bool,
+    capped_until: Option<u64>,
+    cap_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +420,12 @@ impl CompiledLink {
             .as_deref()
             .map(|u| template(u, "fallback_url"))
             .transpose()?;
+        let cap_url = raw.cap_url.as_deref().map(|u| template(u, "cap_url")).transpose()?;
+        let cap = match (raw.capped_until, cap_url) {
+            (Some(until), url) => Some(Cap { until, url }),
+            (None, None) => None,
+            (None, Some(_)) => return Err(bad("cap_url without capped_until")),
+        };
         Ok(CompiledLink {
             id: raw.id,
             offer_id: raw.offer_id,
@@ -410,6 +435,7 @@ impl CompiledLink {
                 default,
                 rules,
                 fallback,
+                cap,
             }),
             active: raw.status == RawStatus::Active,
             cookie: raw.cookie,
@@ -488,11 +514,31 @@ mod tests {
                         dests: Destinations::single(t("https://ios.example/?c={click_id}")),
                     }],
                     fallback: Some(t("https://shop.example/")),
+                    cap: None,
                 }),
                 active: true,
                 cookie: false,
             }
         );
+    }
+
+    #[test]
+    fn a_cap_is_decoded_with_its_url_and_a_cap_url_alone_is_refused() {
+        let mut v = minimal();
+        v["capped_until"] = json!(1_764_374_400u64);
+        v["cap_url"] = json!("https://other.example/c/x?s={sub1}");
+        let cap = decode(v.clone()).unwrap().routes.cap.clone().unwrap();
+        assert_eq!(cap.until, 1_764_374_400);
+        assert_eq!(cap.url, Some(t("https://other.example/c/x?s={sub1}")));
+        v["cap_url"] = json!("javascript:alert(1)");
+        assert!(err(v.clone()).contains("cap_url"));
+        v.as_object_mut().unwrap().remove("capped_until");
+        v["cap_url"] = json!("https://other.example/");
+        assert!(err(v.clone()).contains("cap_url without capped_until"));
+        // A cap with no URL of its own (the link's fallback serves): decoded all the same.
+        let mut plain = minimal();
+        plain["capped_until"] = json!(1u64);
+        assert_eq!(decode(plain).unwrap().routes.cap.as_ref().unwrap().url, None);
     }
 
     #[test]

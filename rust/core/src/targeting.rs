@@ -16,6 +16,8 @@ pub enum Choice<'a> {
     },
     /// The link is paused, expired or no route matched, and it has a fallback URL.
     Fallback(&'a UrlTemplate),
+    /// A cap of the link's offer is full: its cap URL, else the link's fallback URL.
+    Capped(&'a UrlTemplate),
     /// Same, without a fallback URL.
     NoRoute,
 }
@@ -32,6 +34,12 @@ pub fn choose<'a>(
 ) -> Choice<'a> {
     let live = link.active && link.expires_at.is_none_or(|at| now_s < at);
     if live {
+        if let Some(cap) = link.routes.cap.as_ref().filter(|c| now_s < c.until) {
+            // Capped without anywhere else to go: the offer, as before caps were enforced at the click.
+            if let Some(t) = cap.url.as_ref().or(link.routes.fallback.as_ref()) {
+                return Choice::Capped(t);
+            }
+        }
         let matched = link
             .routes
             .rules
@@ -153,16 +161,55 @@ mod tests {
                     rule(&[], &["tablet"], &[], "https://tablet.example/"),
                 ],
                 fallback: Some(t("https://fallback.example/")),
+                cap: None,
             }),
             active: true,
             cookie: false,
         }
     }
 
+    fn capped(link: &CompiledLink, until: u64, url: Option<&str>) -> CompiledLink {
+        let mut routes = (*link.routes).clone();
+        routes.cap = Some(crate::link::Cap { until, url: url.map(t) });
+        CompiledLink {
+            routes: Arc::new(routes),
+            ..link.clone()
+        }
+    }
+
+    #[test]
+    fn a_capped_link_goes_to_its_cap_url_until_the_reset_then_routes_as_before() {
+        let link = capped(&link(), 500, Some("https://cap.example/"));
+        let us = |now| choose(&link, now, Some("US"), "smartphone", "iOS", 0);
+        assert_eq!(us(499), Choice::Capped(&t("https://cap.example/")));
+        assert!(matches!(us(500), Choice::Dest { rule: Some(0), .. }));
+        // Without a cap URL the link's fallback serves; without either, the offer, as if uncapped.
+        let fallback_only = capped(&self::link(), 500, None);
+        assert_eq!(
+            choose(&fallback_only, 1, None, "desktop", "Windows", 0),
+            Choice::Capped(&t("https://fallback.example/"))
+        );
+        let mut neither = capped(&self::link(), 500, None);
+        Arc::make_mut(&mut neither.routes).fallback = None;
+        assert!(matches!(
+            choose(&neither, 1, None, "desktop", "Windows", 0),
+            Choice::Dest { .. }
+        ));
+        // A paused link answers as paused, capped or not.
+        let paused = CompiledLink {
+            active: false,
+            ..capped(&self::link(), 500, Some("https://cap.example/"))
+        };
+        assert_eq!(
+            choose(&paused, 1, None, "desktop", "Windows", 0),
+            Choice::Fallback(&t("https://fallback.example/"))
+        );
+    }
+
     fn url<'a>(c: &Choice<'a>) -> &'a str {
         match c {
             Choice::Dest { template, .. } => template.as_str(),
-            Choice::Fallback(t) => t.as_str(),
+            Choice::Fallback(t) | Choice::Capped(t) => t.as_str(),
             Choice::NoRoute => "no route",
         }
     }

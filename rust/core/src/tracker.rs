@@ -113,10 +113,12 @@ pub enum Outcome {
     Overloaded,
     /// The client address is on the IP blocklist (fallback or 403, recorded either way).
     Blocked,
+    /// A full cap of the link's offer sent the click to the cap fallback.
+    Capped,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Redirect,
         Outcome::Fallback,
         Outcome::Bot,
@@ -128,6 +130,7 @@ impl Outcome {
         Outcome::Closed,
         Outcome::Overloaded,
         Outcome::Blocked,
+        Outcome::Capped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +146,7 @@ impl Outcome {
             Outcome::Closed => "closed",
             Outcome::Overloaded => "overloaded",
             Outcome::Blocked => "blocked",
+            Outcome::Capped => "capped",
         }
     }
 }
@@ -476,10 +480,10 @@ impl Tracker {
             country_from(req.country).or_else(|| self.geoip.as_deref().zip(addr).and_then(|(g, ip)| g.country(ip)));
         let ts = now_ms();
         // A blocked click goes where no route would send it: the link's fallback, or nowhere (403).
-        let (template, dest, fallback) = if blocked {
+        let (template, dest, fallback, capped) = if blocked {
             match (self.blocked_action, link.routes.fallback.as_ref()) {
-                (BlockedAction::Fallback, Some(t)) => (Some(t), 0, true),
-                _ => (None, 0, false),
+                (BlockedAction::Fallback, Some(t)) => (Some(t), 0, true, false),
+                _ => (None, 0, false, false),
             }
         } else {
             match choose(
@@ -490,8 +494,9 @@ impl Tracker {
                 &ua.os,
                 fastrand::u32(..),
             ) {
-                Choice::Dest { index, template, .. } => (Some(template), index, false),
-                Choice::Fallback(t) => (Some(t), 0, true),
+                Choice::Dest { index, template, .. } => (Some(template), index, false, false),
+                Choice::Fallback(t) => (Some(t), 0, true, false),
+                Choice::Capped(t) => (Some(t), 0, false, true),
                 Choice::NoRoute => return Self::reply(404, Outcome::NoRoute),
             }
         };
@@ -533,6 +538,8 @@ impl Tracker {
             Outcome::Blocked
         } else if fallback {
             Outcome::Fallback
+        } else if capped {
+            Outcome::Capped
         } else if ua.bot {
             Outcome::Bot
         } else {
@@ -576,6 +583,7 @@ impl Tracker {
             dest,
             fallback,
             blocked,
+            capped,
         };
         match self.buffer.push(&event) {
             Ok(()) => {
@@ -901,6 +909,35 @@ mod tests {
         assert!(r.location.unwrap().starts_with("https://fb.example/?c="));
         let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
         assert!(events[0].fallback);
+    }
+
+    #[test]
+    fn a_capped_link_sends_clicks_to_its_cap_url_and_records_them_capped() {
+        let server = Server::start();
+        let until = now_ms() / 1000 + 3600;
+        server.set(
+            "cap",
+            &format!(
+                r#"{{"v":1,"id":6,"slug":"cap","url":"https://a.example/","capped_until":{until},"cap_url":"https://other.example/c/x?s={{sub1}}"}}"#
+            ),
+        );
+        server.set(
+            "was",
+            r#"{"v":1,"id":7,"slug":"was","url":"https://a.example/","capped_until":1,"cap_url":"https://other.example/"}"#,
+        );
+        let t = tracker(&server, 10);
+        let r = t.click(req("cap", vec![("sub1", "pub 1")]), &InPlace);
+        assert_eq!((r.status, r.outcome), (302, Outcome::Capped));
+        assert_eq!(r.location.as_deref(), Some("https://other.example/c/x?s=pub%201"));
+        // A cap whose reset has passed is no cap: the tracker's own clock ends it.
+        let r = t.click(req("was", vec![]), &InPlace);
+        assert_eq!(
+            (r.status, r.outcome, r.location.as_deref()),
+            (302, Outcome::Redirect, Some("https://a.example/"))
+        );
+        let events = unpack(&t.take_bodies(262_144)[0]).unwrap();
+        let flags: Vec<(bool, bool)> = events.iter().map(|e| (e.capped, e.fallback)).collect();
+        assert_eq!(flags, [(true, false), (false, false)]);
     }
 
     const SLACKBOT: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";

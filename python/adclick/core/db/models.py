@@ -131,6 +131,10 @@ class Offer(Base):
     lifetime_cap: Mapped[int | None] = mapped_column(Integer)  # ever
     # The IANA time zone whose midnight (and first of the month) resets the caps: the advertiser's day.
     cap_timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Where a capped offer's clicks go until its caps reset: a URL template, e.g. another offer's tracking link.
+    cap_fallback_url: Mapped[str | None] = mapped_column(Text)
+    # Set by whoever fills or frees a cap (adclick.core.capping): the offer-wide caps are full until then.
+    capped_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # The URL template of links that have none of their own; they follow it when it changes.
     destination_template: Mapped[str | None] = mapped_column(Text)
     # The browser pixel (/pixel.gif, no token): off unless enabled here. Its conversions always take
@@ -159,6 +163,8 @@ class OfferAffiliateOverride(Base):
     payout_model: Mapped[str | None] = mapped_column(String(16))
     payout_amount: Mapped[Decimal | None] = mapped_column(Money)
     daily_cap: Mapped[int | None] = mapped_column(Integer)
+    # The affiliate's daily cap on the offer is full until then (adclick.core.capping).
+    capped_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     postback_url: Mapped[str | None] = mapped_column(String(2048))  # this offer's, instead of the affiliate's
 
 
@@ -222,6 +228,7 @@ class Click(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     dest: Mapped[int | None] = mapped_column(SmallInteger)
     fallback: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    capped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))  # sent to cap fallback
 
 
 class Conversion(Base):
@@ -293,13 +300,15 @@ class DailyCap(Base):
 class RollupCounters:
     """The counters every rollup table carries (a mixin: each table gets its own columns).
 
-    `clicks` counts clicks that can earn: bot and blocked clicks are only in `bot_clicks` and `blocked_clicks`.
+    `clicks` counts clicks that can earn: bot and blocked clicks are only in `bot_clicks` and `blocked_clicks`, and
+    clicks a full cap sent to the offer's cap fallback only in `capped_clicks`.
     """
 
     clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     unique_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     blocked_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    capped_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     conversions: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     revenue: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
     payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))

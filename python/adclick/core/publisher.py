@@ -4,7 +4,11 @@ A link write commits first and then publishes; if Redis is down the write stands
 (`adclick cache-rebuild`, and a loop inside the manager) brings Redis back in line with the database.
 
 A link is served (`"status": "active"` in its config) only while the link, its offer, the offer's advertiser and
-its affiliate are all active; otherwise trackers get it as paused (its fallback URL, or a 404).
+its affiliate are all active; otherwise trackers get it as paused (its fallback URL, or a 404). While a cap of its
+offer is full (adclick.core.capping) its config says until when (`capped_until`) and where its clicks go meanwhile
+(`cap_url`, the offer's cap fallback); the tracker's clock ends it, so a reset needs no writer.
+
+The manager publishes after its edits, the worker after a conversion fills or frees a cap.
 
 Every writer of link configs (an edit, a pause, a delete, a cascade from an offer, affiliate or advertiser, and
 the reconciler) does the same three steps, so that a slow writer never undoes a newer one:
@@ -28,6 +32,7 @@ import json
 import logging
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -38,7 +43,7 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
-from adclick.core.db.models import Advertiser, Affiliate, BlockedNetwork, Link, Offer
+from adclick.core.db.models import Advertiser, Affiliate, BlockedNetwork, Link, Offer, OfferAffiliateOverride
 from adclick.core.networks import NetworkListError, parse_networks
 from adclick.core.wire import (
     INVALIDATE_CHANNEL,
@@ -109,12 +114,30 @@ def redis_client(url: str, timeout_ms: int) -> redis.Redis:
     )
 
 
-def link_config(link: Link, *, parents_active: bool, offer_template: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Cap:
+    """A full cap on a link's offer: until when (UTC) and where its clicks go meanwhile (None: the link's fallback)."""
+
+    until: datetime
+    url: str | None = None
+
+    @classmethod
+    def of(cls, *until: datetime | None, url: str | None, now: datetime | None = None) -> Cap | None:
+        """The latest of the offer's and the affiliate's `capped_until`, if still to come; None when not capped."""
+        latest = max((u for u in until if u is not None), default=None)
+        if latest is None or latest <= (now or datetime.now(UTC)):
+            return None
+        return cls(latest, url)
+
+
+def link_config(
+    link: Link, *, parents_active: bool, offer_template: str | None = None, cap: Cap | None = None
+) -> dict[str, Any]:
     """The v1 Redis config of a link row (docs/contracts.md); rotation replaces the single URL when present.
 
     `parents_active`: whether its offer, the offer's advertiser and its affiliate are all active; if not, the
     link is published paused whatever its own status. `offer_template`: its offer's destination template, the
-    URL of a link that has no template of its own.
+    URL of a link that has no template of its own. `cap`: the offer's caps (or the affiliate's on it) are full.
     """
     extra = dict(link.config or {})
     config: dict[str, Any] = {
@@ -133,6 +156,10 @@ def link_config(link: Link, *, parents_active: bool, offer_template: str | None 
     config["rules"] = extra.get("rules") or []
     config["fallback_url"] = extra.get("fallback_url")
     config["cookie"] = bool(extra.get("cookie", False))
+    if cap is not None:
+        config["capped_until"] = int(cap.until.timestamp())
+        if cap.url:
+            config["cap_url"] = cap.url
     return config
 
 
@@ -150,22 +177,48 @@ def check_template(template: str) -> None:
     check_link_config(link_config(probe, parents_active=True))
 
 
-def serving_query(where: ColumnElement[bool] | None = None) -> Select[Link, str | None, str, str, str]:
-    """Links (all, or those matching `where`) with their offer's template and the statuses of their parents.
+# What a link's config needs from its parents, in the order `_config_of` reads them.
+_PARENT_COLUMNS = (
+    Offer.destination_template,
+    Offer.status,
+    Advertiser.status,
+    Affiliate.status,
+    Offer.capped_until,
+    Offer.cap_fallback_url,
+    OfferAffiliateOverride.capped_until,
+)
+_OVERRIDE_JOIN = (OfferAffiliateOverride.offer_id == Link.offer_id) & (
+    OfferAffiliateOverride.affiliate_id == Link.affiliate_id
+)
+
+
+def serving_query(
+    where: ColumnElement[bool] | None = None,
+) -> Select[Link, str | None, str, str, str, datetime | None, str | None, datetime | None]:
+    """Links (all, or those matching `where`) with their offer's template, the statuses of their parents, and their
+    caps: the offer's `capped_until` and cap fallback, the affiliate's `capped_until` on the offer.
 
     One statement, so PostgreSQL reads it from one snapshot; outer joins, so a missing parent pauses a link
     rather than hiding it. Rows already in the session are refreshed: a publish must send what the database
     holds now, not what this session last saw.
     """
     query = (
-        select(Link, Offer.destination_template, Offer.status, Advertiser.status, Affiliate.status)
+        select(Link, *_PARENT_COLUMNS)
         .outerjoin(Offer, Offer.id == Link.offer_id)
         .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
         .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
+        .outerjoin(OfferAffiliateOverride, _OVERRIDE_JOIN)
         .order_by(Link.id)
         .execution_options(populate_existing=True)
     )
     return query if where is None else query.where(where)
+
+
+def _config_of(link: Link, parents: tuple[Any, ...], now: datetime) -> tuple[dict[str, Any], list[str]]:
+    template, offer_status, advertiser_status, affiliate_status, offer_until, cap_url, affiliate_until = parents
+    held = held_by(offer_status, advertiser_status, affiliate_status)
+    cap = Cap.of(offer_until, affiliate_until, url=cap_url, now=now)
+    return link_config(link, parents_active=not held, offer_template=template, cap=cap), held
 
 
 def held_by(offer: str | None, advertiser: str | None, affiliate: str | None) -> list[str]:
@@ -177,28 +230,25 @@ def held_by(offer: str | None, advertiser: str | None, affiliate: str | None) ->
 async def serving_configs(session: AsyncSession, where: ColumnElement[bool] | None = None) -> list[dict[str, Any]]:
     """The configs trackers should serve for the links matching `where`, as the database holds them now."""
     rows = await session.execute(serving_query(where))
-    return [
-        link_config(link, parents_active=not held_by(*statuses), offer_template=template)
-        for link, template, *statuses in rows
-    ]
+    now = datetime.now(UTC)
+    return [_config_of(link, tuple(parents), now)[0] for link, *parents in rows]
 
 
 async def serving_config(session: AsyncSession, link: Link) -> tuple[dict[str, Any], list[str]]:
     """The config trackers should serve for `link` (as this session holds it), and the parents that pause it."""
     query = (
-        select(Offer.destination_template, Offer.status, Advertiser.status, Affiliate.status)
+        select(*_PARENT_COLUMNS)
         .select_from(Link)
         .outerjoin(Offer, Offer.id == Link.offer_id)
         .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
         .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
+        .outerjoin(OfferAffiliateOverride, _OVERRIDE_JOIN)
         .where(Link.id == link.id)
     )
     found = (await session.execute(query)).one_or_none()
     if found is None:
         return link_config(link, parents_active=False), ["offer", "advertiser", "affiliate"]
-    template, *statuses = found
-    held = held_by(*statuses)
-    return link_config(link, parents_active=not held, offer_template=template), held
+    return _config_of(link, tuple(found), datetime.now(UTC))
 
 
 def version_key(slug: str) -> str:

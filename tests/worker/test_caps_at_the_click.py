@@ -13,11 +13,12 @@ import pytest
 from adclick import _native
 from adclick.core.capping import FOREVER
 from adclick.core.db.models import Offer, OfferAffiliateOverride
-from adclick.core.publisher import rebuild
+from adclick.core.publisher import rebuild, redis_client
 from adclick.manager.conversions import edit_conversion
 from adclick.manager.report_queries import build_query, run_report
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.procs import free_port
 from workerkit import CODEC, T0, InProcessWorker, click_event, conversion_body, conversions, packed, seed, totals_of
 
 pytestmark = pytest.mark.anyio
@@ -135,3 +136,20 @@ async def test_capped_clicks_count_apart_from_clicks_in_the_rollups_and_in_repor
             (row,) = report.rows
             assert (row.totals.clicks, row.totals.bot_clicks, row.totals.capped_clicks) == (1, 1, 2), group_by
             assert row.as_dict()["capped_clicks"] == 2
+
+
+async def test_with_redis_down_the_cap_is_stored_and_the_reconciler_publishes_it_later(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, daily_cap=1, cap_fallback_url=FALLBACK)
+    await rebuild(worker.sessions, worker.links_redis)
+    # Nothing listens there: the republish after the commit fails (logged); the messages are done all the same.
+    worker.conversions.links_redis = redis_client(f"redis://127.0.0.1:{free_port()}/0", 200)
+    await convert(worker, setup.link_id, "TX-1")
+    assert [c.status for c in await conversions(db_engine)] == ["pending"]
+    assert await capped_until(db_engine, setup.offer_id) is not None
+    assert "capped_until" not in config(worker, setup.link_id)  # not published yet
+    # The manager's reconciler (adclick cache-rebuild, and its loop) publishes what the database holds.
+    result = await rebuild(worker.sessions, worker.links_redis)
+    assert result.written == 1
+    assert config(worker, setup.link_id)["capped_until"] == tomorrow_utc()

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from benchkit import (
@@ -65,6 +66,34 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, int, float]]:
     return out
 
 
+def engine_buckets(port: int) -> dict[str, float]:
+    """The tracker's `adclick_click_seconds` histogram (cumulative count by upper bound); {} for other servers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("adclick_click_seconds_bucket{"):
+            bound = line.split('le="')[1].split('"')[0]
+            out[bound] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def engine_tail(before: dict[str, float], after: dict[str, float]) -> str:
+    """How many of the rounds' clicks spent longer than 100 µs, 500 µs and 1 ms in the Rust engine itself: a wire
+    tail that the engine does not show comes from outside it (Robyn, the GIL, the scheduler)."""
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if not total:
+        return ""
+    over = []
+    for bound in ("0.0001", "0.0005", "0.001"):
+        within = after.get(bound, 0.0) - before.get(bound, 0.0)
+        over.append(f"> {float(bound) * 1e6:.0f} µs {(total - within) / total * 100:.3f}%")
+    return f"engine time of {total:,.0f} clicks: " + ", ".join(over)
+
+
 def ms(values: list[float], q: float) -> str:
     v = quantile(values, q)
     return "-" if v is None else f"{v * 1e3:.2f}"
@@ -94,6 +123,7 @@ def run_variant(
             )
             load = ["--port", str(port), "--rate", f"{args.rate:.0f}", "--seconds", f"{args.seconds:g}"]
             before, measured, answered = thread_cpu(proc.pid), 0.0, 0
+            engine_before = engine_buckets(port)
             for r in range(args.rounds):
                 pcap = logs / f"{name}-{r}.pcap"
                 started = time.monotonic()
@@ -124,6 +154,8 @@ def run_variant(
                     per_click = f", {spent / max(1, answered) * 1e6:.2f} µs a click" if tname == "adclick-ship" else ""
                     threads.append(f"{tname} (nice {nice}) {spent / measured * 100:.2f}%{per_click}")
             print(f"{'':>12} threads over all rounds ({answered:,} clicks): {', '.join(threads)}")
+            if engine := engine_tail(engine_before, engine_buckets(port)):
+                print(f"{'':>12} {engine}")
         finally:
             PROCS.stop(proc, grace=15.0)
 

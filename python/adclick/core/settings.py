@@ -111,6 +111,8 @@ class TrackerSettings(Settings):
     drain_seconds: float = Field(5.0, ge=0, le=300)
     header_timeout_seconds: float = Field(10.0, gt=0)
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
+    # How often the connection reaper sweeps (at most half the header timeout): each sweep holds the GIL briefly.
+    reaper_interval_seconds: float = Field(1.0, gt=0, le=60)
 
     @property
     def secure_cookie(self) -> bool:

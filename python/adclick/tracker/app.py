@@ -311,6 +311,7 @@ class TrackerProcess:
             settings.tracker_port,
             header_timeout=settings.header_timeout_seconds,
             keepalive_timeout=settings.keepalive_timeout_seconds,
+            interval=settings.reaper_interval_seconds,
             on_start=lambda: lower_thread_priority(settings.background_nice),
         )
         self.country_headers = [h.strip().lower() for h in settings.country_headers.split(",") if h.strip()]

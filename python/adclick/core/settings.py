@@ -130,6 +130,9 @@ class WorkerSettings(Settings):
     worker_visibility_timeout: int = Field(60, ge=5, le=43_200)
     worker_heartbeat_stale_seconds: float = Field(60.0, gt=0)
     unique_window_hours: int = Field(24, ge=1, le=720)
+    # Sub-id rollups (adclick.core.subs): distinct values of one sub per link and UTC day that get a row of their
+    # own; later values count as "(other)" and are found in the click log.
+    sub_values_per_link_day: int = Field(1000, ge=1, le=1_000_000)
     # Postbacks out to affiliates (adclick.worker.deliverer): each request's timeout, how long a failing one is
     # retried (with backoff), how many are in flight at once and per host, and whether private, loopback and
     # link-local addresses may be called (never in production: a postback URL must not reach the cluster's inside).

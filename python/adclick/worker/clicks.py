@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import Table, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from adclick.core import subs
 from adclick.core.counting import add_to_rollups
 from adclick.core.db.models import Click
 from adclick.core.db.upsert import insert_ignore
@@ -165,24 +166,59 @@ async def insert_clicks_postgresql(session: AsyncSession, rows: list[dict[str, A
     return [row[0] for row in result.all()]
 
 
+def click_counts(event: ClickEvent, unique: set[str]) -> dict[str, int]:
+    """What one click adds to the rollups' counters: each click in one column only."""
+    return {
+        "clicks": 0 if event.bot or event.blocked or event.capped else 1,
+        "unique_clicks": 1 if event.click_id in unique else 0,
+        # A blocked bot is a blocked click.
+        "bot_clicks": 1 if event.bot and not event.blocked else 0,
+        "blocked_clicks": 1 if event.blocked else 0,
+        "capped_clicks": 1 if event.capped and not event.bot and not event.blocked else 0,
+    }
+
+
 def rollup_rows(events: Sequence[ClickEvent], unique: set[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "hour": hour_of(event.ts_ms),
+            "link_id": event.link_id,
+            "country": event.country or "",
+            "device": event.device or "",
+            "offer_id": event.offer_id,
+            "affiliate_id": event.affiliate_id,
+            **click_counts(event, unique),
+        }
+        for event in events
+    ]
+
+
+async def sub_rollup_rows(
+    session: AsyncSession, events: Sequence[ClickEvent], unique: set[str], limit: int
+) -> list[dict[str, Any]]:
+    """The clicks' rows of the sub-id rollups (adclick.core.subs): five per click, values admitted first."""
+    wanted = [
+        (hour_of(event.ts_ms).date(), event.link_id, key, value)
+        for event in events
+        for key, value in zip(subs.SUB_KEYS, event.subs, strict=True)
+        if value
+    ]
+    admitted = await subs.admit(session, wanted, limit)
     rows: list[dict[str, Any]] = []
     for event in events:
-        rows.append(
-            {
-                "hour": hour_of(event.ts_ms),
-                "link_id": event.link_id,
-                "country": event.country or "",
-                "device": event.device or "",
-                "offer_id": event.offer_id,
-                "affiliate_id": event.affiliate_id,
-                "clicks": 0 if event.bot or event.blocked or event.capped else 1,
-                "unique_clicks": 1 if event.click_id in unique else 0,
-                # A blocked bot is a blocked click: each click counts in one column only.
-                "bot_clicks": 1 if event.bot and not event.blocked else 0,
-                "blocked_clicks": 1 if event.blocked else 0,
-                "capped_clicks": 1 if event.capped and not event.bot and not event.blocked else 0,
-            }
+        hour = hour_of(event.ts_ms)
+        slots = [
+            subs.slot(hour.date(), event.link_id, key, value, admitted)
+            for key, value in zip(subs.SUB_KEYS, event.subs, strict=True)
+        ]
+        rows += subs.rows_for(
+            hour,
+            event.link_id,
+            event.country or "",
+            slots,
+            event.offer_id,
+            event.affiliate_id,
+            click_counts(event, unique),
         )
     return rows
 
@@ -195,7 +231,11 @@ class ClickCounts:
 
 
 async def store_clicks(
-    session: AsyncSession, redis: aioredis.Redis, events: Sequence[ClickEvent], window_seconds: int
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    events: Sequence[ClickEvent],
+    window_seconds: int,
+    sub_limit: int = subs.DEFAULT_LIMIT,
 ) -> ClickCounts:
     """Insert the clicks not stored yet, flag the unique ones, add them to the rollups; caller's transaction."""
     by_id: dict[str, ClickEvent] = {}
@@ -222,6 +262,7 @@ async def store_clicks(
         chunk = ordered[start : start + _UPDATE_CHUNK]
         await session.execute(update(table).where(table.c.click_id.in_(chunk)).values(unique=True))
     await add_to_rollups(session, rollup_rows(inserted, unique))
+    await subs.add_to_sub_rollups(session, await sub_rollup_rows(session, inserted, unique, sub_limit))
     return counts
 
 
@@ -237,10 +278,12 @@ class ClickHandler(BatchHandler[ClickBatch]):
         metrics: WorkerMetrics,
         redis: aioredis.Redis,
         unique_window_seconds: int,
+        sub_values_per_link_day: int = subs.DEFAULT_LIMIT,
     ) -> None:
         super().__init__(sessions, queue, metrics)
         self.redis = redis
         self.window = unique_window_seconds
+        self.sub_limit = sub_values_per_link_day
 
     def decode(self, body: str) -> ClickBatch:
         return decode_clicks(body)
@@ -253,7 +296,7 @@ class ClickHandler(BatchHandler[ClickBatch]):
             for index, (event_text, error) in enumerate(batch.invalid):
                 key = f"{message.message_id}#{index}"
                 applied.failures.append(Failure(message, f"invalid click event: {error}", key=key, body=event_text))
-        counts = await store_clicks(session, self.redis, events, self.window)
+        counts = await store_clicks(session, self.redis, events, self.window, self.sub_limit)
         applied.processed = {
             "click": counts.inserted,
             "duplicate_click": counts.duplicates,

@@ -111,7 +111,14 @@ async def run(settings: WorkerSettings) -> int:
             urls = await queue_urls(client, settings, stop)
             if urls is None:
                 return 0
-            clicks = ClickHandler(sessions, settings.clicks_queue, metrics, redis, settings.unique_window_hours * 3600)
+            clicks = ClickHandler(
+                sessions,
+                settings.clicks_queue,
+                metrics,
+                redis,
+                settings.unique_window_hours * 3600,
+                settings.sub_values_per_link_day,
+            )
             conversions = ConversionHandler(
                 sessions,
                 settings.conversions_queue,

@@ -364,6 +364,44 @@ class HourlyCountryDeviceRollup(RollupCounters, Base):
     device: Mapped[str] = mapped_column(String(32), primary_key=True, default="", server_default="")
 
 
+class HourlySubRollup(RollupCounters, Base):
+    """Counters by hour x link x country x sub key (1-5) x sub value: the sub-id reports (adclick.core.subs).
+
+    A click adds one row per sub key ('' for a sub it did not carry). Per link, UTC day and key only the first
+    `ADCLICK_SUB_VALUES_PER_LINK_DAY` distinct values get rows of their own (`sub_values` admits them); later ones,
+    and values longer than `subs.MAX_VALUE`, count under `other` (their value ''), and are found in the click log.
+    """
+
+    __tablename__ = "hourly_sub_rollups"
+    __table_args__ = (
+        CheckConstraint("sub_key BETWEEN 1 AND 5", name="sub_key"),
+        Index("ix_hourly_sub_rollups_sub_key_hour", "sub_key", "hour"),
+        Index("ix_hourly_sub_rollups_offer_id_hour", "offer_id", "hour"),
+        Index("ix_hourly_sub_rollups_affiliate_id_hour", "affiliate_id", "hour"),
+    )
+
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    link_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    country: Mapped[str] = mapped_column(CHAR(2), primary_key=True, default="", server_default="")
+    sub_key: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    other: Mapped[bool] = mapped_column(Boolean, primary_key=True, default=False, server_default=text("false"))
+    sub_value: Mapped[str] = mapped_column(String(200), primary_key=True, default="", server_default="")
+    offer_id: Mapped[int | None] = mapped_column(Integer)
+    affiliate_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class SubValue(Base):
+    """The sub values admitted to `hourly_sub_rollups` as rows of their own, per UTC day, link and sub key."""
+
+    __tablename__ = "sub_values"
+    __table_args__ = (CheckConstraint("sub_key BETWEEN 1 AND 5", name="sub_key"),)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    link_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sub_key: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    sub_value: Mapped[str] = mapped_column(String(200), primary_key=True)
+
+
 class BlockedNetwork(Base):
     """An address or network (CIDR) whose clicks trackers refuse; published to Redis as `adclick:ipblock`."""
 

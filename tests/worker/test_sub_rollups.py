@@ -3,13 +3,25 @@ stores it, with a bounded number of distinct values per link, UTC day and key.""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from adclick.core.db.models import HourlySubRollup, SubValue
+from adclick.manager.conversions import edit_conversion
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from workerkit import T0, InProcessWorker, click_event, packed, rollup_totals, seed
+from workerkit import (
+    CODEC,
+    T0,
+    InProcessWorker,
+    click_event,
+    conversion_body,
+    conversions,
+    packed,
+    rollup_totals,
+    seed,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +111,53 @@ async def test_a_sub_with_a_value_per_click_is_bounded_per_link_and_day_and_the_
     async with db_engine.connect() as connection:
         admitted = (await connection.execute(select(SubValue.sub_key, SubValue.sub_value))).all()
     assert sorted(admitted) == [(1, "pub"), (5, "v-often"), (5, "v-twice")]
+
+
+async def money_by_value(engine: AsyncEngine, key: int) -> dict[tuple[bool, str], tuple[int, Decimal, Decimal]]:
+    t = HourlySubRollup
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(t.other, t.sub_value, t.conversions, t.revenue, t.payout).where(t.sub_key == key)
+            )
+        ).all()
+    out: dict[tuple[bool, str], tuple[int, Decimal, Decimal]] = {}
+    for other, value, converted, revenue, payout in rows:
+        n, r, p = out.get((other, value), (0, Decimal(0), Decimal(0)))
+        out[(other, value)] = (n + converted, r + revenue, p + payout)
+    return {k: v for k, v in out.items() if v != (0, 0, 0)}
+
+
+async def test_conversions_count_where_their_click_counted_and_status_changes_move_the_same_rows(
+    worker: InProcessWorker, db_engine: AsyncEngine
+) -> None:
+    (setup,) = await seed(worker.sessions, revenue_amount=Decimal(10), payout_amount=Decimal(4))
+    worker.clicks.sub_limit = 1
+    ids = {"offer_id": setup.offer_id, "affiliate_id": setup.affiliate_id}
+    first = with_subs(click_event(setup.link_id, T0, **ids), "pub-a", None, None, None, "tok-1")
+    second = with_subs(click_event(setup.link_id, T0 + 1, ip="203.0.113.40", **ids), "pub-a", None, None, None, "tok-2")
+    await send(worker, [first])
+    await send(worker, [second])  # tok-2 comes when the day's one place for sub5 is taken: other
+    late = CODEC.generate(setup.link_id, T0 + 2)  # a conversion whose click never arrives
+    bodies = [conversion_body(c, f"TX-{n}") for n, c in enumerate((first["click_id"], second["click_id"], late))]
+    await worker.send("conversions", bodies)
+    await worker.run_until_drained("conversions")
+
+    d = Decimal
+    assert await money_by_value(db_engine, 1) == {(False, "pub-a"): (2, d(20), d(8)), (False, ""): (1, d(10), d(4))}
+    assert await money_by_value(db_engine, 5) == {
+        (False, "tok-1"): (1, d(10), d(4)),
+        (True, ""): (1, d(10), d(4)),
+        (False, ""): (1, d(10), d(4)),
+    }
+    totals = await rollup_totals(db_engine)
+    for key in range(1, 6):
+        sums = [sum(v[i] for v in (await money_by_value(db_engine, key)).values()) for i in range(3)]
+        assert sums == [totals["conversions"], totals["revenue"], totals["payout"]], key
+
+    # Staff reject the first: its rows go back, on every key, where the conversion was counted.
+    stored = {c.txid: c.id for c in await conversions(db_engine)}
+    async with worker.sessions() as session:
+        await edit_conversion(session, stored["TX-0"], "reject", user_id=None)
+    assert await money_by_value(db_engine, 1) == {(False, "pub-a"): (1, d(10), d(4)), (False, ""): (1, d(10), d(4))}
+    assert (False, "tok-1") not in await money_by_value(db_engine, 5)

@@ -47,6 +47,7 @@ from adclick.core.db.models import (
     OfferAffiliateOverride,
 )
 from adclick.core.db.upsert import Executor, increment, release_cap, take_cap
+from adclick.core.subs import NONE, SUB_KEYS, Slot, rows_for
 
 COUNTED = frozenset({"pending", "approved"})
 METRICS = (
@@ -161,15 +162,19 @@ class Attributed(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """The country and device a conversion rolls up under (its click's; '' and '' when the click was missing)."""
+    """The country and device a conversion rolls up under (its click's; '' and '' when the click was missing), and
+    where it counts in the sub-id rollups: one `Slot` per sub key as its click counted (adclick.core.subs), five
+    `subs.NONE` when the click was missing; None for a conversion stored before the sub-id rollups, which never
+    counted there (so its changes move nothing there either)."""
 
     country: str = ""
     device: str = ""
+    subs: tuple[Slot, ...] | None = None
 
     @classmethod
-    def of_click(cls, country: str | None, device: str | None) -> Place:
+    def of_click(cls, country: str | None, device: str | None, subs: tuple[Slot, ...] | None = None) -> Place:
         # As the click rolled up (worker.clicks.rollup_rows); CHAR(2) comes back blank-padded from PostgreSQL.
-        return cls((country or "").rstrip(), device or "")
+        return cls((country or "").rstrip(), device or "", subs)
 
     @classmethod
     def of_params(cls, params: Mapping[str, Any] | None) -> Place:
@@ -177,20 +182,38 @@ class Place:
         value = params.get(ROLLUP_PARAM) if isinstance(params, Mapping) else None
         if not isinstance(value, Mapping):
             return NOWHERE
-        country, device = value.get("country"), value.get("device")
+        country, device = value.get("country", ""), value.get("device", "")
         if not isinstance(country, str) or not isinstance(device, str):
             return NOWHERE
-        return cls(country, device)
+        return cls(country, device, _slots_of(value.get("subs")))
 
     def record(self, params: dict[str, Any]) -> dict[str, Any]:
         """`params` with this place recorded in it; a value the postback sent under that name never stays."""
         params.pop(ROLLUP_PARAM, None)
         if self != NOWHERE:  # no entry reads back as '' and '', so conversions without a click add no bytes
-            params[ROLLUP_PARAM] = {"country": self.country, "device": self.device}
+            entry: dict[str, Any] = {"country": self.country, "device": self.device}
+            if self.subs is not None:
+                entry["subs"] = [[slot.other, slot.value] for slot in self.subs]
+            params[ROLLUP_PARAM] = entry
         return params
 
 
+def _slots_of(value: Any) -> tuple[Slot, ...] | None:
+    """Recorded sub slots read back; None when absent or malformed (such a conversion moves no sub-id rollup)."""
+    if not isinstance(value, list) or len(value) != len(SUB_KEYS):
+        return None
+    slots = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bool) and isinstance(item[1], str)):
+            return None
+        slots.append(Slot(item[0], item[1]))
+    return tuple(slots)
+
+
 NOWHERE = Place()
+# A new conversion whose click is not stored (yet): '' and '' in the hourly rollups, '' for every sub in the sub-id
+# rollups, for good.
+CLICK_MISSING = Place(subs=(NONE,) * len(SUB_KEYS))
 ROLLUP_PARAM = "adclick_rollup"  # in conversions.params: {"country": ..., "device": ...}, see Place
 
 
@@ -233,6 +256,17 @@ def rollup_change(
         "revenue": revenue,
         "payout": payout,
     }
+
+
+def sub_rollup_change(change: Mapping[str, Any] | None, place: Place) -> list[dict[str, Any]]:
+    """The sub-id rollup rows (adclick.core.subs) of a conversion's `rollup_change` row, counted at its place's
+    sub slots; none for a conversion that never counted there."""
+    if change is None or place.subs is None:
+        return []
+    counts = {name: change[name] for name in ("conversions", "revenue", "payout")}
+    return rows_for(
+        change["hour"], change["link_id"], place.country, place.subs, change["offer_id"], change["affiliate_id"], counts
+    )
 
 
 LIFETIME = date(1970, 1, 1)  # the one period of a lifetime cap

@@ -58,16 +58,8 @@ async def admit(executor: Executor, wanted: Iterable[Admission], limit: int) -> 
     if not frequency:
         return set()
     distinct = sorted(frequency)
-    admitted: set[Admission] = set()
+    admitted = await admitted_of(executor, distinct)
     c = _VALUES.c
-    for start in range(0, len(distinct), _LOOKUP_CHUNK):
-        chunk = distinct[start : start + _LOOKUP_CHUNK]
-        rows = await executor.execute(
-            select(c.day, c.link_id, c.sub_key, c.sub_value).where(
-                tuple_(c.day, c.link_id, c.sub_key, c.sub_value).in_(chunk)
-            )
-        )
-        admitted.update((row[0], row[1], row[2], row[3]) for row in rows.all())
     new: dict[tuple[date, int, int], list[str]] = {}
     for day, link_id, key, value in sorted(
         (w for w in distinct if w not in admitted), key=lambda w: (w[:3], -frequency[w], w[3])
@@ -94,6 +86,22 @@ async def admit(executor: Executor, wanted: Iterable[Admission], limit: int) -> 
         # A value another worker admitted meanwhile is admitted all the same (its row is there).
         await insert_ignore(executor, _VALUES, inserts)
         admitted.update((row["day"], row["link_id"], row["sub_key"], row["sub_value"]) for row in inserts)
+    return admitted
+
+
+async def admitted_of(executor: Executor, wanted: Iterable[Admission]) -> set[Admission]:
+    """Those of `wanted` admitted already (admits nothing: a conversion counts where its click did)."""
+    distinct = sorted({w for w in wanted if w[3] and len(w[3]) <= MAX_VALUE})
+    admitted: set[Admission] = set()
+    c = _VALUES.c
+    for start in range(0, len(distinct), _LOOKUP_CHUNK):
+        chunk = distinct[start : start + _LOOKUP_CHUNK]
+        rows = await executor.execute(
+            select(c.day, c.link_id, c.sub_key, c.sub_value).where(
+                tuple_(c.day, c.link_id, c.sub_key, c.sub_value).in_(chunk)
+            )
+        )
+        admitted.update((row[0], row[1], row[2], row[3]) for row in rows.all())
     return admitted
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adclick.core import capping, counting, outbox
+from adclick.core import capping, counting, outbox, subs
 from adclick.core.db.models import (
     CONVERSION_STATUSES,
     Affiliate,
@@ -338,6 +338,7 @@ async def edit_conversion(
         delta = counting.rollup_change(conversion, standing, now_standing, place=place)
         if delta is not None:
             await counting.add_to_rollups(session, [delta])
+            await subs.add_to_sub_rollups(session, counting.sub_rollup_change(delta, place))
         await session.execute(
             insert(ConversionAudit).values(
                 conversion_id=conversion.id, user_id=user_id, at=now, before=before, after=after

@@ -50,16 +50,19 @@ from sqlalchemy import Table, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adclick import _native
-from adclick.core import capping
+from adclick.core import capping, subs
 from adclick.core.counting import (
+    CLICK_MISSING,
     NOWHERE,
     Cap,
     Place,
     Standing,
     add_to_rollups,
     caps_of,
+    hour_of,
     move_caps,
     rollup_change,
+    sub_rollup_change,
 )
 from adclick.core.db.models import (
     Advertiser,
@@ -242,6 +245,7 @@ class _Batch:
         self.applied = Applied()
         self.rejections: list[dict[str, Any]] = []
         self.rollups: list[dict[str, Any]] = []
+        self.sub_rollups: list[dict[str, Any]] = []
         self.known: dict[tuple[int, str], Stored] = {}
         self.new_rows: dict[tuple[int, str], dict[str, Any]] = {}  # inserted in one statement at the end
         self.audits: list[tuple[tuple[int, str], dict[str, Any]]] = []
@@ -309,6 +313,7 @@ class _Batch:
         await self._insert_new()
         await self._enqueue_postbacks()
         await add_to_rollups(self.session, self.rollups)
+        await subs.add_to_sub_rollups(self.session, self.sub_rollups)
         # A conversion that took (or gave back) the last slot of a cap moves the offer's clicks to its cap fallback.
         capped = {item.terms.offer.id for item in attributable if item.terms is not None and item.terms.caps()}
         self.applied.capped_offers = await capping.refresh(self.session, capped)
@@ -439,10 +444,39 @@ class _Batch:
         if not wanted:
             return
         clicks = cast(Table, Click.__table__).c
-        found = await self.session.execute(
-            select(clicks.click_id, clicks.country, clicks.device).where(clicks.click_id.in_(wanted))
+        found = (
+            await self.session.execute(
+                select(
+                    clicks.click_id,
+                    clicks.ts,
+                    clicks.link_id,
+                    clicks.country,
+                    clicks.device,
+                    clicks.sub1,
+                    clicks.sub2,
+                    clicks.sub3,
+                    clicks.sub4,
+                    clicks.sub5,
+                ).where(clicks.click_id.in_(wanted))
+            )
+        ).all()
+        # Where each click counted in the sub-id rollups: its values as they were admitted then.
+        days = {row.click_id: hour_of(row.ts).date() for row in found}
+        keyed = [(row, key, getattr(row, f"sub{key}")) for row in found for key in subs.SUB_KEYS]
+        admitted = await subs.admitted_of(
+            self.session, [(days[row.click_id], row.link_id, key, value or "") for row, key, value in keyed]
         )
-        self.places = {row.click_id: Place.of_click(row.country, row.device) for row in found.all()}
+        self.places = {
+            row.click_id: Place.of_click(
+                row.country,
+                row.device,
+                tuple(
+                    subs.slot(days[row.click_id], row.link_id, key, getattr(row, f"sub{key}"), admitted)
+                    for key in subs.SUB_KEYS
+                ),
+            )
+            for row in found
+        }
 
     async def _one(self, item: Item) -> None:
         terms = item.terms
@@ -492,7 +526,7 @@ class _Batch:
         elif item.flags & _native.FLAG_BOT and terms.offer.bot_conversions != "accept":
             status, reason = "rejected", "bot"
         when = event.received_at
-        place = self.places.get(event.click_id, NOWHERE)
+        place = self.places.get(event.click_id, CLICK_MISSING)
         if await move_caps(self.session, terms.offer.id, when, terms.caps(), None, status) is not None:
             status, revenue, payout = "capped", _ZERO, _ZERO
         row = {
@@ -560,6 +594,7 @@ class _Batch:
         row = rollup_change(conversion, before, after, place=conversion.place)
         if row is not None:
             self.rollups.append(row)
+            self.sub_rollups += sub_rollup_change(row, conversion.place)
 
     async def _again(self, item: Item, existing: Stored) -> None:
         """A postback for a txid already stored: a redelivery, a duplicate, or a status change."""

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from adclick import _native
 from adclick.core.db.models import (
+    ROLLUP_METRICS,
     Affiliate,
     Click,
     Conversion,
@@ -301,16 +302,7 @@ async def click_ids(engine: AsyncEngine) -> list[str]:
 
 
 async def rollup_totals(engine: AsyncEngine, *where: Any) -> dict[str, Any]:
-    columns = (
-        "clicks",
-        "unique_clicks",
-        "bot_clicks",
-        "blocked_clicks",
-        "capped_clicks",
-        "conversions",
-        "revenue",
-        "payout",
-    )
+    columns = ROLLUP_METRICS
     async with engine.connect() as connection:
         row = (
             await connection.execute(

@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Table
 
 from adclick.core.db.models import (
+    ROLLUP_METRICS,
     DailyCap,
     HourlyCountryDeviceRollup,
     HourlyLinkRollup,
@@ -50,16 +51,7 @@ from adclick.core.db.upsert import Executor, increment, release_cap, take_cap
 from adclick.core.subs import NONE, SUB_KEYS, Slot, rows_for
 
 COUNTED = frozenset({"pending", "approved"})
-METRICS = (
-    "clicks",
-    "unique_clicks",
-    "bot_clicks",
-    "blocked_clicks",
-    "capped_clicks",
-    "conversions",
-    "revenue",
-    "payout",
-)
+METRICS = ROLLUP_METRICS
 NO_ID = 0  # offer or affiliate "none" in the key of hourly_link_rollups
 _ZERO = Decimal(0)
 

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import redis
@@ -187,9 +187,20 @@ _PARENT_COLUMNS = (
     Offer.cap_fallback_url,
     OfferAffiliateOverride.capped_until,
 )
+_Query = TypeVar("_Query", bound=Select)
 _OVERRIDE_JOIN = (OfferAffiliateOverride.offer_id == Link.offer_id) & (
     OfferAffiliateOverride.affiliate_id == Link.affiliate_id
 )
+
+
+def _with_parents(query: _Query) -> _Query:
+    """`query` over links, outer-joined with each link's parents: a missing parent pauses a link, never hides it."""
+    return (
+        query.outerjoin(Offer, Offer.id == Link.offer_id)
+        .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
+        .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
+        .outerjoin(OfferAffiliateOverride, _OVERRIDE_JOIN)
+    )
 
 
 def serving_query(
@@ -202,15 +213,7 @@ def serving_query(
     rather than hiding it. Rows already in the session are refreshed: a publish must send what the database
     holds now, not what this session last saw.
     """
-    query = (
-        select(Link, *_PARENT_COLUMNS)
-        .outerjoin(Offer, Offer.id == Link.offer_id)
-        .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
-        .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
-        .outerjoin(OfferAffiliateOverride, _OVERRIDE_JOIN)
-        .order_by(Link.id)
-        .execution_options(populate_existing=True)
-    )
+    query = _with_parents(select(Link, *_PARENT_COLUMNS)).order_by(Link.id).execution_options(populate_existing=True)
     return query if where is None else query.where(where)
 
 
@@ -236,15 +239,7 @@ async def serving_configs(session: AsyncSession, where: ColumnElement[bool] | No
 
 async def serving_config(session: AsyncSession, link: Link) -> tuple[dict[str, Any], list[str]]:
     """The config trackers should serve for `link` (as this session holds it), and the parents that pause it."""
-    query = (
-        select(*_PARENT_COLUMNS)
-        .select_from(Link)
-        .outerjoin(Offer, Offer.id == Link.offer_id)
-        .outerjoin(Advertiser, Advertiser.id == Offer.advertiser_id)
-        .outerjoin(Affiliate, Affiliate.id == Link.affiliate_id)
-        .outerjoin(OfferAffiliateOverride, _OVERRIDE_JOIN)
-        .where(Link.id == link.id)
-    )
+    query = _with_parents(select(*_PARENT_COLUMNS).select_from(Link)).where(Link.id == link.id)
     found = (await session.execute(query)).one_or_none()
     if found is None:
         return link_config(link, parents_active=False), ["offer", "advertiser", "affiliate"]

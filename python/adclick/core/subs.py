@@ -23,14 +23,13 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select, tuple_
 
-from adclick.core.db.models import HourlySubRollup, SubValue
+from adclick.core.db.models import ROLLUP_METRICS, HourlySubRollup, SubValue
 from adclick.core.db.upsert import Executor, increment, insert_ignore
 
 SUB_KEYS = (1, 2, 3, 4, 5)
 MAX_VALUE = 200  # characters: a longer value is never a group (the column's width)
 DEFAULT_LIMIT = 1000  # distinct values per UTC day, link and key
 KEY = ("hour", "link_id", "country", "sub_key", "other", "sub_value")
-COUNTERS = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "capped_clicks", "conversions")
 _TABLE = cast(Table, HourlySubRollup.__table__)
 _VALUES = cast(Table, SubValue.__table__)
 _LOOKUP_CHUNK = 500
@@ -141,8 +140,8 @@ def rows_for(
 async def add_to_sub_rollups(executor: Executor, rows: Iterable[Mapping[str, Any]]) -> None:
     """Add rows (from `rows_for`) to `hourly_sub_rollups` in the caller's transaction; rows that add nothing are
     skipped. A row's offer and affiliate are those of its first event, as in `hourly_rollups`."""
-    batch = [row for row in rows if any(row.get(name) for name in (*COUNTERS, "revenue", "payout"))]
+    batch = [row for row in rows if any(row.get(name) for name in ROLLUP_METRICS)]
     if not batch:
         return
-    deltas = [name for name in (*COUNTERS, "revenue", "payout") if any(name in row for row in batch)]
+    deltas = [name for name in ROLLUP_METRICS if any(name in row for row in batch)]
     await increment(executor, _TABLE, KEY, batch, deltas)

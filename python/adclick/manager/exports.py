@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, Table, case, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from adclick.core.db.models import Affiliate, Conversion, Offer
+from adclick.core.db.models import ROLLUP_COUNTS, Affiliate, Conversion, Offer
 from adclick.core.db.session import get_engine, session_factory
 from adclick.core.db.types import Money
 from adclick.manager.conversions import (
@@ -39,8 +39,6 @@ from adclick.manager.conversions import (
 from adclick.manager.deps import CurrentUser, FormIdFilter, SessionDep
 from adclick.manager.params import ReportParams, ReportParamsDep, id_text, is_staff, query_or_400
 from adclick.manager.report_queries import (
-    METRICS,
-    MONEY,
     NAMED_DIMENSIONS,
     ReportQuery,
     ReportRow,
@@ -125,8 +123,8 @@ async def _stream(session: AsyncSession, statement: Select[Any]) -> AsyncIterato
         yield mapping
 
 
-# The metrics that are counts, in METRICS' order (clicks ... conversions); money and rates follow them.
-COUNTS = tuple(name for name in METRICS if name not in MONEY)
+# The metrics that are counts (clicks ... conversions); money and rates follow them.
+COUNTS = ROLLUP_COUNTS
 
 
 def csv_header(q: ReportQuery, staff: bool = True) -> list[str]:

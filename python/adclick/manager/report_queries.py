@@ -53,7 +53,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adclick.core.counting import COUNTED, NO_ID, ROLLUPS_BY_SIZE, Rollup
-from adclick.core.db.models import Affiliate, Click, Conversion, Link, Offer
+from adclick.core.db.models import ROLLUP_METRICS, ROLLUP_MONEY, Affiliate, Click, Conversion, Link, Offer
 from adclick.core.db.types import Money
 
 ROLLUP_DIMENSIONS = ("day", "hour", "offer", "affiliate", "link", "country", "device")
@@ -74,17 +74,8 @@ FILTER_DIMENSIONS = {
     "country": "country",
     "device": "device",
 }
-METRICS = (
-    "clicks",
-    "unique_clicks",
-    "bot_clicks",
-    "blocked_clicks",
-    "capped_clicks",
-    "conversions",
-    "revenue",
-    "payout",
-)
-MONEY = ("revenue", "payout")  # the METRICS summed as money
+METRICS = ROLLUP_METRICS
+MONEY = ROLLUP_MONEY  # the METRICS summed as money
 UNKNOWN_LABEL = "(unknown)"
 NONE_LABEL = "(none)"
 

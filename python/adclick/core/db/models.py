@@ -314,6 +314,12 @@ class RollupCounters:
     payout: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default=text("0"))
 
 
+# The counters of RollupCounters, named once for every writer and reader of rollups: the counts, then the money.
+ROLLUP_COUNTS = ("clicks", "unique_clicks", "bot_clicks", "blocked_clicks", "capped_clicks", "conversions")
+ROLLUP_MONEY = ("revenue", "payout")
+ROLLUP_METRICS = ROLLUP_COUNTS + ROLLUP_MONEY
+
+
 class HourlyRollup(RollupCounters, Base):
     """Counters by hour x link x country x device, incremented in the transaction that stores the events.
 

@@ -111,6 +111,25 @@ def slot(day: date, link_id: int, key: int, value: str | None, admitted: set[Adm
     return Slot(False, value) if (day, link_id, key, value) in admitted else OTHER
 
 
+async def slots_for(
+    executor: Executor, clicks: Sequence[tuple[date, int, Sequence[str | None]]], limit: int | None
+) -> list[tuple[Slot, ...]]:
+    """Each click's slots (sub1..sub5), given its UTC day, link and sub values: admitting new values up to `limit`
+    per day, link and key (the worker storing clicks), or with `limit` None only reading what was admitted (a
+    conversion counts where its click did)."""
+    wanted = [
+        (day, link_id, key, value)
+        for day, link_id, values in clicks
+        for key, value in zip(SUB_KEYS, values, strict=True)
+        if value
+    ]
+    admitted = await (admitted_of(executor, wanted) if limit is None else admit(executor, wanted, limit))
+    return [
+        tuple(slot(day, link_id, key, value, admitted) for key, value in zip(SUB_KEYS, values, strict=True))
+        for day, link_id, values in clicks
+    ]
+
+
 def rows_for(
     hour: datetime,
     link_id: int,

@@ -197,25 +197,17 @@ async def sub_rollup_rows(
     session: AsyncSession, events: Sequence[ClickEvent], unique: set[str], limit: int
 ) -> list[dict[str, Any]]:
     """The clicks' rows of the sub-id rollups (adclick.core.subs): five per click, values admitted first."""
-    wanted = [
-        (hour_of(event.ts_ms).date(), event.link_id, key, value)
-        for event in events
-        for key, value in zip(subs.SUB_KEYS, event.subs, strict=True)
-        if value
-    ]
-    admitted = await subs.admit(session, wanted, limit)
+    hours = [hour_of(event.ts_ms) for event in events]
+    slots = await subs.slots_for(
+        session, [(hour.date(), event.link_id, event.subs) for hour, event in zip(hours, events, strict=True)], limit
+    )
     rows: list[dict[str, Any]] = []
-    for event in events:
-        hour = hour_of(event.ts_ms)
-        slots = [
-            subs.slot(hour.date(), event.link_id, key, value, admitted)
-            for key, value in zip(subs.SUB_KEYS, event.subs, strict=True)
-        ]
+    for hour, event, where in zip(hours, events, slots, strict=True):
         rows += subs.rows_for(
             hour,
             event.link_id,
             event.country or "",
-            slots,
+            where,
             event.offer_id,
             event.affiliate_id,
             click_counts(event, unique),

@@ -461,21 +461,17 @@ class _Batch:
             )
         ).all()
         # Where each click counted in the sub-id rollups: its values as they were admitted then.
-        days = {row.click_id: hour_of(row.ts).date() for row in found}
-        keyed = [(row, key, getattr(row, f"sub{key}")) for row in found for key in subs.SUB_KEYS]
-        admitted = await subs.admitted_of(
-            self.session, [(days[row.click_id], row.link_id, key, value or "") for row, key, value in keyed]
+        slots = await subs.slots_for(
+            self.session,
+            [
+                (hour_of(row.ts).date(), row.link_id, (row.sub1, row.sub2, row.sub3, row.sub4, row.sub5))
+                for row in found
+            ],
+            None,
         )
         self.places = {
-            row.click_id: Place.of_click(
-                row.country,
-                row.device,
-                tuple(
-                    subs.slot(days[row.click_id], row.link_id, key, getattr(row, f"sub{key}"), admitted)
-                    for key in subs.SUB_KEYS
-                ),
-            )
-            for row in found
+            row.click_id: Place.of_click(row.country, row.device, where)
+            for row, where in zip(found, slots, strict=True)
         }
 
     async def _one(self, item: Item) -> None:
